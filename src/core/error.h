@@ -1,0 +1,40 @@
+// The one error type of emo. Every failure that a user can cause (bad file, bad argument, bad config) is an
+// emo::Error whose message starts with the operation in brackets and, for files, names the file and the
+// position: "[safetensors] model.safetensors: byte 812: tensor 'lm_head.weight' ends past the file end".
+#pragma once
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace emo {
+
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& message) : std::runtime_error(message) {}
+};
+
+// "[op] message"
+[[noreturn]] void fail(const std::string& op, const std::string& message);
+// "[op] file: message"
+[[noreturn]] void fail_file(const std::string& op, const std::string& file, const std::string& message);
+// "[op] file: position: message" (position is free text: "byte 812", "line 3, column 7", "row 12")
+[[noreturn]] void fail_at(const std::string& op, const std::string& file, const std::string& position,
+                          const std::string& message);
+
+// Builds a message from streamable parts: fail("gemm", cat("M=", m, " exceeds ", n)).
+template <typename... Parts>
+std::string cat(const Parts&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
+}  // namespace emo
+
+// Checks an invariant that bad input can break; throws emo::Error("[op] message") when it does not hold.
+#define EMO_CHECK(cond, op, ...)                           \
+  do {                                                     \
+    if (!(cond)) ::emo::fail((op), ::emo::cat(__VA_ARGS__)); \
+  } while (0)

@@ -1,0 +1,126 @@
+#include "core/log.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+
+namespace emo {
+namespace {
+
+LogLevel g_level = LogLevel::kInfo;
+std::mutex g_mu;
+
+}  // namespace
+
+void set_log_level(LogLevel level) { g_level = level; }
+LogLevel log_level() { return g_level; }
+
+void log(LogLevel level, const std::string& message) {
+  if (level < g_level) return;
+  static const char* prefix[] = {"[emo debug] ", "[emo] ", "[emo warn] ", "[emo error] "};
+  std::lock_guard<std::mutex> lock(g_mu);
+  std::fprintf(stderr, "%s%s\n", prefix[static_cast<int>(level)], message.c_str());
+}
+
+bool stderr_is_terminal() {
+  static const bool tty = isatty(STDERR_FILENO) && std::getenv("CI") == nullptr;
+  return tty;
+}
+
+double now_seconds() {
+  using clock = std::chrono::steady_clock;
+  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}
+
+std::string human_count(double v) {
+  char buf[32];
+  const char* suffix[] = {"", "k", "M", "G", "T"};
+  int i = 0;
+  while (std::fabs(v) >= 1000.0 && i < 4) {
+    v /= 1000.0;
+    ++i;
+  }
+  std::snprintf(buf, sizeof buf, i == 0 ? "%.0f%s" : "%.1f%s", v, suffix[i]);
+  return buf;
+}
+
+std::string human_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  char buf[32];
+  long t = std::lround(s);
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else if (t >= 60)
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lds", t);
+  return buf;
+}
+
+std::string human_bytes(double b) {
+  char buf[32];
+  const char* suffix[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (b >= 1024.0 && i < 4) {
+    b /= 1024.0;
+    ++i;
+  }
+  std::snprintf(buf, sizeof buf, i == 0 ? "%.0f %s" : "%.1f %s", b, suffix[i]);
+  return buf;
+}
+
+Progress::Progress(std::string label, int64_t total, std::string unit)
+    : label_(std::move(label)), unit_(std::move(unit)), total_(total), start_(now_seconds()),
+      terminal_(stderr_is_terminal()) {}
+
+Progress::~Progress() {
+  if (!finished_ && terminal_ && done_ > 0) std::fprintf(stderr, "\n");
+}
+
+void Progress::update(int64_t done, const std::string& status) {
+  done_ = done;
+  status_ = status;
+  double t = now_seconds();
+  // A terminal redraws 10 times a second; a log gets a plain line every 10 seconds.
+  double interval = terminal_ ? 0.1 : 10.0;
+  if (t - last_draw_ >= interval) {
+    last_draw_ = t;
+    draw(false);
+  }
+}
+
+void Progress::finish(const std::string& status) {
+  if (finished_) return;
+  if (!status.empty()) status_ = status;
+  finished_ = true;
+  draw(true);
+}
+
+void Progress::draw(bool final_line) {
+  double elapsed = now_seconds() - start_;
+  double rate = elapsed > 0 ? done_ / elapsed : 0.0;
+  double eta = (rate > 0 && total_ > 0) ? (total_ - done_) / rate : NAN;
+  char line[512];
+  if (final_line) {
+    std::snprintf(line, sizeof line, "%s: %s %s in %s (%s %s/s)%s%s", label_.c_str(),
+                  human_count(static_cast<double>(done_)).c_str(), unit_.c_str(), human_duration(elapsed).c_str(),
+                  human_count(rate).c_str(), unit_.c_str(), status_.empty() ? "" : "  ", status_.c_str());
+  } else {
+    double pct = total_ > 0 ? 100.0 * done_ / total_ : 0.0;
+    std::snprintf(line, sizeof line, "%s: %5.1f%% %s/%s %s  %s %s/s  ETA %s%s%s", label_.c_str(), pct,
+                  human_count(static_cast<double>(done_)).c_str(), human_count(static_cast<double>(total_)).c_str(),
+                  unit_.c_str(), human_count(rate).c_str(), unit_.c_str(), human_duration(eta).c_str(),
+                  status_.empty() ? "" : "  ", status_.c_str());
+  }
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (terminal_)
+    std::fprintf(stderr, "\r\033[2K%s%s", line, final_line ? "\n" : "");
+  else
+    std::fprintf(stderr, "%s\n", line);
+  std::fflush(stderr);
+}
+
+}  // namespace emo

@@ -1,0 +1,82 @@
+#include "tensor/dtype.h"
+
+#include <immintrin.h>
+
+#include "core/error.h"
+
+namespace emo {
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::kF32: return 4;
+    case DType::kBF16: return 2;
+    case DType::kF16: return 2;
+    case DType::kI8: return 1;
+    case DType::kI32: return 4;
+    case DType::kI64: return 8;
+    case DType::kU8: return 1;
+  }
+  return 0;
+}
+
+std::string dtype_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "F32";
+    case DType::kBF16: return "BF16";
+    case DType::kF16: return "F16";
+    case DType::kI8: return "I8";
+    case DType::kI32: return "I32";
+    case DType::kI64: return "I64";
+    case DType::kU8: return "U8";
+  }
+  return "?";
+}
+
+DType dtype_from_name(const std::string& name) {
+  if (name == "F32") return DType::kF32;
+  if (name == "BF16") return DType::kBF16;
+  if (name == "F16") return DType::kF16;
+  if (name == "I8") return DType::kI8;
+  if (name == "I32") return DType::kI32;
+  if (name == "I64") return DType::kI64;
+  if (name == "U8") return DType::kU8;
+  fail("dtype", "unknown dtype '" + name + "' (supported: F32, BF16, F16, I8, I32, I64, U8)");
+}
+
+float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+
+void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
+  switch (from) {
+    case DType::kF32: std::memcpy(dst, src, n * 4); return;
+    case DType::kBF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      return;
+    }
+    case DType::kF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+      return;
+    }
+    default: fail("dtype", "cannot convert " + dtype_name(from) + " to F32");
+  }
+}
+
+void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
+  switch (to) {
+    case DType::kF32: std::memcpy(dst, src, n * 4); return;
+    case DType::kBF16: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      return;
+    }
+    case DType::kF16: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = _cvtss_sh(src[i], 0);
+      return;
+    }
+    default: fail("dtype", "cannot convert F32 to " + dtype_name(to));
+  }
+}
+
+}  // namespace emo

@@ -1,0 +1,43 @@
+// Element types emo stores and reads: fp32 (compute), bf16 (storage, released checkpoints), f16 (read only),
+// int8 with per-row scales (quantised inference).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace emo {
+
+enum class DType { kF32, kBF16, kF16, kI8, kI32, kI64, kU8 };
+
+// Bytes per element.
+size_t dtype_size(DType t);
+// The safetensors spelling: "F32", "BF16", "F16", "I8", "I32", "I64", "U8".
+std::string dtype_name(DType t);
+// Parses the safetensors spelling; throws "[dtype] unknown dtype 'X'" otherwise.
+DType dtype_from_name(const std::string& name);
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Round to nearest even, as PyTorch does; NaN stays NaN.
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>((bits + rounding) >> 16);
+}
+
+float f16_to_f32(uint16_t h);
+
+// Converts n elements of type `from` at src to fp32 at dst.
+void convert_to_f32(DType from, const void* src, float* dst, size_t n);
+// Converts n fp32 values to `to` (kF32, kBF16 or kF16).
+void convert_from_f32(DType to, const float* src, void* dst, size_t n);
+
+}  // namespace emo
