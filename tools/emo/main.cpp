@@ -1,0 +1,59 @@
+// emo: the command line. Dispatches to the registered subcommands (cmd_*.cpp) and turns emo::Error into a
+// clear message and a non-zero exit.
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <memory>
+
+#include "command.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/thread_pool.h"
+
+namespace emo::cli {
+
+std::vector<CommandInfo>& command_registry() {
+  static std::vector<CommandInfo> registry;
+  return registry;
+}
+
+}  // namespace emo::cli
+
+int main(int argc, char** argv) {
+  using namespace emo;
+  CLI::App app{"emo: Mixture-of-Experts language models with emergent modularity (EMO) on the CPU"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "emo 0.1.0");
+  int threads = 0;
+  bool verbose = false;
+  app.add_option("--threads", threads, "Worker threads (default: EMO_THREADS or all cores)");
+  app.add_flag("-v,--verbose", verbose, "Debug logging");
+
+  auto& registry = cli::command_registry();
+  std::sort(registry.begin(), registry.end(), [](auto& a, auto& b) { return a.name < b.name; });
+  std::vector<std::function<int()>> runners(registry.size());
+  std::vector<CLI::App*> subs;
+  for (size_t i = 0; i < registry.size(); ++i) {
+    CLI::App* sub = app.add_subcommand(registry[i].name, registry[i].description);
+    runners[i] = registry[i].setup(*sub);
+    subs.push_back(sub);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (verbose) set_log_level(LogLevel::kDebug);
+  if (threads > 0) set_num_threads(threads);
+  try {
+    for (size_t i = 0; i < subs.size(); ++i)
+      if (subs[i]->parsed()) return runners[i]();
+  } catch (const Error& e) {
+    std::fprintf(stderr, "emo: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "emo: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
