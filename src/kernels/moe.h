@@ -24,6 +24,7 @@ struct MoeCache {
   int64_t N = 0, K = 0, E = 0, C = 0, F = 0;
   std::vector<int64_t> expert_offsets;  // [E+1] start of each expert's rows in the sorted order
   std::vector<int32_t> rows;            // [A] sorted position -> token*K + slot (A = assignments with e >= 0)
+  std::vector<int32_t> position;        // [N*K] token*K + slot -> sorted position, -1 for an unused slot
   std::vector<float> x_sorted;          // [A, C] gathered inputs
   std::vector<float> gate_act;          // [A, F] gate(x) before silu
   std::vector<float> up_act;            // [A, F] up(x)
