@@ -35,7 +35,8 @@ class Pool {
     stop();
     n_ = n;
     quit_ = false;
-    for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i] { loop(i); });
+    // New workers start from the current generation, or they would rerun the last (finished) job.
+    for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i, seen = generation_] { loop(i, seen); });
   }
 
   // Runs job(worker) on every worker (the caller is worker 0); rethrows the first exception.
@@ -71,8 +72,7 @@ class Pool {
     tl_in_region = false;
   }
 
-  void loop(int worker) {
-    uint64_t seen = 0;
+  void loop(int worker, uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mu_);
