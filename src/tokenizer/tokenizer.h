@@ -1,8 +1,8 @@
-// A byte-level BPE tokenizer compatible with Hugging Face `tokenizers` (the tokenizer.json format): a regex split
-// pre-tokenizer (PCRE2, Unicode classes), the GPT-2 ByteLevel byte<->character mapping, BPE merges by rank, and
-// added/special tokens that are matched before BPE and never split. Encodes any byte string, including invalid
-// UTF-8, and decode(encode(x)) == x always holds for text without added tokens... and with them too: an added
-// token decodes to its content.
+// A byte-level BPE tokenizer compatible with Hugging Face `tokenizers` (the tokenizer.json format): a regex
+// split pre-tokenizer (PCRE2, Unicode classes), the GPT-2 ByteLevel byte<->character mapping, BPE merges by
+// rank, and added/special tokens that are matched before BPE and never split. Encodes any byte string,
+// including invalid UTF-8: decode(encode(x)) == x for every byte string x (an added token decodes to its
+// content).
 //
 // The tokenizer is immutable once built and cheap to copy (shared state); encode is safe from many threads.
 #pragma once
@@ -26,14 +26,17 @@ struct AddedToken {
 
 class Tokenizer {
  public:
-  // Reads a Hugging Face tokenizer.json (BPE model, ByteLevel); throws emo::Error naming the file and the problem.
+  // Reads a Hugging Face tokenizer.json (BPE model, ByteLevel); throws emo::Error naming the file and the
+  // problem.
   static Tokenizer load(const std::string& tokenizer_json_path);
   // Parses tokenizer.json text; `source` names it in error messages.
   static Tokenizer from_json_text(std::string_view json_text, const std::string& source);
-  // Builds a tokenizer from parts: token bytes by id (raw bytes, not ByteLevel characters), merges as id pairs
-  // in rank order (each pair must concatenate to a token), the split regex, and added tokens.
-  static Tokenizer from_parts(std::vector<std::string> token_bytes, std::vector<std::pair<int32_t, int32_t>> merges,
-                              std::string split_pattern, std::vector<AddedToken> added_tokens);
+  // Builds a tokenizer from parts: token bytes by id (raw bytes, not ByteLevel characters; an empty string
+  // marks an unused id), merges as id pairs in rank order (each pair must concatenate to a token), the split
+  // regex, and added tokens (their ids may lie past token_bytes).
+  static Tokenizer from_parts(std::vector<std::string> token_bytes,
+                              std::vector<std::pair<int32_t, int32_t>> merges, std::string split_pattern,
+                              std::vector<AddedToken> added_tokens);
 
   // Writes tokenizer.json (Hugging Face format) atomically.
   void save(const std::string& path) const;

