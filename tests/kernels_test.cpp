@@ -27,6 +27,7 @@
 #include "kernels/rope.h"
 #include "kernels/softmax.h"
 #include "kernels/swiglu.h"
+#include "kernels/vec_math.h"
 
 namespace emo {
 namespace {
@@ -59,9 +60,11 @@ void expect_close(const Vec& got, const DVec& want, const std::string& what, dou
                   double rel = kRel, float offset = 0.0f) {
   ASSERT_EQ(got.size(), want.size()) << what;
   double scale = 0.0;
-  for (double w : want) scale = std::max(scale, std::abs(w));
+  for (double w : want)
+    if (!std::isnan(w)) scale = std::max(scale, std::abs(w));
   int reported = 0;
   for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(want[i])) continue;  // not computed
     double g = static_cast<double>(got[i]) - offset;
     double tol = abs_frac * scale + rel * std::abs(want[i]);
     if (!(std::abs(g - want[i]) <= tol) && reported++ < 5)
@@ -73,10 +76,10 @@ void expect_grad(const Vec& got, const DVec& want, const std::string& what) {
   expect_close(got, want, what, kAbs, kRel, kPrefill);
 }
 
-// Central difference of f at x, every coordinate.
-DVec numeric_grad(const std::function<double(const DVec&)>& f, DVec x, double h = 1e-6) {
-  DVec grad(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
+// Central difference of f at x, at every `stride`-th coordinate (the others are NaN: not checked).
+DVec numeric_grad(const std::function<double(const DVec&)>& f, DVec x, double h = 1e-6, size_t stride = 1) {
+  DVec grad(x.size(), std::nan(""));
+  for (size_t i = 0; i < x.size(); i += stride) {
     double saved = x[i];
     x[i] = saved + h;
     double plus = f(x);
@@ -314,7 +317,8 @@ AttnRef ref_attention(const DVec& q, const DVec& k, const DVec& v, const int32_t
   return r;
 }
 
-void check_attention(const AttentionShape& s, const int32_t* docs, uint64_t seed) {
+// stride > 1 checks only every stride-th gradient coordinate against the (costly) finite difference.
+void check_attention(const AttentionShape& s, const int32_t* docs, uint64_t seed, size_t stride = 1) {
   Vec q = random_vec(s.B * s.T * s.H * s.hd, seed), k = random_vec(s.B * s.T * s.Hkv * s.hd, seed + 1),
       v = random_vec(s.B * s.T * s.Hkv * s.hd, seed + 2), R = random_vec(s.B * s.T * s.H * s.hd, seed + 3);
   Vec out(q.size()), probs(s.B * s.H * s.T * s.T, -1.0f);
@@ -328,13 +332,16 @@ void check_attention(const AttentionShape& s, const int32_t* docs, uint64_t seed
                      s);
   DVec qd = to_double(q), kd = to_double(k), vd = to_double(v);
   expect_grad(dq,
-              numeric_grad([&](const DVec& x) { return dot(ref_attention(x, kd, vd, docs, s).out, R); }, qd),
+              numeric_grad([&](const DVec& x) { return dot(ref_attention(x, kd, vd, docs, s).out, R); }, qd,
+                           1e-6, stride),
               "attention dq");
   expect_grad(dk,
-              numeric_grad([&](const DVec& x) { return dot(ref_attention(qd, x, vd, docs, s).out, R); }, kd),
+              numeric_grad([&](const DVec& x) { return dot(ref_attention(qd, x, vd, docs, s).out, R); }, kd,
+                           1e-6, stride),
               "attention dk");
   expect_grad(dv,
-              numeric_grad([&](const DVec& x) { return dot(ref_attention(qd, kd, x, docs, s).out, R); }, vd),
+              numeric_grad([&](const DVec& x) { return dot(ref_attention(qd, kd, x, docs, s).out, R); }, vd,
+                           1e-6, stride),
               "attention dv");
 }
 
@@ -349,6 +356,14 @@ TEST(Attention, MultiHeadWithoutGrouping) {
 TEST(Attention, DocumentMaskForwardAndBackward) {
   std::vector<int32_t> docs = {0, 0, 1, 1, 1, 2, 7, 7, 7, 7, 8, 8};  // B=2, T=6
   check_attention({2, 6, 4, 2, 3}, docs.data(), 60);
+}
+
+TEST(Attention, LongRowsSpanSeveralQueryBlocks) {
+  // T = 150 crosses the kernel's 64-row query blocks (the last one partial); documents straddle block edges.
+  std::vector<int32_t> docs(150);
+  for (int64_t t = 0; t < 150; ++t) docs[t] = t < 50 ? 0 : (t < 130 ? 1 : 2);
+  check_attention({1, 150, 2, 1, 2}, nullptr, 65, 7);
+  check_attention({1, 150, 2, 1, 2}, docs.data(), 66, 7);
 }
 
 TEST(Attention, NoAttentionAcrossDocuments) {
@@ -374,7 +389,30 @@ TEST(Attention, NoAttentionAcrossDocuments) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// swiglu
+// swiglu and the vector exp under it
+
+TEST(VecExp, MatchesStdExpAndHandlesEdges) {
+  // Relative error within 4 fp32 ulp (~5e-7) over the whole finite range.
+  alignas(32) float in[8], out[8];
+  for (double x = -87.0; x <= 88.0; x += 0.37) {
+    for (int i = 0; i < 8; ++i) in[i] = static_cast<float>(x + 0.01 * i);
+    _mm256_store_ps(out, vec::exp8(_mm256_load_ps(in)));
+    for (int i = 0; i < 8; ++i) {
+      double want = std::exp(static_cast<double>(in[i]));
+      EXPECT_NEAR(out[i], want, 5e-7 * want) << in[i];
+    }
+  }
+  const float edges[8] = {kNegInf, -1000.0f, -88.0f, 0.0f, 1000.0f, INFINITY, std::nanf(""), -0.0f};
+  _mm256_store_ps(out, vec::exp8(_mm256_loadu_ps(edges)));
+  EXPECT_EQ(out[0], 0.0f);  // masked logits contribute exactly nothing
+  EXPECT_EQ(out[1], 0.0f);
+  EXPECT_EQ(out[2], 0.0f);
+  EXPECT_EQ(out[3], 1.0f);
+  EXPECT_EQ(out[4], INFINITY);
+  EXPECT_EQ(out[5], INFINITY);
+  EXPECT_TRUE(std::isnan(out[6]));
+  EXPECT_EQ(out[7], 1.0f);
+}
 
 TEST(SwiGlu, ForwardAndBackward) {
   const int64_t n = 20;
@@ -669,6 +707,12 @@ AllOutputs run_everything() {
   for (int64_t i = 0; i < M; ++i) tokens[i] = static_cast<int32_t>((i * 7) % K);
   embedding_backward(dtable.data(), A.data(), tokens.data(), M, K, 16);
   keep(dtable);
+  // swiglu over an odd length: the pool's split point falls inside an 8-wide block
+  const int64_t n = 10001;
+  Vec g = random_vec(n, 211, 3.0), u = random_vec(n, 212), h(n), dg(n), du(n);
+  swiglu_forward(h.data(), g.data(), u.data(), n);
+  swiglu_backward(dg.data(), du.data(), u.data(), g.data(), u.data(), n);
+  keep(h), keep(dg), keep(du);
   return all;
 }
 

@@ -1,5 +1,7 @@
 #include "kernels/attention.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -8,6 +10,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/gemm.h"
+#include "kernels/vec_math.h"
 
 namespace emo {
 namespace {
@@ -17,26 +20,40 @@ void check_shape(const AttentionShape& s) {
             "bad shape B=", s.B, " T=", s.T, " H=", s.H, " Hkv=", s.Hkv, " hd=", s.hd);
 }
 
+// Query rows are processed in blocks of this many: a block's keys stop at its last row, so the causal
+// products skip most of the upper triangle (about (1 + 1/blocks)/2 of the full T x T work remains).
+constexpr int64_t kRowBlock = 64;
+
 // Turns the scaled scores of row t (in place, [T]) into probabilities over the keys s <= t of t's document;
 // every other entry becomes 0.
 void causal_softmax_row(float* row, int64_t t, int64_t T, const int32_t* docs) {
-  float max = -std::numeric_limits<float>::infinity();
-  for (int64_t s = 0; s <= t; ++s) {
-    if (docs && docs[s] != docs[t]) continue;
-    max = std::max(max, row[s]);
+  const int64_t n = t + 1;
+  if (docs) {
+    for (int64_t s = 0; s < t; ++s)
+      if (docs[s] != docs[t]) row[s] = -std::numeric_limits<float>::infinity();  // exp gives exactly 0
   }
-  float sum = 0.0f;
-  for (int64_t s = 0; s <= t; ++s) {
-    if (docs && docs[s] != docs[t]) {
-      row[s] = 0.0f;
-      continue;
-    }
-    row[s] = std::exp(row[s] - max);
-    sum += row[s];
+  float max = vec::max_of(row, n);  // finite: s = t is always allowed
+  float sum = vec::exp_shifted_sum(row, row, max, n);
+  vec::scale_inplace(row, 1.0f / sum, n);
+  std::fill(row + n, row + T, 0.0f);
+}
+
+// Softmax backward of row t in place, scaled: ds[s] = scale * p[s] * (ds[s] - sum_s' p[s'] ds[s']), s <= t;
+// zero above the diagonal.
+void softmax_backward_row(float* ds, const float* p, int64_t t, int64_t T, float scale) {
+  const int64_t n = t + 1;
+  __m256 acc = _mm256_setzero_ps();
+  int64_t s = 0;
+  for (; s + 8 <= n; s += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + s), _mm256_loadu_ps(ds + s), acc);
+  float dot = vec::hsum8(acc);
+  for (; s < n; ++s) dot += p[s] * ds[s];
+  const __m256 dot8 = _mm256_set1_ps(dot), scale8 = _mm256_set1_ps(scale);
+  for (s = 0; s + 8 <= n; s += 8) {
+    __m256 diff = _mm256_sub_ps(_mm256_loadu_ps(ds + s), dot8);
+    _mm256_storeu_ps(ds + s, _mm256_mul_ps(_mm256_mul_ps(scale8, _mm256_loadu_ps(p + s)), diff));
   }
-  float inv = 1.0f / sum;  // sum >= 1: s = t is always allowed and holds the max or more
-  for (int64_t s = 0; s <= t; ++s) row[s] *= inv;
-  std::fill(row + t + 1, row + T, 0.0f);
+  for (; s < n; ++s) ds[s] = scale * p[s] * (ds[s] - dot);
+  std::fill(ds + n, ds + T, 0.0f);
 }
 
 }  // namespace
@@ -56,9 +73,15 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
     float* out_bh = out + b * T * H * hd + h * hd;              // [T, hd] row stride H*hd
     float* p = probs + (b * H + h) * T * T;                     // [T, T]
     const int32_t* docs = doc_ids ? doc_ids + b * T : nullptr;  // [T]
-    gemm_serial(false, true, T, T, hd, scale, q_bh, H * hd, k_bh, Hkv * hd, 0.0f, p, T);
-    for (int64_t t = 0; t < T; ++t) causal_softmax_row(p + t * T, t, T, docs);
-    gemm_serial(false, false, T, hd, T, 1.0f, p, T, v_bh, Hkv * hd, 0.0f, out_bh, H * hd);
+    for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+      const int64_t t1 = std::min(T, t0 + kRowBlock), rows = t1 - t0;  // queries [t0,t1) see keys [0,t1)
+      float* p_blk = p + t0 * T;                                       // [rows, T]
+      gemm_serial(false, true, rows, t1, hd, scale, q_bh + t0 * H * hd, H * hd, k_bh, Hkv * hd, 0.0f, p_blk,
+                  T);
+      for (int64_t t = t0; t < t1; ++t) causal_softmax_row(p + t * T, t, T, docs);
+      gemm_serial(false, false, rows, hd, t1, 1.0f, p_blk, T, v_bh, Hkv * hd, 0.0f, out_bh + t0 * H * hd,
+                  H * hd);
+    }
   });
 }
 
@@ -76,28 +99,28 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     const float* v_b = v + b * T * Hkv * hd + kvh * hd;  // [T, hd] row stride Hkv*hd
     float* dk_b = dk + b * T * Hkv * hd + kvh * hd;      // [T, hd] row stride Hkv*hd
     float* dv_b = dv + b * T * Hkv * hd + kvh * hd;      // [T, hd] row stride Hkv*hd
-    std::vector<float> dscores(T * T);                   // [T, T]
+    std::vector<float> dscores(kRowBlock * T);           // [kRowBlock, T]
     for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
       const float* q_bh = q + b * T * H * hd + h * hd;        // [T, hd] row stride H*hd
       const float* dout_bh = dout + b * T * H * hd + h * hd;  // [T, hd] row stride H*hd
       float* dq_bh = dq + b * T * H * hd + h * hd;            // [T, hd] row stride H*hd
       const float* p = probs + (b * H + h) * T * T;           // [T, T]
-      // dv += P^T @ dout
-      gemm_serial(true, false, T, hd, T, 1.0f, p, T, dout_bh, H * hd, 1.0f, dv_b, Hkv * hd);
-      // dP = dout @ V^T, then the softmax backward (scaled): dS = scale * P * (dP - rowsum(P * dP)).
-      float* ds = dscores.data();
-      gemm_serial(false, true, T, T, hd, 1.0f, dout_bh, H * hd, v_b, Hkv * hd, 0.0f, ds, T);
-      for (int64_t t = 0; t < T; ++t) {
-        const float* p_row = p + t * T;
-        float* ds_row = ds + t * T;
-        float dot = 0.0f;
-        for (int64_t s = 0; s <= t; ++s) dot += p_row[s] * ds_row[s];
-        for (int64_t s = 0; s <= t; ++s) ds_row[s] = scale * p_row[s] * (ds_row[s] - dot);
-        std::fill(ds_row + t + 1, ds_row + T, 0.0f);
+      for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+        const int64_t t1 = std::min(T, t0 + kRowBlock), rows = t1 - t0;  // queries [t0,t1), keys [0,t1)
+        const float* p_blk = p + t0 * T;                                 // [rows, T]
+        const float* dout_blk = dout_bh + t0 * H * hd;                   // [rows, hd] row stride H*hd
+        float* ds = dscores.data();                                      // [rows, T]
+        // dv[0:t1] += P_blk^T @ dout_blk
+        gemm_serial(true, false, t1, hd, rows, 1.0f, p_blk, T, dout_blk, H * hd, 1.0f, dv_b, Hkv * hd);
+        // dP = dout_blk @ V[0:t1]^T, then the softmax backward (scaled): dS = scale * P * (dP - rowsum(P *
+        // dP)).
+        gemm_serial(false, true, rows, t1, hd, 1.0f, dout_blk, H * hd, v_b, Hkv * hd, 0.0f, ds, T);
+        for (int64_t t = t0; t < t1; ++t) softmax_backward_row(ds + (t - t0) * T, p + t * T, t, T, scale);
+        // dq_blk += dS @ K[0:t1];  dk[0:t1] += dS^T @ Q_blk
+        gemm_serial(false, false, rows, hd, t1, 1.0f, ds, T, k_b, Hkv * hd, 1.0f, dq_bh + t0 * H * hd,
+                    H * hd);
+        gemm_serial(true, false, t1, hd, rows, 1.0f, ds, T, q_bh + t0 * H * hd, H * hd, 1.0f, dk_b, Hkv * hd);
       }
-      // dq += dS @ K;  dk += dS^T @ Q
-      gemm_serial(false, false, T, hd, T, 1.0f, ds, T, k_b, Hkv * hd, 1.0f, dq_bh, H * hd);
-      gemm_serial(true, false, T, hd, T, 1.0f, ds, T, q_bh, H * hd, 1.0f, dk_b, Hkv * hd);
     }
   });
 }

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "kernels/vec_math.h"
 
 namespace emo {
 namespace {
@@ -16,12 +17,9 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // logsumexp of row[C]; -inf when every entry is -inf.
 float row_logsumexp(const float* row, int64_t C) {
-  float max = kNegInf;
-  for (int64_t c = 0; c < C; ++c) max = std::max(max, row[c]);
+  float max = vec::max_of(row, C);
   if (max == kNegInf) return kNegInf;
-  float sum = 0.0f;
-  for (int64_t c = 0; c < C; ++c) sum += std::exp(row[c] - max);
-  return max + std::log(sum);
+  return max + std::log(vec::sum_exp_shifted(row, max, C));
 }
 
 // Rows per parallel chunk so a chunk holds at least ~16k values.
@@ -36,13 +34,15 @@ void softmax_forward(float* out, float* lse, const float* inp, int64_t N, int64_
     for (int64_t n = begin; n < end; ++n) {
       const float* x = inp + n * C;  // [C]
       float* p = out + n * C;        // [C]
-      float row_lse = row_logsumexp(x, C);
-      if (lse) lse[n] = row_lse;
-      if (row_lse == kNegInf) {  // nothing allowed: an all-zero row rather than NaN
+      float max = vec::max_of(x, C);
+      if (max == kNegInf) {  // nothing allowed: an all-zero row rather than NaN
         std::fill(p, p + C, 0.0f);
+        if (lse) lse[n] = kNegInf;
         continue;
       }
-      for (int64_t c = 0; c < C; ++c) p[c] = std::exp(x[c] - row_lse);
+      float sum = vec::exp_shifted_sum(p, x, max, C);
+      vec::scale_inplace(p, 1.0f / sum, C);
+      if (lse) lse[n] = max + std::log(sum);
     }
   });
 }
@@ -92,8 +92,13 @@ void cross_entropy_backward(float* dlogits, const float* logits, const float* ls
       const float* row = logits + n * V;  // [V]
       float* drow = dlogits + n * V;      // [V]
       // d/dlogit of ce_scale*ce + z_scale*lse^2 = (ce_scale + 2*z_scale*lse) * softmax - ce_scale * onehot
-      float coef = ce_scale + 2.0f * z_scale * lse[n];
-      for (int64_t v = 0; v < V; ++v) drow[v] += coef * std::exp(row[v] - lse[n]);
+      const __m256 coef = _mm256_set1_ps(ce_scale + 2.0f * z_scale * lse[n]), shift = _mm256_set1_ps(lse[n]);
+      int64_t v = 0;
+      for (; v + 8 <= V; v += 8) {
+        __m256 p = vec::exp8(_mm256_sub_ps(_mm256_loadu_ps(row + v), shift));
+        _mm256_storeu_ps(drow + v, _mm256_fmadd_ps(coef, p, _mm256_loadu_ps(drow + v)));
+      }
+      for (; v < V; ++v) drow[v] += (ce_scale + 2.0f * z_scale * lse[n]) * vec::exp1(row[v] - lse[n]);
       drow[targets[n]] -= ce_scale;
     }
   });
