@@ -1,0 +1,301 @@
+// Selective expert use (../shared/docs/emo.md §5): the subset file and its validation, the selection methods
+// (deterministic, one example enough), and pruning (a pruned checkpoint gives the logits of subset routing).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+
+#include "core/error.h"
+#include "model/forward_state.h"
+#include "model/model.h"
+#include "select/examples.h"
+#include "select/selection.h"
+#include "select/subset.h"
+
+namespace emo {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr int32_t kEos = 1;
+
+// V=48, d=16, L=3, H=2 (hd 8), Hkv=1, E=10 (9 routed + 1 shared), K=3 (2 routed slots), f=12.
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.model_type = "emo";
+  c.vocab_size = 48;
+  c.hidden_size = 16;
+  c.intermediate_size = 12;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  c.max_position_embeddings = 64;
+  c.rope_theta = 10000.0;
+  c.eos_token_id = kEos;
+  c.pad_token_id = 0;
+  c.num_experts = 10;
+  c.num_experts_per_tok = 3;
+  c.num_shared_experts = 1;
+  return c;
+}
+
+// Weights scaled up so routing is far from uniform and experts differ visibly.
+std::unique_ptr<Model> tiny_model(uint64_t seed = 11) {
+  auto model = std::make_unique<Model>(tiny_config());
+  model->init_weights(seed);
+  for (Param& p : model->params())
+    if (p.value->ndim() > 1)
+      for (float& w : p.value->vec()) w *= 12.0f;
+  return model;
+}
+
+Examples one_example() {
+  Examples ex;
+  ex.sequences = {{5, 9, 3, 17, 22, 40, 7, 7, 12, 30, 2, 44, 8, 19}};
+  ex.description = "one hand-written example";
+  return ex;
+}
+
+// A temporary directory removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() /
+           ("emo_select_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+ExpertSubset valid_subset() {
+  ExpertSubset s = ExpertSubset::for_model(tiny_config(), 4, "layerwise");
+  s.routed = {{0, 4, 8}, {1, 2, 3}, {2, 5, 6}};
+  return s;
+}
+
+// Loads the JSON after `edit` and returns the error message ("" when it loads).
+std::string load_error(const std::function<void(nlohmann::json&)>& edit, const ModelConfig& config) {
+  TempDir dir;
+  nlohmann::json j = valid_subset().to_json();
+  edit(j);
+  write_text(dir / "subset.json", j.dump());
+  try {
+    ExpertSubset::load(dir / "subset.json", config);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Subset file
+
+TEST(SubsetFile, RoundTripsThroughJson) {
+  TempDir dir;
+  ExpertSubset s = valid_subset();
+  s.calibration = {"examples.txt", 2, 57, 9};
+  s.save(dir / "subset.json");
+  ExpertSubset back = ExpertSubset::load(dir / "subset.json", tiny_config());
+  EXPECT_EQ(back.routed, s.routed);
+  EXPECT_EQ(back.shared, (std::vector<std::vector<int32_t>>{{9}, {9}, {9}}));
+  EXPECT_EQ(back.keep_k, 4);
+  EXPECT_EQ(back.method, "layerwise");
+  EXPECT_EQ(back.calibration.description, "examples.txt");
+  EXPECT_EQ(back.calibration.examples, 2);
+  EXPECT_EQ(back.calibration.tokens, 57);
+  EXPECT_EQ(back.calibration.seed, 9u);
+  EXPECT_EQ(back.num_layers, 3);
+  EXPECT_EQ(back.num_experts, 10);
+}
+
+TEST(SubsetFile, AValidFileLoads) {
+  EXPECT_EQ(load_error([](nlohmann::json&) {}, tiny_config()), "");
+}
+
+TEST(SubsetFile, RejectsAWrongLayerCount) {
+  ModelConfig four_layers = tiny_config();
+  four_layers.num_hidden_layers = 4;
+  std::string message = load_error([](nlohmann::json&) {}, four_layers);
+  EXPECT_NE(message.find("subset.json"), std::string::npos) << message;
+  EXPECT_NE(message.find("3 layers"), std::string::npos) << message;
+  EXPECT_NE(message.find("the model has 4"), std::string::npos) << message;
+}
+
+TEST(SubsetFile, RejectsAnIndexOutOfRange) {
+  std::string message = load_error(
+      [](nlohmann::json& j) {
+        j["layers"][1]["routed"] = {1, 2, 9};
+      },
+      tiny_config());
+  EXPECT_NE(message.find("subset.json: layer 1: expert index 9 out of range"), std::string::npos) << message;
+  message = load_error([](nlohmann::json& j) { j["layers"][0]["routed"] = {-1, 2, 3}; }, tiny_config());
+  EXPECT_NE(message.find("layer 0: expert index -1 out of range"), std::string::npos) << message;
+}
+
+TEST(SubsetFile, RejectsADuplicateExpert) {
+  std::string message = load_error(
+      [](nlohmann::json& j) {
+        j["layers"][2]["routed"] = {5, 5, 6};
+      },
+      tiny_config());
+  EXPECT_NE(message.find("layer 2: duplicate expert 5"), std::string::npos) << message;
+}
+
+TEST(SubsetFile, RejectsKeepKLargerThanTheModelsExperts) {
+  std::string message = load_error([](nlohmann::json& j) { j["keep_k"] = 11; }, tiny_config());
+  EXPECT_NE(message.find("keep_k 11 exceeds the layer's 10 experts"), std::string::npos) << message;
+}
+
+TEST(SubsetFile, RejectsAListOfTheWrongLength) {
+  std::string message = load_error(
+      [](nlohmann::json& j) {
+        j["layers"][0]["routed"] = {0, 4};
+      },
+      tiny_config());
+  EXPECT_NE(message.find("layer 0: lists 2 routed experts"), std::string::npos) << message;
+}
+
+TEST(SubsetFile, RejectsAModelWithOtherExpertCounts) {
+  ModelConfig more = tiny_config();
+  more.num_experts = 12;
+  std::string message = load_error([](nlohmann::json&) {}, more);
+  EXPECT_NE(message.find("made for 10 experts"), std::string::npos) << message;
+}
+
+TEST(SubsetFile, RejectsAFileThatIsNotASubset) {
+  TempDir dir;
+  write_text(dir / "x.json", "{\"format\": \"something\"}");
+  EXPECT_THROW(ExpertSubset::load(dir / "x.json", tiny_config()), Error);
+  write_text(dir / "y.json", "{ not json");
+  EXPECT_THROW(ExpertSubset::load(dir / "y.json", tiny_config()), Error);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Selection
+
+TEST(Selection, TopExpertsKeepsTheLargestScoresAscendingWithTiesToTheLowerIndex) {
+  EXPECT_EQ(top_experts({0.1, 0.5, 0.3, 0.5, 0.0}, 2), (std::vector<int32_t>{1, 3}));
+  EXPECT_EQ(top_experts({0.2, 0.2, 0.2, 0.9}, 2), (std::vector<int32_t>{0, 3}));
+}
+
+TEST(Selection, EveryMethodRunsFromOneExampleAndGivesAValidSubset) {
+  auto model = tiny_model();
+  for (const char* name : {"layerwise", "global", "easy_ep", "random"}) {
+    SelectionOptions options{4, parse_selection_method(name), 3};
+    ExpertSubset s = select_experts(*model, one_example(), options);
+    EXPECT_NO_THROW(s.check(model->config())) << name;
+    EXPECT_EQ(s.method, name);
+    EXPECT_EQ(s.keep_k, 4);
+    EXPECT_EQ(s.calibration.examples, 1);
+    EXPECT_EQ(s.calibration.tokens, 14);
+    for (const auto& kept : s.routed) EXPECT_EQ(kept.size(), 3u) << name;
+  }
+}
+
+TEST(Selection, IsDeterministicForAFixedSeedAndExample) {
+  auto model = tiny_model();
+  for (const char* name : {"layerwise", "global", "easy_ep", "random"}) {
+    SelectionOptions options{3, parse_selection_method(name), 5};
+    EXPECT_EQ(select_experts(*model, one_example(), options).routed,
+              select_experts(*model, one_example(), options).routed)
+        << name;
+  }
+  std::set<std::vector<std::vector<int32_t>>> seen;
+  for (uint64_t seed = 0; seed < 6; ++seed)
+    seen.insert(select_experts(*model, one_example(), {3, SelectionMethod::kRandom, seed}).routed);
+  EXPECT_GT(seen.size(), 1u) << "the random method ignores its seed";
+}
+
+TEST(Selection, GlobalKeepsTheExpertsWithTheLargestMeanProbability) {
+  auto model = tiny_model();
+  RoutingOptions standard;
+  standard.training = false;
+  auto usage = routed_usage(*model, one_example(), standard);
+  ExpertSubset s = select_experts(*model, one_example(), {4, SelectionMethod::kGlobal, 0});
+  for (int64_t l = 0; l < 3; ++l) {
+    double kept_min = 1e9, dropped_max = -1;
+    for (int32_t e = 0; e < 9; ++e) {
+      bool kept = std::count(s.routed[l].begin(), s.routed[l].end(), e) > 0;
+      if (kept)
+        kept_min = std::min(kept_min, usage[l][e]);
+      else
+        dropped_max = std::max(dropped_max, usage[l][e]);
+    }
+    EXPECT_GE(kept_min, dropped_max) << "layer " << l;
+    double total = 0;
+    for (double a : usage[l]) total += a;
+    EXPECT_NEAR(total, 1.0, 1e-5) << "a_{l,.} is a mean of probability vectors";
+  }
+}
+
+TEST(Selection, LayerwiseChoosesLaterLayersWithTheEarlierOnesRestricted) {
+  auto model = tiny_model();
+  ExpertSubset s = select_experts(*model, one_example(), {3, SelectionMethod::kLayerwise, 0});
+  ExpertSubset g = select_experts(*model, one_example(), {3, SelectionMethod::kGlobal, 0});
+  // Layer 0 sees the same unrestricted input under both methods.
+  EXPECT_EQ(s.routed[0], g.routed[0]);
+  // Layer 2 is the top of a_{2,.} measured with layers 0 and 1 restricted to the layerwise choice.
+  RoutingOptions restricted = s.routing_options();
+  restricted.subset[2] = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+  auto usage = routed_usage(*model, one_example(), restricted);
+  EXPECT_EQ(s.routed[2], top_experts(usage[2], 2));
+}
+
+TEST(Selection, EasyEpScoresOnlyExpertsThatReceivedTokens) {
+  auto model = tiny_model();
+  auto scores = easy_ep_scores(*model, one_example());
+  RoutingOptions standard;
+  standard.training = false;
+  auto state = model->infer(Batch::from_tokens(1, 14, one_example().sequences[0], {}, kEos), standard);
+  for (int64_t l = 0; l < 3; ++l) {
+    std::set<int32_t> used;
+    for (int32_t e : state->routing(l).ids)
+      if (e >= 0) used.insert(e);
+    for (int32_t e = 0; e < 9; ++e) {
+      if (used.count(e))
+        EXPECT_GT(scores[l][e], 0.0) << "layer " << l << " expert " << e;
+      else
+        EXPECT_EQ(scores[l][e], 0.0) << "layer " << l << " expert " << e;
+    }
+  }
+}
+
+TEST(Selection, RefusesKeepKLargerThanTheModelsExperts) {
+  auto model = tiny_model();
+  try {
+    select_experts(*model, one_example(), {11, SelectionMethod::kGlobal, 0});
+    FAIL() << "keep-k 11 of 10 experts was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("keep-k 11 exceeds the 10 experts"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(select_experts(*model, one_example(), {1, SelectionMethod::kGlobal, 0}), Error);
+}
+
+TEST(Selection, ReadsPlainTextAndJsonlExamples) {
+  TempDir dir;
+  write_text(dir / "one.txt", "Question: 2+2?\nAnswer: 4\n");
+  EXPECT_EQ(read_example_texts(dir / "one.txt"), (std::vector<std::string>{"Question: 2+2?\nAnswer: 4\n"}));
+  write_text(dir / "two.jsonl", "{\"text\": \"abc\"}\n\n{\"context\": \"Q: x\", \"answer\": \" A: y\"}\n");
+  EXPECT_EQ(read_example_texts(dir / "two.jsonl"), (std::vector<std::string>{"abc", "Q: x A: y"}));
+  write_text(dir / "bad.jsonl", "{\"text\": \"abc\"}\n{\"other\": 1}\n");
+  try {
+    read_example_texts(dir / "bad.jsonl");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl: line 2"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace emo
