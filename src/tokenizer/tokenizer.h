@@ -65,6 +65,8 @@ class Tokenizer {
   const std::string& split_pattern() const;
   // Number of BPE merges.
   int64_t num_merges() const;
+  // The merges as id pairs, in rank order.
+  const std::vector<std::pair<int32_t, int32_t>>& merges() const;
 
   struct Impl;
 

