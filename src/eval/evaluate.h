@@ -1,0 +1,40 @@
+// One evaluation run of `emo eval` (docs/tasks.md): per-domain perplexity on a tokenised split, user
+// multiple-choice tasks, built-in next-segment tasks per domain; a terminal table and a JSON report.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "eval/multiple_choice.h"
+#include "eval/perplexity.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace emo {
+
+struct EvalRequest {
+  std::string data_path;  // tokenised split for perplexity and built-in tasks; "" = none
+  PerplexityOptions perplexity;
+  std::vector<std::string> task_paths;  // multiple-choice JSONL files (need a tokenizer)
+  int64_t builtin_mc = 0;               // questions per domain of the built-in next-segment task; 0 = none
+  int64_t builtin_prompt_len = 48, builtin_choice_len = 16, builtin_choices = 4;
+  uint64_t seed = 0;
+  int64_t limit = 0;  // questions per task; 0 = all
+};
+
+struct EvalReport {
+  std::vector<DomainLoss> perplexity;
+  std::vector<McResult> tasks;
+  nlohmann::json to_json() const;
+  std::string table() const;
+};
+
+// routing: standard (full or pruned model) or subset routing. tokenizer may be null when no task file is
+// given.
+EvalReport run_eval(const Model& model, const RoutingOptions& routing, const Tokenizer* tokenizer,
+                    const EvalRequest& request);
+
+}  // namespace emo

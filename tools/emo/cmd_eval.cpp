@@ -1,0 +1,68 @@
+// `emo eval MODEL [--subset FILE]`: per-domain perplexity and multiple-choice accuracy (docs/tasks.md).
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "command.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "eval/evaluate.h"
+#include "select/subset.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::function<int()> setup_eval(CLI::App& app) {
+  struct Options {
+    std::string model, subset, tokenizer, json;
+    emo::EvalRequest request;
+  };
+  auto o = std::make_shared<Options>();
+  app.add_option("model", o->model, "Model directory (config.json, model.safetensors)")->required();
+  app.add_option("--subset", o->subset, "Route the full model through this expert subset (emo select)");
+  app.add_option("--data", o->request.data_path,
+                 "Tokenised split for perplexity, e.g. data/corpus/validation.bin");
+  app.add_option("--domains", o->request.perplexity.domains, "Only these domains (default: all)")
+      ->delimiter(',');
+  app.add_option("--seq-len", o->request.perplexity.seq_len, "Row length (default: min(1024, context))");
+  app.add_option("--batch-rows", o->request.perplexity.batch_rows, "Rows per forward")->capture_default_str();
+  app.add_option("--max-tokens", o->request.perplexity.max_tokens, "Scored tokens per domain (0: all)")
+      ->capture_default_str();
+  app.add_option("--task", o->request.task_paths, "Multiple-choice task file (JSONL, docs/tasks.md)");
+  app.add_option("--builtin-mc", o->request.builtin_mc,
+                 "Questions per domain of the built-in next-segment task (0: none)")
+      ->capture_default_str();
+  app.add_option("--limit", o->request.limit, "Questions per task file (0: all)")->capture_default_str();
+  app.add_option("--seed", o->request.seed, "Seed of the built-in tasks")->capture_default_str();
+  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  app.add_option("--json", o->json, "Write the results as JSON to this file");
+  return [o] {
+    auto model = emo::Model::load(o->model);
+    emo::RoutingOptions routing;
+    routing.training = false;
+    if (!o->subset.empty()) routing = emo::ExpertSubset::load(o->subset, model->config()).routing_options();
+    std::unique_ptr<emo::Tokenizer> tokenizer;
+    const std::string tokenizer_path =
+        o->tokenizer.empty() ? (fs::path(o->model) / "tokenizer.json").string() : o->tokenizer;
+    if (!o->request.task_paths.empty())
+      tokenizer = std::make_unique<emo::Tokenizer>(emo::Tokenizer::load(tokenizer_path));
+    emo::Timer timer;
+    emo::EvalReport report = emo::run_eval(*model, routing, tokenizer.get(), o->request);
+    std::printf("%s", report.table().c_str());
+    emo::log_info(emo::cat("evaluated in ", emo::human_duration(timer.seconds())));
+    if (!o->json.empty()) {
+      nlohmann::json j = report.to_json();
+      j["model"] = o->model;
+      j["subset"] = o->subset;
+      std::ofstream out(o->json);
+      if (!(out << j.dump(2) << "\n")) emo::fail_file("eval", o->json, "cannot write");
+    }
+    return 0;
+  };
+}
+
+EMO_COMMAND("eval", "Held-out perplexity per domain and multiple-choice accuracy of a model", setup_eval);
+
+}  // namespace

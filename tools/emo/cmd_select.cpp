@@ -1,0 +1,60 @@
+// `emo select MODEL --examples FILE --keep-k K --method M`: choose the experts a task keeps (emo.md §5).
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "command.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "select/examples.h"
+#include "select/selection.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::function<int()> setup_select(CLI::App& app) {
+  struct Options {
+    std::string model, examples, data, domain, tokenizer, method = "layerwise", out = "subset.json";
+    int64_t documents = 1, keep_k = 0;
+    uint64_t seed = 0;
+  };
+  auto o = std::make_shared<Options>();
+  app.add_option("model", o->model, "Model directory (config.json, model.safetensors)")->required();
+  app.add_option("--examples", o->examples,
+                 "Examples: plain text (one example) or JSONL (text, or context+answer)");
+  app.add_option("--data", o->data, "Or a tokenised split (e.g. data/corpus/validation.bin) with --domain");
+  app.add_option("--domain", o->domain, "Domain of the split's documents to use");
+  app.add_option("--documents", o->documents, "Number of documents of the domain")->capture_default_str();
+  app.add_option("--keep-k", o->keep_k, "Experts kept per layer, the shared expert counted")->required();
+  app.add_option("--method", o->method, "layerwise, global, easy_ep or random")->capture_default_str();
+  app.add_option("--seed", o->seed, "Seed of the random method")->capture_default_str();
+  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  app.add_option("-o,--out", o->out, "Subset file to write")->capture_default_str();
+  return [o] {
+    if (o->examples.empty() == o->data.empty())
+      emo::fail("select", "give either --examples FILE or --data SPLIT --domain D [--documents N]");
+    emo::SelectionOptions options{o->keep_k, emo::parse_selection_method(o->method), o->seed};
+    auto model = emo::Model::load(o->model);
+    emo::Examples examples;
+    if (!o->examples.empty()) {
+      const std::string path =
+          o->tokenizer.empty() ? (fs::path(o->model) / "tokenizer.json").string() : o->tokenizer;
+      examples = emo::examples_from_file(o->examples, emo::Tokenizer::load(path));
+    } else {
+      if (o->domain.empty()) emo::fail("select", "--data needs --domain");
+      examples = emo::examples_from_dataset(o->data, o->domain, o->documents);
+    }
+    emo::Timer timer;
+    emo::ExpertSubset subset = emo::select_experts(*model, examples, options);
+    subset.save(o->out);
+    emo::log_info(emo::cat("selected ", o->keep_k, " experts per layer (", o->method, ") from ",
+                           examples.sequences.size(), " example(s), ", examples.num_tokens(), " tokens, in ",
+                           emo::human_duration(timer.seconds()), " -> ", o->out));
+    return 0;
+  };
+}
+
+EMO_COMMAND("select", "Choose per layer the experts to keep from a few examples", setup_select);
+
+}  // namespace
