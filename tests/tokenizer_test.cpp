@@ -230,6 +230,24 @@ TEST(TokenizerTrainer, LearnsMergesOfFrequentPairs) {
   }
 }
 
+TEST(TokenizerTrainer, ReadsTextAndJsonlCorporaAndNamesBadLines) {
+  fs::path dir = scratch_dir("corpus");
+  std::ofstream(dir / "a.txt") << "the cat\nthe hat\n";
+  std::ofstream(dir / "b.jsonl") << "{\"text\": \"the mat\"}\n\n{\"text\": \"the rat\", \"id\": 2}\n";
+  emo::WordCounter counter;
+  counter.add_files({(dir / "a.txt").string(), (dir / "b.jsonl").string()});
+  EXPECT_EQ(counter.documents(), 3);
+  EXPECT_EQ(counter.counts().count(" the"), 0u);  // each "the" starts a line or a document
+  EXPECT_EQ(counter.counts().at("the"), 4);
+  std::ofstream(dir / "bad.jsonl") << "{\"text\": \"ok\"}\n{\"body\": \"no text\"}\n";
+  try {
+    counter.add_files({(dir / "bad.jsonl").string()});
+    ADD_FAILURE() << "a line without \"text\" must be an error";
+  } catch (const emo::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl: line 2"), std::string::npos) << e.what();
+  }
+}
+
 TEST(TokenizerParity, Cl100kMatchesHuggingFace) {
   if (auto reason = parity_unavailable()) GTEST_SKIP() << "skipped: " << *reason;
   Tokenizer t = Tokenizer::load(cl100k_json_path());

