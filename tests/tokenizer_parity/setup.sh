@@ -7,8 +7,10 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cache="${EMO_CACHE:-$repo_root/.cache}"
 command -v npm >/dev/null || { echo "tokenizer parity: npm is not installed" >&2; exit 1; }
 dir="$cache/node-tokenizers"
+mkdir -p "$dir"
+exec 9>"$dir/.lock"  # parallel test processes install once
+flock 9
 if [ ! -f "$dir/node_modules/@anush008/tokenizers-linux-x64-gnu/package.json" ]; then
-  mkdir -p "$dir"
   npm install --silent --no-save --no-audit --no-fund --prefix "$dir" \
     @anush008/tokenizers@0.6.0 @anush008/tokenizers-linux-x64-gnu@0.6.0 >&2
 fi
