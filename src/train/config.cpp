@@ -1,0 +1,211 @@
+#include "train/config.h"
+
+#include <cmath>
+#include <fstream>
+
+#include "core/error.h"
+
+namespace emo {
+
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ModelSize, d, layers, heads, kv_heads, experts, top_k,
+                                                shared_experts, expert_width, vocab, max_position, rope_theta)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RoutingConfig, mode, pool_min, pool_max, pool_eval,
+                                                intra_document_attention)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LossConfig, output_z, lb, router_z, lb_scope)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OptimizerConfig, lr, beta1, beta2, eps, weight_decay,
+                                                grad_clip)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ScheduleConfig, kind, warmup_steps, final_lr_ratio,
+                                                decay_steps, anneal_start_step, anneal_start_lr)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(BatchConfig, micro_batch_rows, global_batch_rows, row_length)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunConfig, steps, tokens, seed, checkpoint_every, keep_last,
+                                                validate_every, validation_rows, log_every)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DataConfig, train, validation, tokenizer, eos_id)
+
+namespace {
+
+constexpr const char* kOp = "train-config";
+
+// Every key of `given` must exist in `known` (free-form maps such as data.validation excepted).
+void check_known_keys(const nlohmann::json& given, const nlohmann::json& known, const std::string& path,
+                      const std::string& source) {
+  for (auto it = given.begin(); it != given.end(); ++it) {
+    std::string key = path.empty() ? it.key() : path + "." + it.key();
+    if (!known.contains(it.key())) fail_file(kOp, source, cat("unknown key '", key, "'"));
+    if (key == "data.validation") continue;
+    if (it.value().is_object() && known[it.key()].is_object())
+      check_known_keys(it.value(), known[it.key()], key, source);
+  }
+}
+
+bool one_of(const std::string& value, std::initializer_list<const char*> allowed) {
+  for (const char* a : allowed)
+    if (value == a) return true;
+  return false;
+}
+
+}  // namespace
+
+void TrainConfig::validate(const std::string& source) const {
+  auto check = [&](bool ok, const std::string& problem) {
+    if (!ok) fail_file(kOp, source, problem);
+  };
+  check(one_of(routing.mode, {"emo", "standard", "dense"}),
+        cat("routing.mode '", routing.mode, "' is not emo, standard or dense"));
+  check(one_of(loss.lb_scope, {"global", "micro_batch"}),
+        cat("loss.lb_scope '", loss.lb_scope, "' is not global or micro_batch"));
+  check(one_of(schedule.kind, {"cosine", "wsd", "anneal", "constant"}),
+        cat("schedule.kind '", schedule.kind, "' is not cosine, wsd, anneal or constant"));
+  check(model.d > 0 && model.layers > 0 && model.heads > 0 && model.kv_heads > 0,
+        "model sizes must be positive");
+  check(model.d % model.heads == 0,
+        cat("model.d ", model.d, " is not a multiple of model.heads ", model.heads));
+  check(model.heads % model.kv_heads == 0,
+        cat("model.heads ", model.heads, " is not a multiple of model.kv_heads ", model.kv_heads));
+  if (routing.mode != "dense") {
+    check(model.top_k > model.shared_experts && model.top_k <= model.experts,
+          cat("model.top_k ", model.top_k, " must exceed shared_experts and not exceed experts ",
+              model.experts));
+    int64_t pool_min = routing.pool_min > 0 ? routing.pool_min : model.top_k;
+    int64_t pool_max = routing.pool_max > 0 ? routing.pool_max : model.experts;
+    check(pool_min <= pool_max && pool_max <= model.experts,
+          cat("routing pool range [", pool_min, ", ", pool_max, "] must lie within [K, E]"));
+  }
+  check(batch.micro_batch_rows > 0 && batch.row_length > 1,
+        "batch.micro_batch_rows and row_length must be positive");
+  check(batch.global_batch_rows % batch.micro_batch_rows == 0,
+        cat("batch.global_batch_rows ", batch.global_batch_rows, " is not a multiple of micro_batch_rows ",
+            batch.micro_batch_rows));
+  check(run.steps > 0 || run.tokens > 0, "set run.steps or run.tokens");
+  check(optimizer.lr > 0 && optimizer.beta1 >= 0 && optimizer.beta1 < 1 && optimizer.beta2 >= 0 &&
+            optimizer.beta2 < 1 && optimizer.eps > 0,
+        "optimizer: lr > 0, betas in [0, 1), eps > 0");
+  check(run.keep_last >= 1, "run.keep_last must be at least 1");
+}
+
+int64_t TrainConfig::total_steps() const {
+  if (run.steps > 0) return run.steps;
+  return (run.tokens + tokens_per_step() - 1) / tokens_per_step();
+}
+
+ModelConfig TrainConfig::model_config() const {
+  ModelConfig c;
+  bool dense = routing.mode == "dense";
+  c.model_type = dense ? "olmo2_noqknorm_prenorm" : "emo";
+  c.vocab_size = model.vocab;
+  c.hidden_size = model.d;
+  c.intermediate_size = model.expert_width;
+  c.num_hidden_layers = model.layers;
+  c.num_attention_heads = model.heads;
+  c.num_key_value_heads = model.kv_heads;
+  c.max_position_embeddings = model.max_position;
+  c.rope_theta = model.rope_theta;
+  if (data.eos_id >= 0) c.eos_token_id = data.eos_id;
+  if (!dense) {
+    c.num_experts = model.experts;
+    c.num_experts_per_tok = model.top_k;
+    c.num_shared_experts = model.shared_experts;
+    c.router_aux_loss_coef = loss.lb;
+  }
+  return c;
+}
+
+LossWeights TrainConfig::loss_weights() const {
+  LossWeights w;
+  w.output_z = loss.output_z;
+  w.lb = loss.lb;
+  w.router_z = loss.router_z;
+  return w;
+}
+
+RoutingOptions TrainConfig::routing_options(bool training) const {
+  RoutingOptions r;
+  r.mode = routing.mode == "emo" ? RoutingMode::kEmoPool : RoutingMode::kStandard;
+  r.training = training;
+  r.pool_min = routing.pool_min;
+  r.pool_max = routing.pool_max;
+  r.pool_eval = routing.pool_eval;
+  return r;
+}
+
+nlohmann::json TrainConfig::to_json() const {
+  return nlohmann::json{
+      {"model", model},       {"routing", routing}, {"loss", loss}, {"optimizer", optimizer},
+      {"schedule", schedule}, {"batch", batch},     {"run", run},   {"data", data}};
+}
+
+TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& source) {
+  if (!j.is_object()) fail_file(kOp, source, "the configuration must be a JSON object");
+  nlohmann::json merged = TrainConfig{}.to_json();
+  check_known_keys(j, merged, "", source);
+  merged.merge_patch(j);
+  TrainConfig c;
+  try {
+    merged.at("model").get_to(c.model);
+    merged.at("routing").get_to(c.routing);
+    merged.at("loss").get_to(c.loss);
+    merged.at("optimizer").get_to(c.optimizer);
+    merged.at("schedule").get_to(c.schedule);
+    merged.at("batch").get_to(c.batch);
+    merged.at("run").get_to(c.run);
+    merged.at("data").get_to(c.data);
+  } catch (const nlohmann::json::exception& e) {
+    fail_file(kOp, source, cat("wrong value type: ", e.what()));
+  }
+  return c;
+}
+
+TrainConfig TrainConfig::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail_file(kOp, path, "cannot open");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    fail_at(kOp, path, cat("byte ", e.byte), e.what());
+  }
+  return from_json(j, path);
+}
+
+void apply_override(nlohmann::json& config, const std::string& assignment) {
+  size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    fail(kOp, cat("override '", assignment, "' is not of the form section.key=value"));
+  std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  nlohmann::json* node = &config;
+  size_t start = 0;
+  while (true) {
+    size_t dot = path.find('.', start);
+    std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    bool last = dot == std::string::npos;
+    bool free_map = path.rfind("data.validation.", 0) == 0 && last;
+    if (!node->is_object() || (!node->contains(key) && !free_map))
+      fail(kOp, cat("override '", assignment, "': unknown key '", path, "'"));
+    if (last) {
+      nlohmann::json& target = (*node)[key];
+      try {
+        if (target.is_boolean()) {
+          if (text != "true" && text != "false")
+            fail(kOp, cat("override '", assignment, "': expected true or false"));
+          target = text == "true";
+        } else if (target.is_number_unsigned()) {
+          target = std::stoull(text);
+        } else if (target.is_number_integer()) {
+          target = std::stoll(text);
+        } else if (target.is_number_float()) {
+          target = std::stod(text);
+        } else if (target.is_string() || target.is_null()) {
+          target = text;
+        } else {
+          fail(kOp, cat("override '", assignment, "': '", path, "' is not a single value"));
+        }
+      } catch (const std::logic_error&) {  // stoll/stod: invalid_argument, out_of_range
+        fail(kOp, cat("override '", assignment, "': '", text, "' is not a number"));
+      }
+      return;
+    }
+    node = &(*node)[key];
+    start = dot + 1;
+  }
+}
+
+}  // namespace emo
