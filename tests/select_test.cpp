@@ -13,6 +13,7 @@
 #include "model/forward_state.h"
 #include "model/model.h"
 #include "select/examples.h"
+#include "select/prune.h"
 #include "select/selection.h"
 #include "select/subset.h"
 
@@ -295,6 +296,96 @@ TEST(Selection, ReadsPlainTextAndJsonlExamples) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("bad.jsonl: line 2"), std::string::npos) << e.what();
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Pruning
+
+// Relative difference max|a - b| / max|b| of two logit tensors.
+double relative_difference(const Tensor& a, const Tensor& b) {
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < b.size(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, static_cast<double>(std::fabs(b[i])));
+  }
+  return diff / scale;
+}
+
+Batch two_rows() {
+  std::vector<int32_t> tokens = {5,  9,  3, kEos, 7,  7,  12,   30, 2,  44, 8, 19,  //
+                                 40, 41, 6, 6,    20, 21, kEos, 23, 24, 25, 3, 4};
+  return Batch::from_tokens(2, 12, tokens, {}, kEos);
+}
+
+TEST(Prune, PlanSlicesRouterRowsAndExpertsInTheReferenceOrder) {
+  ExpertSubset s = valid_subset();  // layer 0 keeps 0, 4, 8 (+ shared 9)
+  std::vector<std::string> names = {"model.embed_tokens.weight", "model.layers.0.mlp.gate.weight"};
+  for (int e = 0; e < 10; ++e)
+    names.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj.weight");
+  names.push_back("lm_head.weight");
+  auto plan = prune_plan(s, names);
+  ASSERT_EQ(plan.size(), 2u + 4u + 1u);
+  EXPECT_EQ(plan[0].name, "model.embed_tokens.weight");
+  EXPECT_TRUE(plan[0].rows.empty());
+  EXPECT_EQ(plan[1].rows, (std::vector<int32_t>{0, 4, 8, 9}));
+  const char* expected[4][2] = {{"experts.0.", "experts.0."},
+                                {"experts.1.", "experts.4."},
+                                {"experts.2.", "experts.8."},
+                                {"experts.3.", "experts.9."}};
+  for (int j = 0; j < 4; ++j) {
+    EXPECT_NE(plan[2 + j].name.find(expected[j][0]), std::string::npos) << plan[2 + j].name;
+    EXPECT_NE(plan[2 + j].source.find(expected[j][1]), std::string::npos) << plan[2 + j].source;
+  }
+  EXPECT_EQ(plan[6].name, "lm_head.weight");
+}
+
+TEST(Prune, PrunedConfigHasKeepKExperts) {
+  ExpertSubset s = valid_subset();
+  ModelConfig c = pruned_config(tiny_config(), s);
+  EXPECT_EQ(c.num_experts, 4);
+  EXPECT_EQ(c.num_experts_per_tok, 3);
+  EXPECT_EQ(c.num_shared_experts, 1);
+  ExpertSubset two = ExpertSubset::for_model(tiny_config(), 2, "random");
+  two.routed = {{1}, {2}, {3}};
+  EXPECT_EQ(pruned_config(tiny_config(), two).num_experts_per_tok, 2) << "min(K, k)";
+}
+
+TEST(Prune, PrunedModelGivesTheLogitsOfSubsetRouting) {
+  auto full = tiny_model();
+  for (int64_t k : {2, 3, 4, 7, 10}) {
+    ExpertSubset s = select_experts(*full, one_example(), {k, SelectionMethod::kGlobal, 0});
+    auto pruned = prune_model(*full, s);
+    EXPECT_EQ(pruned->config().num_experts, k);
+    RoutingOptions standard;
+    standard.training = false;
+    auto expected = full->infer(two_rows(), s.routing_options());
+    auto got = pruned->infer(two_rows(), standard);
+    EXPECT_LT(relative_difference(got->logits, expected->logits), 1e-5) << "keep-k " << k;
+    // And the pruned model routes its tokens to the same original experts.
+    for (int64_t l = 0; l < 3; ++l) {
+      auto kept = kept_experts(s, l);
+      const LayerRouting& a = got->routing(l);
+      const LayerRouting& b = expected->routing(l);
+      for (int64_t n = 0; n < a.N; ++n) {
+        std::set<int32_t> ids_a, ids_b;
+        for (int64_t j = 0; j < a.slots; ++j)
+          if (a.ids[n * a.slots + j] >= 0) ids_a.insert(kept[a.ids[n * a.slots + j]]);
+        for (int64_t j = 0; j < b.slots; ++j)
+          if (b.ids[n * b.slots + j] >= 0) ids_b.insert(b.ids[n * b.slots + j]);
+        EXPECT_EQ(ids_a, ids_b) << "keep-k " << k << " layer " << l << " token " << n;
+      }
+    }
+  }
+}
+
+TEST(Prune, PrunedModelIsSmallerInProportion) {
+  auto full = tiny_model();
+  ExpertSubset s = valid_subset();
+  auto pruned = prune_model(*full, s);
+  const ModelConfig& c = full->config();
+  const int64_t expert_params = 3 * c.intermediate_size * c.hidden_size, router_row = c.hidden_size;
+  EXPECT_EQ(full->num_params() - pruned->num_params(),
+            c.num_hidden_layers * 6 * (expert_params + router_row));
 }
 
 }  // namespace
