@@ -103,6 +103,8 @@ class Model {
   // Checkpoint I/O in the Hugging Face layout (config.json + model.safetensors or shards).
   static std::unique_ptr<Model> load(const std::string& dir);
   void save(const std::string& dir, const std::string& dtype = "float32") const;
+  // The same with shards of at most max_shard_bytes (the default above is 5 GB, as Hugging Face).
+  void save(const std::string& dir, const std::string& dtype, int64_t max_shard_bytes) const;
 
   // A parameter by its Hugging Face name (throws for an unknown name); names in checkpoint order.
   Tensor& weight(const std::string& name);
