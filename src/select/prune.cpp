@@ -2,10 +2,16 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
+#include <filesystem>
 #include <map>
 #include <regex>
 
 #include "core/error.h"
+#include "core/log.h"
+#include "io/atomic_file.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
 
 namespace emo {
 namespace {
@@ -34,6 +40,11 @@ ExpertName parse_name(const std::string& name) {
   }
   return out;
 }
+
+namespace fs = std::filesystem;
+
+// Hugging Face's default shard size ("5GB"), so a pruned released model keeps the layout of its parent.
+constexpr int64_t kMaxShardBytes = 5'000'000'000;
 
 std::string expert_name(int64_t layer, int64_t expert, const std::string& rest) {
   return cat("model.layers.", layer, ".mlp.experts.", expert, ".", rest);
@@ -133,6 +144,54 @@ nlohmann::json pruning_metadata(const ExpertSubset& subset, const ModelConfig& f
                  {"num_experts_per_tok", full.num_experts_per_tok},
                  {"num_shared_experts", full.num_shared_experts}};
   return j;
+}
+
+PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& subset,
+                              const std::string& out_dir) {
+  Timer timer;
+  const fs::path dir(model_dir);
+  const ModelConfig full = ModelConfig::load((dir / "config.json").string());
+  subset.check(full, "prune");
+  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(model_dir);
+
+  PruneSummary summary;
+  for (const std::string& name : checkpoint.names()) {
+    summary.params_in += checkpoint.info(name).numel();
+    summary.bytes_in += static_cast<int64_t>(checkpoint.info(name).nbytes);
+  }
+  std::vector<SafetensorsEntry> entries;
+  std::deque<std::vector<char>> sliced;  // router rows gathered out of the mapping (the rest is zero-copy)
+  for (const PrunedTensor& t : prune_plan(subset, checkpoint.names())) {
+    const TensorInfo& info = checkpoint.info(t.source);
+    if (t.rows.empty()) {
+      entries.push_back(SafetensorsEntry::raw(t.name, info.dtype, info.shape, info.data));
+    } else {
+      EMO_CHECK(info.shape.size() == 2, "prune", "router '", t.source, "' has shape ", shape_str(info.shape));
+      const size_t row_bytes = static_cast<size_t>(info.shape[1]) * dtype_size(info.dtype);
+      std::vector<char>& rows = sliced.emplace_back(t.rows.size() * row_bytes);
+      for (size_t r = 0; r < t.rows.size(); ++r) {
+        EMO_CHECK(t.rows[r] < info.shape[0], "prune", "router '", t.source, "' has ", info.shape[0],
+                  " rows, row ", t.rows[r], " was asked for");
+        std::memcpy(rows.data() + r * row_bytes, static_cast<const char*>(info.data) + t.rows[r] * row_bytes,
+                    row_bytes);
+      }
+      entries.push_back(SafetensorsEntry::raw(
+          t.name, info.dtype, {static_cast<int64_t>(t.rows.size()), info.shape[1]}, rows.data()));
+    }
+    summary.params_out += numel(entries.back().shape);
+    summary.bytes_out += static_cast<int64_t>(entries.back().nbytes());
+  }
+  summary.tensors = static_cast<int64_t>(entries.size());
+
+  write_directory_atomically(out_dir, [&](const std::string& temp_dir) {
+    const fs::path out(temp_dir);
+    write_safetensors_sharded(temp_dir, entries, kMaxShardBytes, checkpoint.metadata());
+    pruned_config(full, subset).save((out / "config.json").string());
+    write_json_file((out / "pruning_metadata.json").string(), pruning_metadata(subset, full));
+    if (fs::exists(dir / "tokenizer.json")) fs::copy_file(dir / "tokenizer.json", out / "tokenizer.json");
+  });
+  summary.seconds = timer.seconds();
+  return summary;
 }
 
 }  // namespace emo
