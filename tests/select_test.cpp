@@ -10,6 +10,8 @@
 #include <set>
 
 #include "core/error.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
 #include "model/forward_state.h"
 #include "model/model.h"
 #include "select/examples.h"
@@ -386,6 +388,84 @@ TEST(Prune, PrunedModelIsSmallerInProportion) {
   const int64_t expert_params = 3 * c.intermediate_size * c.hidden_size, router_row = c.hidden_size;
   EXPECT_EQ(full->num_params() - pruned->num_params(),
             c.num_hidden_layers * 6 * (expert_params + router_row));
+}
+
+// Bytes of the tensor file(s) of a checkpoint directory.
+int64_t tensor_bytes(const std::string& dir) {
+  int64_t total = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".safetensors") total += static_cast<int64_t>(fs::file_size(e.path()));
+  return total;
+}
+
+TEST(PruneCheckpoint, LoadingThePrunedCheckpointGivesTheLogitsOfSubsetRouting) {
+  TempDir dir;
+  auto full = tiny_model();
+  full->save(dir / "full");
+  write_text(dir / "full/tokenizer.json", "{\"model\": \"stand-in\"}");
+  ExpertSubset s = select_experts(*full, one_example(), {4, SelectionMethod::kLayerwise, 0});
+  PruneSummary summary = prune_checkpoint(dir / "full", s, dir / "pruned");
+
+  auto pruned = Model::load(dir / "pruned");
+  EXPECT_EQ(pruned->config().num_experts, 4);
+  EXPECT_EQ(pruned->config().num_experts_per_tok, 3);
+  RoutingOptions standard;
+  standard.training = false;
+  auto expected = full->infer(two_rows(), s.routing_options());
+  auto got = pruned->infer(two_rows(), standard);
+  EXPECT_LT(relative_difference(got->logits, expected->logits), 1e-5);
+
+  // The same tensors as pruning in memory, bit for bit.
+  auto in_memory = prune_model(*full, s);
+  for (const std::string& name : in_memory->param_names())
+    EXPECT_EQ(pruned->weight(name).vec(), in_memory->weight(name).vec()) << name;
+
+  nlohmann::json meta = read_json_file(dir / "pruned/pruning_metadata.json");
+  EXPECT_EQ(meta["method"], "layerwise");
+  EXPECT_EQ(meta["keep_k"], 4);
+  EXPECT_EQ(meta["calibration"]["examples"], 1);
+  for (int64_t l = 0; l < 3; ++l)
+    EXPECT_EQ(meta["kept_original_indices"][l].get<std::vector<int32_t>>(), kept_experts(s, l));
+  EXPECT_TRUE(fs::exists(dir / "pruned/tokenizer.json"));
+
+  // Smaller in proportion: the file shrinks by exactly the dropped experts' and router rows' bytes.
+  const ModelConfig& c = full->config();
+  const int64_t dropped = c.num_hidden_layers * 6 * (3 * c.intermediate_size * c.hidden_size + c.hidden_size);
+  EXPECT_EQ(summary.params_in - summary.params_out, dropped);
+  EXPECT_EQ(summary.bytes_in - summary.bytes_out, dropped * 4);
+  const double ratio = static_cast<double>(tensor_bytes(dir / "pruned")) / tensor_bytes(dir / "full");
+  EXPECT_NEAR(ratio, static_cast<double>(summary.params_out) / summary.params_in, 0.01);
+}
+
+TEST(PruneCheckpoint, KeepsTheStoredDtype) {
+  TempDir dir;
+  auto full = tiny_model();
+  full->save(dir / "full", "bfloat16");
+  ExpertSubset s = valid_subset();
+  prune_checkpoint(dir / "full", s, dir / "pruned");
+  auto file = SafetensorsCheckpoint::open(dir / "pruned");
+  EXPECT_EQ(file.info("model.layers.1.mlp.gate.weight").dtype, DType::kBF16);
+  EXPECT_EQ(file.info("model.layers.1.mlp.gate.weight").shape, (Shape{4, 16}));
+  EXPECT_FALSE(file.contains("model.layers.0.mlp.experts.4.up_proj.weight"));
+  auto full_bf16 = Model::load(dir / "full");
+  auto pruned = Model::load(dir / "pruned");
+  RoutingOptions standard;
+  standard.training = false;
+  EXPECT_LT(relative_difference(pruned->infer(two_rows(), standard)->logits,
+                                full_bf16->infer(two_rows(), s.routing_options())->logits),
+            1e-5);
+}
+
+TEST(PruneCheckpoint, RefusesASubsetMadeForAnotherModel) {
+  TempDir dir;
+  auto full = tiny_model();
+  full->save(dir / "full");
+  ExpertSubset s = valid_subset();
+  s.routed.pop_back();
+  s.shared.pop_back();
+  s.num_layers = 2;
+  EXPECT_THROW(prune_checkpoint(dir / "full", s, dir / "pruned"), Error);
+  EXPECT_FALSE(fs::exists(dir / "pruned"));
 }
 
 }  // namespace
