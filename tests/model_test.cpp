@@ -305,6 +305,21 @@ TEST(EmoRouting, EvaluationModeUsesPoolEval) {
     }
 }
 
+TEST(EmoRouting, DefaultPoolSizesAreDrawnFromKToE) {
+  auto model = tiny_model(true);
+  RoutingOptions options;
+  options.mode = RoutingMode::kEmoPool;
+  Rng rng(11);
+  std::set<int32_t> seen;
+  for (int trial = 0; trial < 20; ++trial) {
+    auto state = model->forward(tiny_batch(), options, &rng);
+    for (int l = 0; l < 2; ++l)
+      for (const PoolSegment& pool : state->routing(l).pools) seen.insert(pool.pool_size);
+  }
+  // Drawn from [K, E] = [3, 8]; 8 means every routed expert, clamped to the 7 routed ones.
+  EXPECT_EQ(seen, (std::set<int32_t>{3, 4, 5, 6, 7}));
+}
+
 TEST(EmoRouting, TrainingWithoutAnRngIsAnError) {
   auto model = tiny_model(true);
   RoutingOptions options;
@@ -422,6 +437,35 @@ TEST(Losses, DenseModelHasNoRouterTerms) {
   EXPECT_EQ(t.lb, 0.0);
   EXPECT_EQ(t.router_z, 0.0);
   EXPECT_TRUE(model->expert_counts(*state).empty());
+}
+
+TEST(Model, IntraDocumentAttentionIsolatesTheDocumentsOfARow) {
+  auto model = tiny_model(true);
+  Batch batch = tiny_batch();
+  Batch changed = batch;
+  changed.tokens[1] = 17;  // inside row 0's first document [0, 3)
+  RoutingOptions isolated;
+  isolated.intra_document_attention = true;
+  auto a = model->forward(batch, isolated);
+  auto b = model->forward(changed, isolated);
+  const int64_t V = 32;
+  for (int64_t t = 3; t < 24; ++t)  // every later position of row 0, and row 1
+    for (int64_t v = 0; v < V; ++v) ASSERT_EQ(a->logits[t * V + v], b->logits[t * V + v]) << "position " << t;
+  auto c = model->forward(batch, RoutingOptions{});
+  auto d = model->forward(changed, RoutingOptions{});
+  EXPECT_NE(c->logits[5 * V], d->logits[5 * V]);  // plain causal attention sees across the EOS
+}
+
+TEST(Model, BackwardAccumulatesScaledGradients) {
+  auto model = tiny_model(true);
+  auto state = model->forward(tiny_batch(), emo_options());
+  model->zero_grads();
+  model->backward(*state, LossWeights{});
+  const std::vector<float> once = model->params()[0].grad->vec();
+  model->backward(*state, LossWeights{}, nullptr, 0, 0.5f);
+  const std::vector<float> twice = model->params()[0].grad->vec();
+  for (size_t i = 0; i < once.size(); ++i)
+    EXPECT_NEAR(twice[i], 1.5f * once[i], 1e-6f + 1e-5f * std::fabs(once[i]));
 }
 
 TEST(Model, InferGivesTheSameLogitsAsForward) {
