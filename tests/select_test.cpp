@@ -10,6 +10,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "data/dataset.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/forward_state.h"
@@ -298,6 +299,25 @@ TEST(Selection, ReadsPlainTextAndJsonlExamples) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("bad.jsonl: line 2"), std::string::npos) << e.what();
   }
+}
+
+TEST(Selection, TakesTheFirstDocumentsOfADomainOfADataset) {
+  TempDir dir;
+  data::DatasetWriter writer({"law", "code"}, 48);
+  for (int d = 0; d < 6; ++d) {
+    std::vector<int32_t> doc(3 + d, d + 2);
+    writer.add(doc, d % 2);
+  }
+  writer.write(dir / "valid.bin");
+  Examples ex = examples_from_dataset(dir / "valid.bin", "code", 2);
+  ASSERT_EQ(ex.sequences.size(), 2u);
+  EXPECT_EQ(ex.sequences[0], std::vector<int32_t>(4, 3));  // document 1
+  EXPECT_EQ(ex.sequences[1], std::vector<int32_t>(6, 5));  // document 3
+  EXPECT_NE(ex.description.find("2 documents of domain code"), std::string::npos) << ex.description;
+  EXPECT_EQ(examples_from_dataset(dir / "valid.bin", "law", 0).sequences.size(), 3u);
+  EXPECT_THROW(examples_from_dataset(dir / "valid.bin", "medicine", 1), Error);
+  auto model = tiny_model();
+  EXPECT_NO_THROW(select_experts(*model, ex, {4, SelectionMethod::kLayerwise, 0}).check(model->config()));
 }
 
 // ---------------------------------------------------------------------------------------------------------
