@@ -456,6 +456,21 @@ TEST(Model, IntraDocumentAttentionIsolatesTheDocumentsOfARow) {
   EXPECT_NE(c->logits[5 * V], d->logits[5 * V]);  // plain causal attention sees across the EOS
 }
 
+TEST(Model, ForwardIntoAReusedStateEqualsAFreshForward) {
+  auto model = tiny_model(true);
+  Batch other = Batch::from_tokens(1, 5, {3, 4, kEos, 6, 7}, {4, kEos, 6, 7, 8}, kEos);
+  RoutingOptions eval_pool;
+  eval_pool.mode = RoutingMode::kEmoPool;
+  eval_pool.training = false;
+  eval_pool.pool_eval = 4;
+  auto reused = model->forward(other, eval_pool);
+  model->forward_into(*reused, tiny_batch(), emo_options());
+  auto fresh = model->forward(tiny_batch(), emo_options());
+  EXPECT_EQ(reused->logits.vec(), fresh->logits.vec());
+  EXPECT_EQ(routing_signature(*reused), routing_signature(*fresh));
+  EXPECT_EQ(model->loss(*reused, LossWeights{}).total, model->loss(*fresh, LossWeights{}).total);
+}
+
 TEST(Model, BackwardAccumulatesScaledGradients) {
   auto model = tiny_model(true);
   auto state = model->forward(tiny_batch(), emo_options());

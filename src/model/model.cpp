@@ -59,6 +59,12 @@ MoeLayout moe_layout(const ModelConfig& config, int64_t l) {
   return m;
 }
 
+// t resized to shape and zero-filled, keeping its allocation.
+Tensor& zeroed(Tensor& t, Shape shape) {
+  t.resize(std::move(shape));
+  return t;
+}
+
 void add_into(Tensor& dst, const Tensor& src) {
   for (int64_t i = 0; i < dst.size(); ++i) dst[i] += src[i];
 }
@@ -142,8 +148,8 @@ struct RouterGradScales {
 // The passes over a model's private weights.
 struct ModelPasses {
   using Weights = Model::Weights;
-  static std::unique_ptr<ForwardState> run_forward(const Model& model, const Batch& batch,
-                                                   const RoutingOptions& routing, Rng* rng, bool keep);
+  static void run_forward(const Model& model, ForwardState& state, const Batch& batch,
+                          const RoutingOptions& routing, Rng* rng, bool keep);
   static void moe_block_forward(const Model& model, int64_t l, LayerState& s, Tensor& out,
                                 const RoutingPolicy& policy, const RoutingContext& context);
   static void dense_block_forward(const Model& model, int64_t l, LayerState& s, Tensor& out);
@@ -158,23 +164,31 @@ struct ModelPasses {
 };
 
 std::unique_ptr<ForwardState> Model::forward(const Batch& batch, const RoutingOptions& routing, Rng* rng) {
-  return ModelPasses::run_forward(*this, batch, routing, rng, true);
+  auto state = std::make_unique<ForwardState>();
+  ModelPasses::run_forward(*this, *state, batch, routing, rng, true);
+  return state;
+}
+
+void Model::forward_into(ForwardState& state, const Batch& batch, const RoutingOptions& routing, Rng* rng) {
+  ModelPasses::run_forward(*this, state, batch, routing, rng, true);
 }
 
 std::unique_ptr<ForwardState> Model::infer(const Batch& batch, const RoutingOptions& routing,
                                            Rng* rng) const {
-  return ModelPasses::run_forward(*this, batch, routing, rng, false);
+  auto state = std::make_unique<ForwardState>();
+  ModelPasses::run_forward(*this, *state, batch, routing, rng, false);
+  return state;
 }
 
-std::unique_ptr<ForwardState> ModelPasses::run_forward(const Model& model, const Batch& batch,
-                                                       const RoutingOptions& routing, Rng* rng, bool keep) {
+void ModelPasses::run_forward(const Model& model, ForwardState& out, const Batch& batch,
+                              const RoutingOptions& routing, Rng* rng, bool keep) {
   const ModelConfig& config_ = model.config_;
   check_batch(batch, config_, routing);
   const Weights& w = *model.weights_;
   const int64_t B = batch.B, T = batch.T, N = B * T, C = config_.hidden_size, V = config_.vocab_size;
   const int64_t H = config_.num_attention_heads, Hkv = config_.num_key_value_heads, hd = config_.head_dim();
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  auto state = std::make_unique<ForwardState>();
+  ForwardState* state = &out;
   state->batch = batch;
   if (state->batch.targets.empty()) state->batch.targets.assign(N, -1);
   state->for_backward = keep;
@@ -184,7 +198,8 @@ std::unique_ptr<ForwardState> ModelPasses::run_forward(const Model& model, const
   std::unique_ptr<RoutingPolicy> policy = make_routing_policy(routing);
   const int32_t* doc_ids = routing.intra_document_attention ? batch.doc_ids.data() : nullptr;
 
-  Tensor x({N, C});  // [N, C] the residual stream
+  Tensor x({N, C});       // [N, C] the residual stream
+  Tensor branch({N, C});  // [N, C] output of the block being added to it
   embedding_forward(x.data(), batch.tokens.data(), w.embed->value.data(), N, V, C);
   LayerState scratch;  // reused by every layer when nothing is kept
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
@@ -208,7 +223,6 @@ std::unique_ptr<ForwardState> ModelPasses::run_forward(const Model& model, const
     s.attn_out.resize({N, H * hd});
     attention_forward(s.attn_out.data(), s.probs.data(), s.q.data(), s.k.data(), s.v.data(), doc_ids,
                       {B, T, H, Hkv, hd});
-    Tensor branch({N, C});  // [N, C]
     linear_forward(branch.data(), s.attn_out.data(), lw.o->value.data(), N, H * hd, C);
     add_into(x, branch);
 
@@ -242,7 +256,6 @@ std::unique_ptr<ForwardState> ModelPasses::run_forward(const Model& model, const
     state->final_input = Tensor();
     state->final_norm = Tensor();
   }
-  return state;
 }
 
 void ModelPasses::moe_block_forward(const Model& model, int64_t l, LayerState& s, Tensor& out,
@@ -381,16 +394,16 @@ void ModelPasses::backward(Model& model, ForwardState& state, const LossWeights&
   const int64_t L = config_.num_hidden_layers;
 
   // Output: CE + output z-loss, means over counted tokens.
-  Tensor dlogits({N, V});  // [N, V]
+  Tensor& dlogits = zeroed(w.buffers.dlogits, {N, V});  // [N, V]
   if (state.ce.count > 0) {
     const float per_token = grad_scale / static_cast<float>(state.ce.count);
     cross_entropy_backward(dlogits.data(), state.logits.data(), state.lse.data(), state.batch.targets.data(),
                            N, V, per_token, per_token * static_cast<float>(weights.output_z));
   }
-  Tensor dnorm({N, C});  // [N, C]
+  Tensor& dnorm = zeroed(w.buffers.dnorm, {N, C});  // [N, C]
   linear_backward(dnorm.data(), w.lm_head->grad.data(), dlogits.data(), state.final_norm.data(),
                   w.lm_head->value.data(), N, C, V);
-  Tensor dx({N, C});  // [N, C] gradient of the residual stream
+  Tensor& dx = zeroed(w.buffers.dx, {N, C});  // [N, C] gradient of the residual stream
   rmsnorm_backward(dx.data(), w.norm->grad.data(), dnorm.data(), state.final_input.data(),
                    w.norm->value.data(), state.final_rstd.data(), N, C);
 
@@ -402,7 +415,7 @@ void ModelPasses::backward(Model& model, ForwardState& state, const LossWeights&
                           global_tokens > 0 ? global_tokens : N};
   for (int64_t l = L - 1; l >= 0; --l) {
     LayerState& s = state.layers[l];
-    Tensor dffn({N, C});  // [N, C] gradient of RMSNorm(mid)
+    Tensor& dffn = zeroed(w.buffers.dffn, {N, C});  // [N, C] gradient of RMSNorm(mid)
     if (config_.is_moe())
       moe_block_backward(model, l, s, dx, dffn, (*counts)[l], router);
     else
@@ -442,7 +455,10 @@ void ModelPasses::dense_block_backward(Model& model, int64_t l, LayerState& s, c
   const ModelConfig& config_ = model.config_;
   const Weights::Layer& lw = model.weights_->layers[l];
   const int64_t N = dout.dim(0), C = config_.hidden_size, F = config_.intermediate_size;
-  Tensor dhidden({N, F}), dgate({N, F}), dup({N, F});  // [N, F]
+  auto& buffers = model.weights_->buffers;
+  Tensor& dhidden = zeroed(buffers.dhidden, {N, F});  // [N, F]
+  Tensor& dgate = zeroed(buffers.dgate, {N, F});      // [N, F]
+  Tensor& dup = zeroed(buffers.dup, {N, F});          // [N, F]
   linear_backward(dhidden.data(), lw.down[0]->grad.data(), dout.data(), s.mlp_hidden.data(),
                   lw.down[0]->value.data(), N, F, C);
   swiglu_backward(dgate.data(), dup.data(), dhidden.data(), s.mlp_gate.data(), s.mlp_up.data(), N * F);
@@ -458,15 +474,18 @@ void ModelPasses::attention_block_backward(Model& model, int64_t l, LayerState& 
   const Weights::Layer& lw = model.weights_->layers[l];
   const int64_t B = state.batch.B, T = state.batch.T, N = B * T, C = config_.hidden_size;
   const int64_t H = config_.num_attention_heads, Hkv = config_.num_key_value_heads, hd = config_.head_dim();
-  Tensor datt({N, H * hd});  // [N, H*hd]
+  auto& buffers = model.weights_->buffers;
+  Tensor& datt = zeroed(buffers.datt, {N, H * hd});  // [N, H*hd]
   linear_backward(datt.data(), lw.o->grad.data(), dx.data(), s.attn_out.data(), lw.o->value.data(), N, H * hd,
                   C);
-  Tensor dq({N, H * hd}), dk({N, Hkv * hd}), dv({N, Hkv * hd});
+  Tensor& dq = zeroed(buffers.dq, {N, H * hd});    // [N, H*hd]
+  Tensor& dk = zeroed(buffers.dk, {N, Hkv * hd});  // [N, Hkv*hd]
+  Tensor& dv = zeroed(buffers.dv, {N, Hkv * hd});  // [N, Hkv*hd]
   attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), s.probs.data(), s.q.data(), s.k.data(),
                      s.v.data(), {B, T, H, Hkv, hd});
   rope_backward(dq.data(), state.positions.data(), N, H, model.weights_->rope);
   rope_backward(dk.data(), state.positions.data(), N, Hkv, model.weights_->rope);
-  Tensor dnorm({N, C});  // [N, C]
+  Tensor& dnorm = zeroed(buffers.dnorm, {N, C});  // [N, C]
   linear_backward(dnorm.data(), lw.q->grad.data(), dq.data(), s.attn_norm.data(), lw.q->value.data(), N, C,
                   H * hd);
   linear_backward(dnorm.data(), lw.k->grad.data(), dk.data(), s.attn_norm.data(), lw.k->value.data(), N, C,

@@ -81,6 +81,9 @@ class Model {
   // Forward of one micro-batch: logits, routing, saved activations. rng draws the EMO pool sizes.
   std::unique_ptr<ForwardState> forward(const Batch& batch, const RoutingOptions& routing,
                                         Rng* rng = nullptr);
+  // The same into a state of an earlier call, reusing its buffers (repeated steps then touch no fresh pages).
+  void forward_into(ForwardState& state, const Batch& batch, const RoutingOptions& routing,
+                    Rng* rng = nullptr);
   // The same forward keeping only logits and routing decisions (no backward possible): for eval/inference.
   std::unique_ptr<ForwardState> infer(const Batch& batch, const RoutingOptions& routing,
                                       Rng* rng = nullptr) const;

@@ -34,6 +34,10 @@ struct Model::Weights {
   WeightEntry *embed = nullptr, *norm = nullptr, *lm_head = nullptr;
   std::vector<Layer> layers;
   RopeTable rope;
+  // Gradient buffers of the backward, kept between calls so repeated steps touch no fresh pages.
+  struct BackwardBuffers {
+    Tensor dlogits, dnorm, dx, dffn, datt, dq, dk, dv, dhidden, dgate, dup;
+  } buffers;
 
   explicit Weights(const ModelConfig& config);
   WeightEntry& find(const std::string& name) const;
