@@ -16,6 +16,7 @@
 #include "model/forward_state.h"
 #include "model/model.h"
 #include "select/examples.h"
+#include "select/merge.h"
 #include "select/prune.h"
 #include "select/selection.h"
 #include "select/subset.h"
@@ -486,6 +487,81 @@ TEST(PruneCheckpoint, RefusesASubsetMadeForAnotherModel) {
   s.num_layers = 2;
   EXPECT_THROW(prune_checkpoint(dir / "full", s, dir / "pruned"), Error);
   EXPECT_FALSE(fs::exists(dir / "pruned"));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Merge
+
+// A full model saved to dir/full and its pruned checkpoint (valid_subset) in dir/pruned.
+std::unique_ptr<Model> full_and_pruned(const TempDir& dir) {
+  auto full = tiny_model();
+  full->save(dir / "full");
+  prune_checkpoint(dir / "full", valid_subset(), dir / "pruned");
+  return full;
+}
+
+// The pruned model with expert 1 of layer 0 (original 4) and its router row changed, saved to dir/tuned.
+void save_tuned(const TempDir& dir) {
+  auto tuned = Model::load(dir / "pruned");
+  for (float& w : tuned->weight("model.layers.0.mlp.experts.1.down_proj.weight").vec()) w += 1.0f;
+  Tensor& router = tuned->weight("model.layers.0.mlp.gate.weight");  // [4, 16]
+  for (int64_t c = 0; c < 16; ++c) router[1 * 16 + c] = 2.0f;
+  tuned->save(dir / "tuned");
+  fs::copy_file(dir / "pruned/pruning_metadata.json", dir / "tuned/pruning_metadata.json");
+}
+
+TEST(Merge, MergingAnUnchangedPrunedModelGivesTheParentBack) {
+  TempDir dir;
+  auto full = full_and_pruned(dir);
+  MergeSummary summary = merge_checkpoint(dir / "full", dir / "pruned", dir / "merged", MergeMode::kReplace);
+  EXPECT_EQ(summary.tensors_merged, 3 * (1 + 4 * 3));  // per layer: the router and 4 experts x 3 matrices
+  auto merged = Model::load(dir / "merged");
+  for (const std::string& name : full->param_names())
+    EXPECT_EQ(merged->weight(name).vec(), full->weight(name).vec()) << name;
+  EXPECT_TRUE(fs::exists(dir / "merged/merge_metadata.json"));
+}
+
+TEST(Merge, WritesTunedExpertsBackAtTheirOriginalIndices) {
+  TempDir dir;
+  auto full = full_and_pruned(dir);
+  save_tuned(dir);
+  merge_checkpoint(dir / "full", dir / "tuned", dir / "replaced", MergeMode::kReplace);
+  merge_checkpoint(dir / "full", dir / "tuned", dir / "averaged", MergeMode::kAverage);
+  auto replaced = Model::load(dir / "replaced");
+  auto averaged = Model::load(dir / "averaged");
+  const std::string changed = "model.layers.0.mlp.experts.4.down_proj.weight";
+  const Tensor& before = full->weight(changed);
+  for (int64_t i = 0; i < before.size(); ++i) {
+    EXPECT_NEAR(replaced->weight(changed)[i], before[i] + 1.0f, 1e-6);
+    EXPECT_NEAR(averaged->weight(changed)[i], before[i] + 0.5f, 1e-6);
+  }
+  const Tensor& router = replaced->weight("model.layers.0.mlp.gate.weight");  // [10, 16]
+  for (int64_t c = 0; c < 16; ++c) {
+    EXPECT_EQ(router[4 * 16 + c], 2.0f);
+    EXPECT_EQ(router[5 * 16 + c], full->weight("model.layers.0.mlp.gate.weight")[5 * 16 + c]);
+  }
+  // Everything else is the parent's.
+  for (const std::string& name : full->param_names())
+    if (name != changed && name != "model.layers.0.mlp.gate.weight") {
+      EXPECT_EQ(replaced->weight(name).vec(), full->weight(name).vec()) << name;
+    }
+}
+
+TEST(Merge, RefusesAModelThatWasNotPrunedFromTheParent) {
+  TempDir dir;
+  auto full = full_and_pruned(dir);
+  EXPECT_THROW(merge_checkpoint(dir / "full", dir / "full", dir / "merged", MergeMode::kReplace), Error);
+  nlohmann::json meta = read_json_file(dir / "pruned/pruning_metadata.json");
+  meta["kept_original_indices"][1][0] = 12;
+  write_json_file(dir / "pruned/pruning_metadata.json", meta);
+  try {
+    merge_checkpoint(dir / "full", dir / "pruned", dir / "merged", MergeMode::kReplace);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 1: expert index 12 out of range"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "merged"));
 }
 
 }  // namespace
