@@ -15,6 +15,7 @@
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
 #include "model/forward_state.h"
+#include "model/losses.h"
 #include "model/model_weights.h"
 
 namespace emo {
@@ -312,40 +313,6 @@ std::vector<std::vector<double>> Model::expert_counts(const ForwardState& state)
   }
   return counts;
 }
-
-namespace {
-
-// Load balancing and router z-loss of one layer, and their gradients w.r.t. scores / lse when asked.
-struct RouterLoss {
-  double lb = 0, z = 0;
-};
-
-RouterLoss router_loss(const LayerRouting& r, const std::vector<double>& counts, int64_t global_tokens,
-                       float* dscores, float* dlse, double lb_scale, double z_scale) {
-  const int64_t N = r.N, Er = r.routed;
-  EMO_CHECK(static_cast<int64_t>(counts.size()) == Er, "model", "expert counts hold ", counts.size(),
-            " experts, the layer routes ", Er);
-  RouterLoss loss;
-  // LB = (Er/Kr) * sum_e C_e * Pbar_e / G, Pbar_e = mean over local tokens of scores_e.
-  const double lb_coef =
-      static_cast<double>(Er) / static_cast<double>(r.slots) / static_cast<double>(global_tokens);
-  std::vector<double> pbar(Er, 0.0);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t e = 0; e < Er; ++e) pbar[e] += r.scores[n * Er + e];
-  for (int64_t e = 0; e < Er; ++e) loss.lb += lb_coef * counts[e] * pbar[e] / static_cast<double>(N);
-  for (int64_t n = 0; n < N; ++n) loss.z += static_cast<double>(r.lse[n]) * r.lse[n];
-  loss.z /= static_cast<double>(N);
-  if (dscores)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t e = 0; e < Er; ++e)
-        dscores[n * Er + e] = static_cast<float>(lb_scale * lb_coef * counts[e] / static_cast<double>(N));
-  if (dlse)
-    for (int64_t n = 0; n < N; ++n)
-      dlse[n] = static_cast<float>(z_scale * 2.0 * r.lse[n] / static_cast<double>(N));
-  return loss;
-}
-
-}  // namespace
 
 LossTerms Model::loss(const ForwardState& state, const LossWeights& weights,
                       const std::vector<std::vector<double>>* global_counts, int64_t global_tokens) const {

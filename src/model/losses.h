@@ -1,0 +1,24 @@
+// The router's auxiliary losses of one MoE layer (../shared/docs/emo.md §4). The output cross-entropy and
+// z-loss are the kernels' (kernels/softmax.h); Model::loss combines all terms.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/routing.h"
+
+namespace emo {
+
+struct RouterLoss {
+  double lb = 0;  // LB = (Er / Kr) * sum_e C_e * Pbar_e / G
+  double z = 0;   // Z = mean_t lse_t^2, lse of the masked routed logits
+};
+
+// LB and Z of one layer. counts[Er] = C_e (global (token, slot) assignments, no gradient), G = global_tokens,
+// Pbar_e = mean over this micro-batch's tokens of the (pool- or subset-masked) scores. When dscores[N, Er]
+// and dlse[N] are given they are OVERWRITTEN with lb_scale * dLB/dscores and z_scale * dZ/dlse.
+RouterLoss router_loss(const LayerRouting& r, const std::vector<double>& counts, int64_t global_tokens,
+                       float* dscores = nullptr, float* dlse = nullptr, double lb_scale = 0,
+                       double z_scale = 0);
+
+}  // namespace emo
