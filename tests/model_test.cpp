@@ -400,6 +400,22 @@ TEST(Routing, SubsetRenormalisesOverTheKeptExpertsAndUsesAllWhenFewerThanSlots) 
   }
 }
 
+TEST(Routing, ASubsetKeepingOnlyTheSharedExpertRunsItAlone) {
+  auto model = tiny_model(true);
+  RoutingOptions subset;
+  subset.mode = RoutingMode::kSubset;
+  subset.subset = {{}, {3}};
+  auto state = model->forward(tiny_batch(), subset);
+  for (int32_t e : state->routing(0).ids) EXPECT_EQ(e, -1);
+  LossTerms terms = model->loss(*state, LossWeights{});
+  EXPECT_TRUE(std::isfinite(terms.total));
+  EXPECT_EQ(terms.router_z_per_layer[0], 0.0);
+  model->zero_grads();
+  model->backward(*state, LossWeights{});
+  for (Param& p : model->params())
+    for (float g : p.grad->vec()) ASSERT_TRUE(std::isfinite(g)) << p.name;
+}
+
 TEST(Losses, LoadBalancingIsOneAtPerfectBalance) {
   auto model = tiny_model(true);
   // Zero router weights: every token's scores are uniform (1/7), and global counts are perfectly even.

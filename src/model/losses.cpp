@@ -1,5 +1,7 @@
 #include "model/losses.h"
 
+#include <cmath>
+
 #include "core/error.h"
 
 namespace emo {
@@ -17,7 +19,9 @@ RouterLoss router_loss(const LayerRouting& r, const std::vector<double>& counts,
   for (int64_t n = 0; n < N; ++n)
     for (int64_t e = 0; e < Er; ++e) pbar[e] += r.scores[n * Er + e];
   for (int64_t e = 0; e < Er; ++e) loss.lb += lb_coef * counts[e] * pbar[e] / static_cast<double>(N);
-  for (int64_t n = 0; n < N; ++n) loss.z += static_cast<double>(r.lse[n]) * r.lse[n];
+  // A token with no allowed routed expert (a subset keeping only the shared one) has lse = -inf: no z term.
+  auto lse = [&](int64_t n) { return std::isinf(r.lse[n]) ? 0.0 : static_cast<double>(r.lse[n]); };
+  for (int64_t n = 0; n < N; ++n) loss.z += lse(n) * lse(n);
   loss.z /= static_cast<double>(N);
   if (dscores)
     for (int64_t n = 0; n < N; ++n)
@@ -25,7 +29,7 @@ RouterLoss router_loss(const LayerRouting& r, const std::vector<double>& counts,
         dscores[n * Er + e] = static_cast<float>(lb_scale * lb_coef * counts[e] / static_cast<double>(N));
   if (dlse)
     for (int64_t n = 0; n < N; ++n)
-      dlse[n] = static_cast<float>(z_scale * 2.0 * r.lse[n] / static_cast<double>(N));
+      dlse[n] = static_cast<float>(z_scale * 2.0 * lse(n) / static_cast<double>(N));
   return loss;
 }
 
