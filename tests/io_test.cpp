@@ -247,13 +247,17 @@ TEST_F(IoTest, ShardedWriteIsReadBackThroughTheIndex) {
   EXPECT_ERROR_CONTAINS(ckpt.read_fp32("lm_head.weight"), dir_.string(), "no tensor 'lm_head.weight'");
 }
 
-TEST_F(IoTest, ShardedWriteThatFitsOneShardWritesModelSafetensorsAndDropsAStaleIndex) {
+TEST_F(IoTest, ShardedWriteLeavesOnlyTheFilesOfTheNewSave) {
   const Tensor a = ramp({8}, 0, 1);
+  write_bytes(path("notes.txt"), "kept");
+  write_safetensors_sharded(dir_.string(), {{"a", a}, {"b", a}, {"c", a}}, 40);
   write_safetensors_sharded(dir_.string(), {{"a", a}, {"b", a}}, 40);
-  EXPECT_TRUE(fs::exists(path("model.safetensors.index.json")));
+  EXPECT_EQ(entries_of(dir_),
+            (std::vector<std::string>{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                                      "model.safetensors.index.json", "notes.txt"}));
   EXPECT_EQ(write_safetensors_sharded(dir_.string(), {{"a", a}}, 1 << 20),
             std::vector<std::string>{"model.safetensors"});
-  EXPECT_FALSE(fs::exists(path("model.safetensors.index.json")));
+  EXPECT_EQ(entries_of(dir_), (std::vector<std::string>{"model.safetensors", "notes.txt"}));
   EXPECT_EQ(SafetensorsCheckpoint::open(dir_.string()).names(), std::vector<std::string>{"a"});
 }
 

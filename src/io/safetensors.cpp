@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 
 #include "core/error.h"
@@ -391,6 +392,25 @@ std::string shard_name(size_t index, size_t count) {
   return buf;
 }
 
+// Weight files of an earlier save in `dir` that the new one did not write: a stale single file would be
+// preferred over the new index by readers, a stale index would describe other files, stale shards waste
+// space.
+void remove_stale_weight_files(const fs::path& dir, const std::vector<std::string>& written) {
+  static const std::regex shard_pattern(R"(model-\d{5}-of-\d{5}\.safetensors)");
+  const std::set<std::string> keep(written.begin(), written.end());
+  std::vector<fs::path> stale;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool weights = name == SafetensorsCheckpoint::kSingleFile ||
+                         name == SafetensorsCheckpoint::kIndexFile || std::regex_match(name, shard_pattern);
+    if (weights && !keep.count(name)) stale.push_back(entry.path());
+  }
+  for (const auto& path : stale) {
+    std::error_code ignored;
+    fs::remove(path, ignored);
+  }
+}
+
 }  // namespace
 
 void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& tensors,
@@ -444,11 +464,9 @@ std::vector<std::string> write_safetensors_sharded(const std::string& dir,
     shard_bytes += t.nbytes();
     total_bytes += t.nbytes();
   }
-  std::error_code ignored;
   if (shards.size() == 1) {
     write_safetensors((root / SafetensorsCheckpoint::kSingleFile).string(), shards[0], metadata);
-    // A stale index from an earlier sharded save would otherwise describe other files.
-    fs::remove(root / SafetensorsCheckpoint::kIndexFile, ignored);
+    remove_stale_weight_files(root, {SafetensorsCheckpoint::kSingleFile});
     return {SafetensorsCheckpoint::kSingleFile};
   }
   std::vector<std::string> written;
@@ -462,8 +480,7 @@ std::vector<std::string> write_safetensors_sharded(const std::string& dir,
   nlohmann::ordered_json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
   atomic_write_file((root / SafetensorsCheckpoint::kIndexFile).string(), index.dump(2) + "\n");
   written.push_back(SafetensorsCheckpoint::kIndexFile);
-  // A stale single file would otherwise be preferred over the index by readers.
-  fs::remove(root / SafetensorsCheckpoint::kSingleFile, ignored);
+  remove_stale_weight_files(root, written);
   return written;
 }
 

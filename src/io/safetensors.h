@@ -126,7 +126,9 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
 // max_shard_bytes, else model-00001-of-0000M.safetensors ... (tensors taken in the given order, a new shard
 // started when the next tensor would overflow; a tensor larger than the limit gets a shard of its own) plus
 // model.safetensors.index.json {"metadata": {"total_size": bytes}, "weight_map": {name: file}}. Each file is
-// written atomically, the index last. Returns the file names written (index included).
+// written atomically, the index last; then weight files of an earlier save that this one did not write
+// (model.safetensors, the index, model-NNNNN-of-NNNNN.safetensors) are removed, other files are left alone.
+// Returns the file names written (index included).
 std::vector<std::string> write_safetensors_sharded(const std::string& dir,
                                                    const std::vector<SafetensorsEntry>& tensors,
                                                    int64_t max_shard_bytes,
