@@ -20,6 +20,7 @@
 #include "select/prune.h"
 #include "select/selection.h"
 #include "select/subset.h"
+#include "select/sweep.h"
 
 namespace emo {
 namespace {
@@ -562,6 +563,48 @@ TEST(Merge, RefusesAModelThatWasNotPrunedFromTheParent) {
         << e.what();
   }
   EXPECT_FALSE(fs::exists(dir / "merged"));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Sweep
+
+TEST(Sweep, ScoresEveryModelDomainMethodAndKeepK) {
+  TempDir dir;
+  tiny_model()->save(dir / "model");
+  data::DatasetWriter writer({"law", "code"}, 48);
+  for (int d = 0; d < 8; ++d) {
+    std::vector<int32_t> doc;
+    for (int t = 0; t < 10 + d; ++t) doc.push_back(2 + (d * 7 + t * (d % 2 ? 5 : 3)) % 46);
+    writer.add(doc, d % 2);
+  }
+  writer.write(dir / "valid.bin");
+  SweepOptions options;
+  options.models = {dir / "model"};
+  options.eval_data = dir / "valid.bin";
+  options.methods = {"layerwise", "random"};
+  options.keep_k = {2, 4, 10, 12};  // 10 = E (the full model), 12 skipped
+  options.perplexity.seq_len = 16;
+  auto rows = run_sweep(options);
+  ASSERT_EQ(rows.size(), 2u * 2u * 3u);  // domains x methods x (2, 4, full)
+  for (const SweepRow& r : rows) {
+    EXPECT_GT(r.loss, 0.0);
+    EXPECT_GT(r.tokens, 0);
+    EXPECT_DOUBLE_EQ(r.fraction, r.keep_k / 10.0);
+  }
+  EXPECT_EQ(rows[2].keep_k, 10);
+  EXPECT_EQ(rows[2].loss, rows[5].loss) << "the full model scores the same under every method";
+  EXPECT_NE(rows[0].loss, rows[2].loss);
+
+  write_sweep(dir / "out", rows);
+  for (const char* file : {"results.md", "results.csv", "quality.svg"})
+    EXPECT_TRUE(fs::exists(dir / (std::string("out/") + file)));
+  const std::string svg = sweep_svg(rows);
+  size_t lines = 0;
+  for (size_t at = svg.find("<polyline"); at != std::string::npos; at = svg.find("<polyline", at + 1))
+    ++lines;
+  EXPECT_EQ(lines, 2u) << "one line per model and method";
+  const std::string csv = sweep_csv(rows);
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 13);
 }
 
 }  // namespace

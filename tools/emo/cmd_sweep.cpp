@@ -1,0 +1,47 @@
+// `emo sweep MODEL... --data SPLIT --keep-k 8,16,32 --methods layerwise,random -o DIR`: the keep-k x domain x
+// method grid with a results table (markdown, CSV) and a figure (SVG).
+#include <cstdio>
+#include <memory>
+
+#include "command.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "select/sweep.h"
+
+namespace {
+
+std::function<int()> setup_sweep(CLI::App& app) {
+  struct Options {
+    emo::SweepOptions sweep;
+    std::string out = "sweep";
+  };
+  auto o = std::make_shared<Options>();
+  app.add_option("models", o->sweep.models, "Model directories")->required();
+  app.add_option("--data", o->sweep.eval_data, "Held-out tokenised split (e.g. data/corpus/test.bin)")
+      ->required();
+  app.add_option("--calib", o->sweep.calib_data, "Split the selection examples come from (default: --data)");
+  app.add_option("--domains", o->sweep.domains, "Domains (default: all)")->delimiter(',');
+  app.add_option("--methods", o->sweep.methods, "Selection methods")->delimiter(',')->capture_default_str();
+  app.add_option("--keep-k", o->sweep.keep_k, "Experts kept per layer (shared counted)")
+      ->delimiter(',')
+      ->required();
+  app.add_option("--examples", o->sweep.examples, "Documents of the domain used to select")
+      ->capture_default_str();
+  app.add_option("--seed", o->sweep.seed, "Seed of the random method")->capture_default_str();
+  app.add_option("--seq-len", o->sweep.perplexity.seq_len, "Row length (default: min(1024, context))");
+  app.add_option("--max-tokens", o->sweep.perplexity.max_tokens, "Scored tokens per domain (0: all)")
+      ->capture_default_str();
+  app.add_option("-o,--out", o->out, "Output directory (results.md, results.csv, quality.svg)")
+      ->capture_default_str();
+  return [o] {
+    auto rows = emo::run_sweep(o->sweep);
+    emo::write_sweep(o->out, rows);
+    std::printf("%s", emo::sweep_markdown(rows).c_str());
+    emo::log_info(emo::cat("sweep: ", rows.size(), " rows -> ", o->out, "/results.{md,csv}, quality.svg"));
+    return 0;
+  };
+}
+
+EMO_COMMAND("sweep", "Quality against experts kept: the keep-k x domain x method grid", setup_sweep);
+
+}  // namespace
