@@ -17,6 +17,7 @@ namespace fs = std::filesystem;
 std::function<int()> setup_eval(CLI::App& app) {
   struct Options {
     std::string model, subset, tokenizer, json;
+    bool cross_document = false;
     emo::EvalRequest request;
   };
   auto o = std::make_shared<Options>();
@@ -30,6 +31,8 @@ std::function<int()> setup_eval(CLI::App& app) {
   app.add_option("--batch-rows", o->request.perplexity.batch_rows, "Rows per forward")->capture_default_str();
   app.add_option("--max-tokens", o->request.perplexity.max_tokens, "Scored tokens per domain (0: all)")
       ->capture_default_str();
+  app.add_flag("--cross-document-attention", o->cross_document,
+               "Let packed documents attend to each other (default: attention within each document)");
   app.add_option("--task", o->request.task_paths, "Multiple-choice task file (JSONL, docs/tasks.md)");
   app.add_option("--builtin-mc", o->request.builtin_mc,
                  "Questions per domain of the built-in next-segment task (0: none)")
@@ -39,6 +42,7 @@ std::function<int()> setup_eval(CLI::App& app) {
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   app.add_option("--json", o->json, "Write the results as JSON to this file");
   return [o] {
+    o->request.perplexity.intra_document_attention = !o->cross_document;
     auto model = emo::Model::load(o->model);
     emo::RoutingOptions routing;
     routing.training = false;
