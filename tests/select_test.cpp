@@ -16,6 +16,7 @@
 #include "model/forward_state.h"
 #include "model/model.h"
 #include "select/examples.h"
+#include "select/finetune.h"
 #include "select/merge.h"
 #include "select/prune.h"
 #include "select/selection.h"
@@ -605,6 +606,56 @@ TEST(Sweep, ScoresEveryModelDomainMethodAndKeepK) {
   EXPECT_EQ(lines, 2u) << "one line per model and method";
   const std::string csv = sweep_csv(rows);
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 13);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Fine-tune
+
+// Every byte a token of its own, plus EOS 256.
+Tokenizer byte_tokenizer() {
+  std::vector<std::string> bytes;
+  for (int b = 0; b < 256; ++b) bytes.push_back(std::string(1, static_cast<char>(b)));
+  return Tokenizer::from_parts(bytes, {}, kCl100kPattern, {AddedToken{256, "<|endoftext|>"}});
+}
+
+TEST(Finetune, SplitsExamplesAfterTheLastAnswerMarker) {
+  Tokenizer tok = byte_tokenizer();
+  auto examples = make_finetune_examples({"q? Answer: no. again? Answer: yes"}, tok, "Answer:");
+  ASSERT_EQ(examples.size(), 1u);
+  const auto& e = examples[0];
+  EXPECT_EQ(tok.decode(std::vector<int32_t>(e.tokens.begin(), e.tokens.begin() + e.answer_start)),
+            "q? Answer: no. again? Answer:");
+  EXPECT_EQ(tok.decode(std::vector<int32_t>(e.tokens.begin() + e.answer_start, e.tokens.end())), " yes");
+  try {
+    make_finetune_examples({"a Answer: b", "no marker"}, tok, "Answer:");
+    FAIL();
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("example 1 has no answer marker 'Answer:'"), std::string::npos)
+        << err.what();
+  }
+  EXPECT_THROW(make_finetune_examples({"a Answer:"}, tok, "Answer:"), Error);
+}
+
+TEST(Finetune, LowersTheAnswerLossAndTrainsOnTheAnswerOnly) {
+  auto pruned = prune_model(*tiny_model(), valid_subset());
+  // Token ids of the tiny vocabulary: two prompts and their answers (6 and 2 tokens).
+  std::vector<FinetuneExample> examples = {{{5, 9, 3, 17, 22, 40, 7, 8, 30, 31, 32, 33, 34, 35}, 8},
+                                           {{12, 13, 14, 40, 44, 45}, 4}};
+  const double before = answer_loss(*pruned, examples);
+  FinetuneOptions options;
+  options.epochs = 15;
+  options.lr = 3e-3;
+  FinetuneReport report = finetune(*pruned, examples, options);
+  EXPECT_EQ(report.steps, 15);
+  EXPECT_EQ(report.answer_tokens, 6 + 2);
+  EXPECT_NEAR(report.step_losses[0], before, 1e-4)
+      << "the first step's loss is the answer loss before training";
+  EXPECT_LT(answer_loss(*pruned, examples), 0.5 * before);
+
+  // Deterministic for a fixed seed.
+  auto again = prune_model(*tiny_model(), valid_subset());
+  FinetuneReport second = finetune(*again, examples, options);
+  EXPECT_EQ(second.step_losses, report.step_losses);
 }
 
 }  // namespace

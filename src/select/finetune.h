@@ -1,0 +1,47 @@
+// Short fine-tuning of a pruned model on task examples (../shared/docs/emo.md §5, the release's recipe:
+// 1 epoch, lr 5e-5, batch 32): the loss is the cross-entropy of the ANSWER only, the tokens after the last
+// occurrence of a marker ("Answer:" by default) in each example. AdamW (train/adamw.h) with a constant
+// learning rate, gradients clipped to a global norm; no auxiliary router losses.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace emo {
+
+struct FinetuneExample {
+  std::vector<int32_t> tokens;  // prompt then answer
+  int64_t answer_start = 0;     // index of the first answer token (>= 1)
+};
+
+struct FinetuneOptions {
+  int64_t epochs = 1;
+  double lr = 5e-5;
+  int64_t batch = 32;  // examples per optimizer step
+  double weight_decay = 0.0;
+  double grad_clip = 1.0;  // 0 = none
+  uint64_t seed = 0;       // order of the examples in each epoch
+};
+
+struct FinetuneReport {
+  int64_t steps = 0, answer_tokens = 0;  // answer tokens per epoch
+  std::vector<double> step_losses;       // mean answer cross-entropy of each step's batch (before the update)
+};
+
+// Splits each text at the END of the last occurrence of `marker`: prompt = text up to and including the
+// marker, answer = the rest; both encoded as ordinary text and concatenated. A text without the marker, or
+// with an empty answer, is an error naming its index.
+std::vector<FinetuneExample> make_finetune_examples(const std::vector<std::string>& texts,
+                                                    const Tokenizer& tokenizer, const std::string& marker);
+
+// Mean answer cross-entropy of the examples (no update).
+double answer_loss(const Model& model, const std::vector<FinetuneExample>& examples);
+
+FinetuneReport finetune(Model& model, const std::vector<FinetuneExample>& examples,
+                        const FinetuneOptions& options);
+
+}  // namespace emo
