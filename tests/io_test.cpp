@@ -292,6 +292,29 @@ TEST_F(IoTest, EveryTruncationOfASafetensorsFileIsAnErrorNeverACrash) {
   EXPECT_EQ(SafetensorsFile::open(path("cut.safetensors")).size(), 2u);
 }
 
+TEST_F(IoTest, EveryOneByteCorruptionOfTheHeaderIsAnErrorOrAValidFileNeverACrash) {
+  write_safetensors(path("m.safetensors"), {{"w", ramp({3, 2}, 0, 1)}, {"v", ramp({5}, 0, 1), DType::kBF16}});
+  const std::string whole = read_bytes(path("m.safetensors"));
+  uint64_t header_size = 0;
+  std::memcpy(&header_size, whole.data(), 8);
+  int errors = 0;
+  for (size_t at = 0; at < 8 + header_size; ++at)
+    for (unsigned char value : {0x00, 0x22, 0x2c, 0x31, 0x5d, 0x7d, 0xff}) {
+      std::string bytes = whole;
+      bytes[at] = static_cast<char>(value);
+      write_bytes(path("bad.safetensors"), bytes);
+      try {
+        const SafetensorsFile file = SafetensorsFile::open(path("bad.safetensors"));
+        for (const auto& name : file.names())
+          if (file.info(name).dtype == DType::kF32 || file.info(name).dtype == DType::kBF16)
+            file.read_fp32(name);
+      } catch (const Error&) {
+        ++errors;
+      }
+    }
+  EXPECT_GT(errors, 0);
+}
+
 TEST_F(IoTest, CorruptSafetensorsHeadersAreErrorsNamingTheTensorAndTheProblem) {
   const std::string f = path("bad.safetensors");
   auto open_with = [&](const std::string& header, const std::string& data) {

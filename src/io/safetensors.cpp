@@ -6,15 +6,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <set>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
 
@@ -232,7 +233,20 @@ void SafetensorsFile::read_fp32_into(const std::string& name, float* dst, int64_
   if (n != t.numel())
     fail_at(kOp, path_, cat("tensor '", name, "'"),
             cat("has ", t.numel(), " elements ", shape_str(t.shape), ", the destination holds ", n));
-  if (n > 0) convert_to_f32(t.dtype, t.data, dst, static_cast<size_t>(n));
+  // Chunks of 1M elements: large enough to amortise the pool, small enough to share a 100M-element tensor.
+  const size_t elem = dtype_size(t.dtype);
+  const unsigned char* src = static_cast<const unsigned char*>(t.data);
+  const bool aligned = reinterpret_cast<uintptr_t>(src) % elem == 0;
+  parallel_for(n, 1 << 20, [&](int64_t begin, int64_t end) {
+    const unsigned char* from = src + static_cast<size_t>(begin) * elem;
+    const size_t count = static_cast<size_t>(end - begin);
+    if (aligned) return convert_to_f32(t.dtype, from, dst + begin, count);
+    // A foreign file may start the data section at any byte (unpadded header): the converters need element
+    // alignment, so copy through an aligned buffer.
+    std::vector<uint64_t> buffer((count * elem + 7) / 8);
+    std::memcpy(buffer.data(), from, count * elem);
+    convert_to_f32(t.dtype, buffer.data(), dst + begin, count);
+  });
 }
 
 // ------------------------------------------------------------------------------------------------ checkpoint
@@ -392,17 +406,26 @@ std::string shard_name(size_t index, size_t count) {
   return buf;
 }
 
+// "model-NNNNN-of-NNNNN.safetensors", the names shard_name gives.
+bool is_shard_name(const std::string& name) {
+  const std::string pattern = "model-#####-of-#####.safetensors";
+  if (name.size() != pattern.size()) return false;
+  for (size_t i = 0; i < name.size(); ++i)
+    if (pattern[i] == '#' ? !std::isdigit(static_cast<unsigned char>(name[i])) : name[i] != pattern[i])
+      return false;
+  return true;
+}
+
 // Weight files of an earlier save in `dir` that the new one did not write: a stale single file would be
 // preferred over the new index by readers, a stale index would describe other files, stale shards waste
 // space.
 void remove_stale_weight_files(const fs::path& dir, const std::vector<std::string>& written) {
-  static const std::regex shard_pattern(R"(model-\d{5}-of-\d{5}\.safetensors)");
   const std::set<std::string> keep(written.begin(), written.end());
   std::vector<fs::path> stale;
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
     const bool weights = name == SafetensorsCheckpoint::kSingleFile ||
-                         name == SafetensorsCheckpoint::kIndexFile || std::regex_match(name, shard_pattern);
+                         name == SafetensorsCheckpoint::kIndexFile || is_shard_name(name);
     if (weights && !keep.count(name)) stale.push_back(entry.path());
   }
   for (const auto& path : stale) {
