@@ -10,7 +10,7 @@ Protocol
   python3 tests/reference/emo_torch.py --model DIR --inputs IN.safetensors --out OUT.safetensors
   python3 tests/reference/emo_torch.py --self-test      (writes its own tiny checkpoint and checks itself)
 
-DIR  config.json + model.safetensors (Hugging Face layout, emo.md section 2), F32 or BF16 tensors.
+DIR  config.json + model.safetensors or shards (Hugging Face layout, emo.md section 2), F32 or BF16 tensors.
 IN   tensors
        tokens      I32 [B, T]
        targets     I32 [B, T]       -1 = no loss at this position
@@ -313,7 +313,8 @@ class EmoModel(nn.Module):
 # Losses (emo.md section 4).
 
 
-def losses(logits, targets, routes, Kr_of, w):
+def losses(logits, targets, routes, slots, w):
+    """All terms of emo.md section 4. slots[l] = K_r of MoE layer l; w = the loss weights."""
     counted = targets >= 0
     lse = torch.logsumexp(logits, dim=-1)  # [N]
     ce = F.cross_entropy(logits[counted], targets[counted].long())
@@ -325,9 +326,9 @@ def losses(logits, targets, routes, Kr_of, w):
     z_sum = logits.new_zeros(())
     for l, r in moe:
         N, Er = r.scores.shape
-        G = N
+        G = N  # tokens of the step: this micro-batch
         pbar = r.scores.mean(0)  # [Er] carries gradient
-        lb = (Er / Kr_of(l)) * (r.counts.to(logits.dtype) * pbar).sum() / G
+        lb = (Er / slots[l]) * (r.counts.to(logits.dtype) * pbar).sum() / G  # counts carry no gradient
         z = (r.lse**2).mean()
         terms[f"lb.{l}"], terms[f"router_z.{l}"] = lb, z
         lb_sum = lb_sum + lb
@@ -344,7 +345,15 @@ def losses(logits, targets, routes, Kr_of, w):
 def load_model(model_dir, dtype):
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
-    weights, _ = read_safetensors(os.path.join(model_dir, "model.safetensors"))
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):  # sharded: read every shard named by the weight map
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        shards = ["model.safetensors"]
+    weights = {}
+    for shard in shards:
+        weights.update(read_safetensors(os.path.join(model_dir, shard))[0])
     model = EmoModel(cfg).to(dtype)
     state = model.state_dict()
     missing = set(state) - set(weights)
@@ -362,7 +371,8 @@ def segment_ids(tokens, eos_id):
     return torch.cumsum(starts.long(), dim=1)
 
 
-def run(model, cfg, inputs, meta, dtype=torch.float64):
+def run(model, cfg, inputs, meta):
+    """Forward, losses and backward of one micro-batch; returns ({name: array} for OUT, metadata)."""
     tokens = torch.from_numpy(inputs["tokens"].astype(np.int64))  # [B, T]
     targets = torch.from_numpy(inputs["targets"].astype(np.int64))
     B, T = tokens.shape
@@ -392,8 +402,8 @@ def run(model, cfg, inputs, meta, dtype=torch.float64):
                 "subset": subset[l] if subset is not None else None}
 
     logits, routes = model(tokens, doc_ids, intra, ctx_for_layer)
-    Kr_of = lambda l: cfg["num_experts_per_tok"] - model.model.layers[l].mlp.n_shared
-    terms = losses(logits, targets.view(-1), routes, Kr_of, w)
+    slots = [block.mlp.Kr if block.is_moe else 0 for block in model.model.layers]
+    terms = losses(logits, targets.view(-1), routes, slots, w)
     model.zero_grad()
     terms["total"].backward()
 
@@ -417,7 +427,7 @@ def main_run(args):
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     model, cfg = load_model(args.model, dtype)
     inputs, meta = read_safetensors(args.inputs)
-    out, out_meta = run(model, cfg, inputs, meta, dtype)
+    out, out_meta = run(model, cfg, inputs, meta)
     write_safetensors(args.out, out, out_meta)
 
 
