@@ -66,8 +66,10 @@ ModelConfig tiny_config(bool moe) {
 
 // init_weights, then matrices scaled up (std ~0.3) and norms spread around 1, so that router logits and
 // attention are far from uniform: every term has a visible gradient and routing has clear winners.
-std::unique_ptr<Model> tiny_model(bool moe) {
-  auto model = std::make_unique<Model>(tiny_config(moe));
+std::unique_ptr<Model> tiny_model(bool moe, std::vector<int64_t> experts_per_layer = {}) {
+  ModelConfig config = tiny_config(moe);
+  config.num_experts_per_layer = std::move(experts_per_layer);
+  auto model = std::make_unique<Model>(config);
   model->init_weights(11);
   Rng rng(12);
   for (Param& p : model->params()) {
@@ -300,6 +302,17 @@ TEST_F(ReferenceTest, SubsetRouting) {
   c.routing.training = false;
   c.routing.subset = {{0, 2, 5, 6}, {3}};  // layer 1 keeps fewer routed experts than slots
   auto model = tiny_model(true);
+  run_and_compare(*model, c);
+}
+
+// A pruned model's shape: per-layer expert counts (layer 1 keeps 3 routed experts + the shared one), in EMO
+// training with pools larger than some layers' routed experts (clamped).
+TEST_F(ReferenceTest, PerLayerExpertCountsOfAPrunedModel) {
+  Case c{"emo", {}};
+  c.routing.mode = RoutingMode::kEmoPool;
+  c.routing.pool_sizes = fixed_pools();
+  c.routing.intra_document_attention = true;
+  auto model = tiny_model(true, {8, 4});
   run_and_compare(*model, c);
 }
 
