@@ -1,0 +1,202 @@
+#include "train/checkpoint.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "core/error.h"
+#include "core/log.h"
+// Until src/io lands (shared checkout: others build this file too), the tensor files cannot be written.
+#if __has_include("io/safetensors.h") && __has_include("io/atomic_file.h")
+#define EMO_TRAIN_HAVE_IO 1
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#endif
+
+namespace emo {
+
+namespace fs = std::filesystem;
+
+#ifndef EMO_TRAIN_HAVE_IO
+struct SafetensorsEntry {
+  std::string name;
+  const Tensor* tensor;
+};
+[[noreturn]] static void no_io(const std::string& path) {
+  fail_file("checkpoint", path, "src/io is not built yet");
+}
+static void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>&) {
+  no_io(path);
+}
+static void atomic_write_file(const std::string& path, const std::string&) {
+  no_io(path);
+}
+static void sync_directory(const std::string&) {}
+struct SafetensorsFile {
+  static SafetensorsFile open(const std::string& path) { no_io(path); }
+  bool contains(const std::string&) const { return false; }
+  Tensor read_fp32(const std::string&) const { return {}; }
+};
+#endif
+
+namespace {
+
+constexpr const char* kOp = "checkpoint";
+constexpr const char* kStateFile = "train_state.json";
+constexpr const char* kOptimizerFile = "optimizer.safetensors";
+constexpr const char* kLatestFile = "latest";
+constexpr const char* kTempPrefix = ".tmp-";
+
+// step-NNNNNNNN -> NNNNNNNN, or -1 for any other name.
+int64_t step_of(const std::string& name) {
+  if (name.rfind("step-", 0) != 0 || name.size() <= 5) return -1;
+  for (size_t i = 5; i < name.size(); ++i)
+    if (name[i] < '0' || name[i] > '9') return -1;
+  return std::stoll(name.substr(5));
+}
+
+// A checkpoint is complete when its state file, written last, exists.
+bool is_complete(const fs::path& dir) {
+  return fs::is_regular_file(dir / kStateFile);
+}
+
+std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& checkpoints_dir) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  if (!fs::is_directory(checkpoints_dir)) return out;
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
+    int64_t step = step_of(entry.path().filename().string());
+    if (step >= 0 && entry.is_directory() && is_complete(entry.path())) out.emplace_back(step, entry.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) fail_file(kOp, path.string(), "cannot open");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    fail_at(kOp, path.string(), cat("byte ", e.byte), e.what());
+  }
+}
+
+}  // namespace
+
+nlohmann::json TrainState::to_json(const TrainConfig& config) const {
+  return {{"step", step},
+          {"tokens", tokens},
+          {"data", data},
+          {"rng", {{"state", rng_state}, {"inc", rng_inc}}},
+          {"elapsed_seconds", elapsed_seconds},
+          {"world_size", world_size},
+          {"config", config.to_json()}};
+}
+
+TrainState TrainState::from_json(const nlohmann::json& j, const std::string& source) {
+  TrainState s;
+  try {
+    s.step = j.at("step").get<int64_t>();
+    s.tokens = j.at("tokens").get<int64_t>();
+    s.data = j.at("data");
+    s.rng_state = j.at("rng").at("state").get<uint64_t>();
+    s.rng_inc = j.at("rng").at("inc").get<uint64_t>();
+    s.elapsed_seconds = j.value("elapsed_seconds", 0.0);
+    s.world_size = j.value("world_size", 1);
+  } catch (const nlohmann::json::exception& e) {
+    fail_file(kOp, source, cat("bad training state: ", e.what()));
+  }
+  return s;
+}
+
+std::string checkpoint_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+std::string save_checkpoint(const std::string& checkpoints_dir, const Model& model, AdamW& optimizer,
+                            const std::vector<Param>& params, const TrainState& state,
+                            const TrainConfig& config, int64_t keep_last, const CheckpointFault& fault) {
+  const fs::path root(checkpoints_dir);
+  const std::string name = checkpoint_name(state.step);
+  const fs::path final_dir = root / name, temp_dir = root / (kTempPrefix + name);
+  fs::create_directories(root);
+  // Leftovers of an interrupted write are never complete checkpoints: clear them.
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.path().filename().string().rfind(kTempPrefix, 0) == 0) fs::remove_all(entry.path());
+  fs::create_directories(temp_dir);
+
+  model.save(temp_dir.string());
+  if (fault) fault("model");
+  std::vector<SafetensorsEntry> moments;
+  for (auto& [tensor_name, tensor] : optimizer.state_tensors(params))
+    moments.push_back({tensor_name, tensor});
+  write_safetensors((temp_dir / kOptimizerFile).string(), moments);
+  if (fault) fault("optimizer");
+  atomic_write_file((temp_dir / "train_config.json").string(), config.to_json().dump(2) + "\n");
+  atomic_write_file((temp_dir / kStateFile).string(), state.to_json(config).dump(2) + "\n");
+  if (fault) fault("state");
+
+  // Replacing an existing checkpoint of the same step (a re-run): move the old one aside first.
+  if (fs::exists(final_dir)) fs::remove_all(final_dir);
+  fs::rename(temp_dir, final_dir);
+  sync_directory(root.string());
+  atomic_write_file((root / kLatestFile).string(), name + "\n");
+
+  auto all = complete_checkpoints(root);
+  for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
+  return final_dir.string();
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  fs::path p(path);
+  if (is_complete(p)) return p.string();
+  if (fs::is_directory(p / "checkpoints")) p = p / "checkpoints";
+  if (!fs::is_directory(p)) return "";
+  if (fs::is_regular_file(p / kLatestFile)) {
+    std::ifstream in(p / kLatestFile);
+    std::string name;
+    std::getline(in, name);
+    if (!name.empty() && is_complete(p / name)) return (p / name).string();
+    log_warn(cat("[checkpoint] ", (p / kLatestFile).string(), ": names '", name,
+                 "', which is not a complete checkpoint; using the newest complete one"));
+  }
+  auto all = complete_checkpoints(p);
+  return all.empty() ? std::string() : all.back().second.string();
+}
+
+TrainConfig read_checkpoint_config(const std::string& checkpoint_dir, TrainState* state) {
+  const fs::path state_path = fs::path(checkpoint_dir) / kStateFile;
+  nlohmann::json j = read_json(state_path);
+  if (state) *state = TrainState::from_json(j, state_path.string());
+  if (!j.contains("config")) fail_file(kOp, state_path.string(), "no 'config'");
+  return TrainConfig::from_json(j["config"], state_path.string());
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& checkpoint_dir) {
+  LoadedCheckpoint out;
+  out.path = checkpoint_dir;
+  out.config = read_checkpoint_config(checkpoint_dir, &out.state);
+  out.model = Model::load(checkpoint_dir);
+  return out;
+}
+
+void load_optimizer(const std::string& checkpoint_dir, AdamW& optimizer, const std::vector<Param>& params,
+                    int64_t steps_taken) {
+  const std::string path = (fs::path(checkpoint_dir) / kOptimizerFile).string();
+  SafetensorsFile file = SafetensorsFile::open(path);
+  for (auto& [name, tensor] : optimizer.state_tensors(params)) {
+    if (!file.contains(name)) fail_file(kOp, path, cat("no tensor '", name, "'"));
+    Tensor loaded = file.read_fp32(name);
+    if (loaded.shape() != tensor->shape())
+      fail_file(kOp, path,
+                cat("'", name, "' has shape ", shape_str(loaded.shape()), ", the model needs ",
+                    shape_str(tensor->shape())));
+    *tensor = std::move(loaded);
+  }
+  optimizer.set_steps_taken(steps_taken);
+}
+
+}  // namespace emo

@@ -1,0 +1,538 @@
+// Specification of the trainer: configuration, schedules, AdamW, checkpoints, resume, NaN stop,
+// load-balancing scope, and data parallelism (2 MPI ranks == 1 rank).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "model/forward_state.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/loss_curve.h"
+#include "train/row_source.h"
+#include "train/schedule.h"
+#include "train/trainer.h"
+#include "train/usage.h"
+
+namespace emo {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string temp_dir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("emo_train_test_" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// ---------------------------------------------------------------------------------------------- config
+
+TEST(TrainConfig, DefaultsFollowTheReleasedRecipe) {
+  TrainConfig c;
+  EXPECT_DOUBLE_EQ(c.optimizer.lr, 4e-3);
+  EXPECT_DOUBLE_EQ(c.optimizer.beta1, 0.9);
+  EXPECT_DOUBLE_EQ(c.optimizer.beta2, 0.95);
+  EXPECT_DOUBLE_EQ(c.optimizer.eps, 1e-8);
+  EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0.1);
+  EXPECT_DOUBLE_EQ(c.optimizer.grad_clip, 1.0);
+  EXPECT_EQ(c.schedule.kind, "cosine");
+  EXPECT_EQ(c.schedule.warmup_steps, 2000);
+  EXPECT_DOUBLE_EQ(c.schedule.final_lr_ratio, 0.1);
+  EXPECT_DOUBLE_EQ(c.loss.lb, 0.1);
+  EXPECT_DOUBLE_EQ(c.loss.router_z, 0.001);
+  EXPECT_DOUBLE_EQ(c.loss.output_z, 1e-5);
+  EXPECT_EQ(c.loss.lb_scope, "global");
+  EXPECT_EQ(c.routing.mode, "emo");
+  EXPECT_TRUE(c.routing.intra_document_attention);
+}
+
+TEST(TrainConfig, RoundTripsThroughJson) {
+  TrainConfig c;
+  c.model.d = 96;
+  c.routing.mode = "standard";
+  c.data.validation["law"] = "synthetic:3";
+  c.run.seed = 42;
+  TrainConfig back = TrainConfig::from_json(c.to_json());
+  EXPECT_EQ(back.to_json(), c.to_json());
+}
+
+TEST(TrainConfig, PartialJsonKeepsDefaults) {
+  TrainConfig c = TrainConfig::from_json(nlohmann::json::parse(R"({"optimizer": {"lr": 0.001}})"));
+  EXPECT_DOUBLE_EQ(c.optimizer.lr, 0.001);
+  EXPECT_DOUBLE_EQ(c.optimizer.beta2, 0.95);
+}
+
+TEST(TrainConfig, UnknownKeyIsAnErrorNamingIt) {
+  try {
+    TrainConfig::from_json(nlohmann::json::parse(R"({"optimizer": {"learning_rate": 0.001}})"), "run.json");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer.learning_rate"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("run.json"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TrainConfig, OverridesParseAsTheExistingType) {
+  nlohmann::json j = TrainConfig{}.to_json();
+  apply_override(j, "optimizer.lr=0.01");
+  apply_override(j, "model.layers=6");
+  apply_override(j, "routing.intra_document_attention=false");
+  apply_override(j, "routing.mode=dense");
+  apply_override(j, "data.validation.law=synthetic:7");
+  TrainConfig c = TrainConfig::from_json(j);
+  EXPECT_DOUBLE_EQ(c.optimizer.lr, 0.01);
+  EXPECT_EQ(c.model.layers, 6);
+  EXPECT_FALSE(c.routing.intra_document_attention);
+  EXPECT_EQ(c.routing.mode, "dense");
+  EXPECT_EQ(c.data.validation.at("law"), "synthetic:7");
+  EXPECT_THROW(apply_override(j, "optimizer.learning_rate=1"), Error);
+  EXPECT_THROW(apply_override(j, "model.layers=many"), Error);
+  EXPECT_THROW(apply_override(j, "routing.intra_document_attention=yes"), Error);
+  EXPECT_THROW(apply_override(j, "novalue"), Error);
+}
+
+TEST(TrainConfig, ValidateRejectsImpossibleValues) {
+  TrainConfig c;
+  c.run.steps = 10;
+  c.validate();
+  c.routing.mode = "emoo";
+  EXPECT_THROW(c.validate(), Error);
+  c.routing.mode = "emo";
+  c.batch.global_batch_rows = 6;
+  c.batch.micro_batch_rows = 4;
+  EXPECT_THROW(c.validate(), Error);
+}
+
+TEST(TrainConfig, StepsFromTokens) {
+  TrainConfig c;
+  c.batch.global_batch_rows = 4;
+  c.batch.row_length = 100;
+  c.run.tokens = 1001;
+  EXPECT_EQ(c.total_steps(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------- schedules
+
+TEST(Schedule, CosineWarmsUpLinearlyThenDecaysToTheFloor) {
+  ScheduleConfig s;
+  s.warmup_steps = 10;
+  s.final_lr_ratio = 0.1;
+  EXPECT_DOUBLE_EQ(learning_rate(s, 1.0, 0, 110), 0.1);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 1.0, 4, 110), 0.5);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 1.0, 9, 110), 1.0);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 1.0, 10, 110), 1.0);
+  EXPECT_NEAR(learning_rate(s, 1.0, 10 + 99 / 2.0, 110), 0.55, 0.01);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 1.0, 109, 110), 0.1);
+  for (int64_t step = 11; step < 110; ++step)
+    EXPECT_LT(learning_rate(s, 1.0, step, 110), learning_rate(s, 1.0, step - 1, 110));
+}
+
+TEST(Schedule, WarmupStableDecay) {
+  ScheduleConfig s;
+  s.kind = "wsd";
+  s.warmup_steps = 5;
+  s.decay_steps = 11;
+  s.final_lr_ratio = 0.0;
+  EXPECT_DOUBLE_EQ(learning_rate(s, 2.0, 2, 100), 1.2);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 2.0, 50, 100), 2.0);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 2.0, 89, 100), 2.0);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 2.0, 94, 100), 1.0);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 2.0, 99, 100), 0.0);
+}
+
+TEST(Schedule, AnnealFromACheckpointIsLinear) {
+  ScheduleConfig s;
+  s.kind = "anneal";
+  s.anneal_start_step = 100;
+  s.anneal_start_lr = 0.5;
+  s.final_lr_ratio = 0.0;
+  EXPECT_DOUBLE_EQ(learning_rate(s, 1.0, 100, 111), 0.5);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 1.0, 105, 111), 0.25);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 1.0, 110, 111), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------- AdamW
+
+TEST(AdamW, MatchesAHandComputedUpdate) {
+  Tensor w({2}, {1.0f, -2.0f}), gw({2}, {0.5f, -0.25f});
+  Tensor n({1}, {3.0f}), gn({1}, {1.0f});
+  std::vector<Param> params = {{"w", &w, &gw, false}, {"norm", &n, &gn, true}};
+  OptimizerConfig c;
+  c.lr = 0.1;
+  c.beta1 = 0.9;
+  c.beta2 = 0.95;
+  c.eps = 1e-8;
+  c.weight_decay = 0.1;
+  AdamW adam(c);
+  // Step 1: m = 0.1 g, v = 0.05 g^2, mhat = g, vhat = g^2: the update is lr * sign(g) (up to eps).
+  adam.step(params, 0.1);
+  EXPECT_NEAR(w[0], 1.0 * (1 - 0.01) - 0.1, 1e-6);
+  EXPECT_NEAR(w[1], -2.0 * (1 - 0.01) + 0.1, 1e-6);
+  EXPECT_NEAR(n[0], 3.0 - 0.1, 1e-6);  // no weight decay on norms
+  // Step 2 with a new gradient, by hand in double.
+  gw[0] = -1.0f;
+  double m = 0.9 * 0.05 + 0.1 * -1.0, v = 0.95 * 0.05 * 0.25 + 0.05 * 1.0;
+  double mhat = m / (1 - 0.81), vhat = v / (1 - 0.9025);
+  double expected = (1.0 * 0.99 - 0.1) * 0.99 - 0.1 * mhat / (std::sqrt(vhat) + 1e-8);
+  adam.step(params, 0.1);
+  EXPECT_NEAR(w[0], expected, 1e-6);
+  EXPECT_EQ(adam.steps_taken(), 2);
+}
+
+TEST(AdamW, GradientMultiplierScalesTheGradient) {
+  Tensor a({1}, {1.0f}), ga({1}, {4.0f}), b({1}, {1.0f}), gb({1}, {1.0f});
+  OptimizerConfig c;
+  AdamW x(c), y(c);
+  x.step({{"p", &a, &ga, false}}, 0.01, 0.25f);
+  y.step({{"p", &b, &gb, false}}, 0.01, 1.0f);
+  EXPECT_EQ(a[0], b[0]);
+}
+
+TEST(AdamW, ResultDoesNotDependOnTheThreadCount) {
+  auto run = [](int threads) {
+    set_num_threads(threads);
+    Rng rng(7);
+    Tensor w({100000}), g({100000});
+    for (int64_t i = 0; i < w.size(); ++i)
+      w[i] = static_cast<float>(rng.normal()), g[i] = static_cast<float>(rng.normal());
+    AdamW adam(OptimizerConfig{});
+    for (int s = 0; s < 3; ++s) adam.step({{"w", &w, &g, false}}, 0.01);
+    set_num_threads(0);
+    return w.vec();
+  };
+  EXPECT_EQ(run(1), run(2));
+}
+
+// ---------------------------------------------------------------------------------------------- data, usage,
+// figure
+
+RowSourceOptions synthetic_options(int64_t rows, int rank = 0, int world = 1) {
+  RowSourceOptions o;
+  o.row_length = 16;
+  o.global_batch_rows = rows;
+  o.rank = rank;
+  o.world_size = world;
+  o.vocab = 64;
+  o.eos_id = 63;
+  o.seed = 5;
+  return o;
+}
+
+TEST(SyntheticSource, ResumesExactlyFromItsState) {
+  SyntheticSource a(synthetic_options(3));
+  Batch expected, got;
+  a.next(expected);
+  nlohmann::json state = a.state();
+  a.next(expected);
+  RowSourceOptions other = synthetic_options(3);
+  other.seed = 999;
+  SyntheticSource b(other);
+  b.restore(state);
+  b.next(got);
+  EXPECT_EQ(got.tokens, expected.tokens);
+  EXPECT_EQ(got.targets, expected.targets);
+  EXPECT_EQ(got.doc_ids, expected.doc_ids);
+}
+
+TEST(SyntheticSource, TargetsAreTheNextTokensAcrossRows) {
+  SyntheticSource s(synthetic_options(2));
+  Batch b;
+  s.next(b);
+  ASSERT_EQ(b.B, 2);
+  for (int64_t i = 0; i + 1 < 32; ++i) EXPECT_EQ(b.targets[i], b.tokens[i + 1]);
+  for (int32_t t : b.tokens) EXPECT_TRUE(t >= 0 && t < 64);
+}
+
+TEST(SyntheticSource, RanksGetContiguousSharesOfTheSameGlobalBatch) {
+  SyntheticSource whole(synthetic_options(4)), first(synthetic_options(4, 0, 2)),
+      second(synthetic_options(4, 1, 2));
+  Batch w, a, b;
+  for (int step = 0; step < 2; ++step) {
+    whole.next(w);
+    first.next(a);
+    second.next(b);
+    ASSERT_EQ(a.B, 2);
+    std::vector<int32_t> joined = a.tokens;
+    joined.insert(joined.end(), b.tokens.begin(), b.tokens.end());
+    EXPECT_EQ(joined, w.tokens);
+  }
+  EXPECT_EQ(first.state(), whole.state());
+}
+
+TEST(ExpertUsage, CountsDistinctExpertsLoadAndDocumentEntropy) {
+  ForwardState s;
+  s.batch.B = 1;
+  s.batch.T = 4;
+  s.batch.doc_ids = {0, 0, 1, 1};
+  s.layers.resize(1);
+  LayerRouting& r = s.layers[0].routing;
+  r.N = 4;
+  r.routed = 4;
+  r.slots = 1;
+  r.ids = {0, 0, 1, 2};  // document 0 uses expert 0 twice (entropy 0), document 1 experts 1 and 2 (ln 2)
+  std::vector<std::vector<double>> counts = {{2, 1, 1, 0}};
+  ExpertUsage u = expert_usage({&s}, counts);
+  EXPECT_DOUBLE_EQ(u.distinct_experts, 3);
+  EXPECT_DOUBLE_EQ(u.load_max_over_mean, 2.0);
+  EXPECT_NEAR(u.pool_entropy, std::log(2.0) / 2, 1e-12);
+  EXPECT_DOUBLE_EQ(u.documents, 2);
+}
+
+TEST(LossCurve, WritesAnSvgWithTrainAndValidationLines) {
+  LossCurve c;
+  for (int i = 1; i <= 50; ++i) c.train.emplace_back(i, 5.0 / i);
+  c.validation["law & order"] = {{25, 0.4}, {50, 0.3}};
+  std::string svg = loss_curve_svg(c);
+  EXPECT_EQ(svg.rfind("<svg", 0), 0u);
+  EXPECT_NE(svg.find("</svg>"), std::string::npos);
+  EXPECT_NE(svg.find("<polyline"), std::string::npos);
+  EXPECT_NE(svg.find("law &amp; order"), std::string::npos);
+  EXPECT_NE(loss_curve_svg(LossCurve{}).find("no loss recorded"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------- the loop
+
+// A tiny EMO model on generated documents: a few milliseconds per step.
+TrainConfig tiny_config() {
+  TrainConfig c;
+  c.model.d = 32;
+  c.model.layers = 2;
+  c.model.heads = 2;
+  c.model.kv_heads = 1;
+  c.model.experts = 8;
+  c.model.top_k = 3;
+  c.model.expert_width = 32;
+  c.model.vocab = 64;
+  c.batch.row_length = 32;
+  c.batch.micro_batch_rows = 2;
+  c.batch.global_batch_rows = 4;
+  c.optimizer.lr = 1e-2;
+  c.schedule.warmup_steps = 2;
+  c.run.steps = 6;
+  c.run.seed = 11;
+  c.run.checkpoint_every = 3;
+  c.run.validate_every = 3;
+  c.run.validation_rows = 4;
+  c.data.validation["synthetic"] = "synthetic:99";
+  return c;
+}
+
+TrainOptions quiet(const std::string& out) {
+  TrainOptions o;
+  o.out_dir = out;
+  o.show_progress = false;
+  return o;
+}
+
+std::vector<std::vector<float>> weights_of(Model& model) {
+  std::vector<std::vector<float>> out;
+  for (const Param& p : model.params()) out.push_back(p.value->vec());
+  return out;
+}
+
+TEST(Trainer, LossFallsAndTheRunLeavesMetricsCheckpointsAndAFigure) {
+  std::string out = temp_dir("run");
+  Trainer trainer(tiny_config(), quiet(out));
+  EXPECT_EQ(trainer.run(), 6);
+  const auto& h = trainer.history();
+  ASSERT_EQ(h.size(), 6u);
+  EXPECT_LT(h.back().loss, h.front().loss);
+  EXPECT_GT(h.front().lb, 0.5);  // about 1 at balance
+  EXPECT_GT(h.front().usage.distinct_experts, 1);
+  EXPECT_GT(h.front().tokens_per_second, 0);
+  EXPECT_EQ(h.back().tokens, 6 * 4 * 32);
+  std::string metrics = read_text(out + "/metrics.jsonl");
+  EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 6);
+  EXPECT_NE(metrics.find("\"validation\""), std::string::npos);
+  EXPECT_NE(metrics.find("\"pool_entropy\""), std::string::npos);
+  EXPECT_EQ(resolve_checkpoint(out), out + "/checkpoints/step-00000006");
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000003/model.safetensors"));
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000006/optimizer.safetensors"));
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000006/config.json"));
+  EXPECT_NE(read_text(out + "/loss_curve.svg").find("<polyline"), std::string::npos);
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000006/loss_curve.svg"));
+}
+
+TEST(Trainer, ResumeContinuesBitExactly) {
+  std::string straight = temp_dir("straight"), split = temp_dir("split");
+  Trainer a(tiny_config(), quiet(straight));
+  a.run();
+
+  TrainOptions first = quiet(split);
+  first.stop_after = 3;
+  {
+    Trainer b(tiny_config(), first);
+    EXPECT_EQ(b.run(), 3);
+  }
+  TrainOptions second = quiet(split);
+  second.resume = true;
+  Trainer c(tiny_config(), second);
+  EXPECT_EQ(c.step(), 3);
+  EXPECT_EQ(c.run(), 6);
+  ASSERT_EQ(c.history().size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(c.history()[i].loss, a.history()[3 + i].loss) << "step " << 4 + i;
+  EXPECT_TRUE(weights_of(c.model()) == weights_of(a.model())) << "weights differ after resuming";
+  // The metrics of the resumed run continue the file without duplicates.
+  std::string metrics = read_text(split + "/metrics.jsonl");
+  EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 6);
+}
+
+TEST(Trainer, NanLossStopsNamingTheStepAndTheLastGoodCheckpoint) {
+  std::string out = temp_dir("nan");
+  TrainConfig config = tiny_config();
+  config.run.checkpoint_every = 2;
+  Trainer* trainer = nullptr;
+  TrainOptions options = quiet(out);
+  options.on_step = [&](const StepMetrics& m) {
+    if (m.step == 3)
+      for (float& x : trainer->model().params()[0].value->vec()) x = std::nanf("");
+  };
+  Trainer t(config, options);
+  trainer = &t;
+  try {
+    t.run();
+    FAIL() << "expected the NaN to stop training";
+  } catch (const Error& e) {
+    std::string message = e.what();
+    EXPECT_NE(message.find("step 4"), std::string::npos) << message;
+    EXPECT_NE(message.find("step-00000002"), std::string::npos) << message;
+  }
+  EXPECT_EQ(resolve_checkpoint(out), out + "/checkpoints/step-00000002");
+}
+
+TEST(Trainer, ACrashWhileCheckpointingLeavesTheLastGoodOne) {
+  std::string out = temp_dir("crash");
+  TrainConfig config = tiny_config();
+  config.run.checkpoint_every = 2;
+  config.run.steps = 4;
+  TrainOptions options = quiet(out);
+  int optimizer_writes = 0;
+  options.checkpoint_fault = [&](const std::string& stage) {
+    if (stage == "optimizer" && ++optimizer_writes == 2) throw std::runtime_error("simulated crash");
+  };
+  {
+    Trainer t(config, options);
+    EXPECT_THROW(t.run(), std::runtime_error);
+  }
+  const std::string good = out + "/checkpoints/step-00000002";
+  EXPECT_EQ(resolve_checkpoint(out), good);
+  EXPECT_FALSE(fs::exists(out + "/checkpoints/step-00000004"));
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/.tmp-step-00000004"));  // the half-written one, never used
+  LoadedCheckpoint loaded = load_checkpoint(good);
+  EXPECT_EQ(loaded.state.step, 2);
+
+  TrainOptions again = quiet(out);
+  again.resume = true;
+  Trainer t(config, again);
+  EXPECT_EQ(t.run(), 4);
+  EXPECT_FALSE(fs::exists(out + "/checkpoints/.tmp-step-00000004"));
+}
+
+TEST(Trainer, KeepsOnlyTheLastKCheckpoints) {
+  std::string out = temp_dir("keep");
+  TrainConfig config = tiny_config();
+  config.run.checkpoint_every = 1;
+  config.run.keep_last = 2;
+  config.run.steps = 4;
+  Trainer(config, quiet(out)).run();
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(out + "/checkpoints"))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step-00000003", "step-00000004"}));
+}
+
+TEST(Trainer, GlobalBalancingSumsCountsOverMicroBatchesAndMicroBatchScopeDoesNot) {
+  auto first_step = [](const std::string& scope, int64_t micro_rows) {
+    TrainConfig c = tiny_config();
+    c.loss.lb_scope = scope;
+    c.batch.micro_batch_rows = micro_rows;
+    c.run.steps = 1;
+    c.data.validation.clear();
+    Trainer t(c, quiet(""));
+    t.run();
+    return t.history()[0];
+  };
+  StepMetrics global = first_step("global", 2), local = first_step("micro_batch", 2);
+  EXPECT_EQ(global.ce, local.ce);  // same rows, same weights: only the balancing term sees the scope
+  EXPECT_NE(global.lb, local.lb);
+  // With one micro-batch per step the two scopes are the same computation.
+  StepMetrics global1 = first_step("global", 4), local1 = first_step("micro_batch", 4);
+  EXPECT_EQ(global1.lb, local1.lb);
+  EXPECT_EQ(global1.loss, local1.loss);
+}
+
+TEST(Trainer, StandardAndDenseModelsTrainToo) {
+  for (const char* mode : {"standard", "dense"}) {
+    TrainConfig c = tiny_config();
+    c.routing.mode = mode;
+    c.run.steps = 2;
+    Trainer t(c, quiet(""));
+    t.run();
+    EXPECT_TRUE(std::isfinite(t.history().back().loss)) << mode;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- MPI
+
+// Worker half of TwoRanksMatchOneRank: runs only under mpirun, started by the test below.
+TEST(Mpi, Worker) {
+  const char* out = std::getenv("EMO_TRAIN_TEST_MPI_OUT");
+  if (out == nullptr) GTEST_SKIP() << "started by Mpi.TwoRanksMatchOneRank";
+  set_num_threads(1);
+  Trainer(tiny_config(), quiet(out)).run();
+}
+
+TEST(Mpi, TwoRanksMatchOneRank) {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun is not installed";
+#ifndef EMO_HAVE_MPI
+  GTEST_SKIP() << "built without MPI";
+#endif
+  std::string two = temp_dir("mpi2"), one = temp_dir("mpi1");
+  std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::string command = "EMO_TRAIN_TEST_MPI_OUT=" + two +
+                        " mpirun --oversubscribe --allow-run-as-root -np 2 -x EMO_TRAIN_TEST_MPI_OUT " +
+                        self + " --gtest_filter=Mpi.Worker > " + two + "/mpirun.log 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << read_text(two + "/mpirun.log");
+  Trainer single(tiny_config(), quiet(one));
+  single.run();
+
+  std::ifstream metrics(two + "/metrics.jsonl");
+  std::string line;
+  size_t i = 0;
+  while (std::getline(metrics, line)) {
+    auto j = nlohmann::json::parse(line);
+    ASSERT_LT(i, single.history().size());
+    EXPECT_NEAR(j["loss"].get<double>(), single.history()[i].loss, 1e-4) << "step " << i + 1;
+    EXPECT_NEAR(j["lb"].get<double>(), single.history()[i].lb, 1e-4) << "step " << i + 1;
+    ++i;
+  }
+  EXPECT_EQ(i, single.history().size());
+  LoadedCheckpoint two_ranks = load_checkpoint(resolve_checkpoint(two));
+  EXPECT_EQ(two_ranks.state.world_size, 2);
+  auto a = weights_of(*two_ranks.model), b = weights_of(single.model());
+  ASSERT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (size_t p = 0; p < a.size(); ++p)
+    for (size_t k = 0; k < a[p].size(); ++k) worst = std::max(worst, std::fabs(double(a[p][k]) - b[p][k]));
+  EXPECT_LT(worst, 1e-4);
+}
+
+}  // namespace
+}  // namespace emo
