@@ -49,6 +49,13 @@ struct ForwardState {
   Tensor lse;                      // [N] logsumexp of the output logits
   CrossEntropySums ce;             // sums over tokens with target >= 0
 
+  // Layer-by-layer inference (Model::begin_layers .. end_layers) only: the residual stream [N, C] after the
+  // layers run so far, the index of the next layer, and the working buffers of the layer being run.
+  Tensor residual;
+  int64_t next_layer = 0;
+  LayerState step_layer;
+  Tensor step_branch;
+
   // Routing decision of layer l (MoE models).
   const LayerRouting& routing(int64_t l) const { return layers[l].routing; }
 };

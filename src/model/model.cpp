@@ -151,6 +151,16 @@ struct ModelPasses {
   using Weights = Model::Weights;
   static void run_forward(const Model& model, ForwardState& state, const Batch& batch,
                           const RoutingOptions& routing, Rng* rng, bool keep);
+  // The pieces of run_forward, shared with the layer-by-layer inference: embedding into x [N, C]; layer l's
+  // attention block (x += attention) up to the feed-forward input s.ffn_norm; final norm, logits, loss.
+  static void begin_forward(const Model& model, ForwardState& state, const Batch& batch,
+                            const RoutingOptions& routing, bool keep, Tensor& x);
+  static void attention_block_forward(const Model& model, int64_t l, LayerState& s, const ForwardState& state,
+                                      const RoutingOptions& routing, Tensor& x, Tensor& branch);
+  static void end_forward(const Model& model, ForwardState& state, const Tensor& x, bool keep);
+  // Router logits of layer l's input s.ffn_norm and the routing decision under `policy`.
+  static void router_forward(const Model& model, int64_t l, LayerState& s, const RoutingPolicy& policy,
+                             const RoutingContext& context);
   static void moe_block_forward(const Model& model, int64_t l, LayerState& s, Tensor& out,
                                 const RoutingPolicy& policy, const RoutingContext& context);
   static void dense_block_forward(const Model& model, int64_t l, LayerState& s, Tensor& out);
@@ -181,57 +191,72 @@ std::unique_ptr<ForwardState> Model::infer(const Batch& batch, const RoutingOpti
   return state;
 }
 
+void ModelPasses::begin_forward(const Model& model, ForwardState& state, const Batch& batch,
+                                const RoutingOptions& routing, bool keep, Tensor& x) {
+  const ModelConfig& config_ = model.config_;
+  check_batch(batch, config_, routing);
+  const int64_t B = batch.B, T = batch.T, N = B * T, C = config_.hidden_size, V = config_.vocab_size;
+  state.batch = batch;
+  if (state.batch.targets.empty()) state.batch.targets.assign(N, -1);
+  state.for_backward = keep;
+  state.positions.resize(N);
+  for (int64_t i = 0; i < N; ++i) state.positions[i] = static_cast<int32_t>(i % T);
+  state.layers.resize(config_.num_hidden_layers);
+  x.resize({N, C});
+  embedding_forward(x.data(), batch.tokens.data(), model.weights_->embed->value.data(), N, V, C);
+}
+
+void ModelPasses::attention_block_forward(const Model& model, int64_t l, LayerState& s,
+                                          const ForwardState& state, const RoutingOptions& routing, Tensor& x,
+                                          Tensor& branch) {
+  const ModelConfig& config_ = model.config_;
+  const Weights& w = *model.weights_;
+  const Weights::Layer& lw = w.layers[l];
+  const int64_t B = state.batch.B, T = state.batch.T, N = B * T, C = config_.hidden_size;
+  const int64_t H = config_.num_attention_heads, Hkv = config_.num_key_value_heads, hd = config_.head_dim();
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const int32_t* doc_ids = routing.intra_document_attention ? state.batch.doc_ids.data() : nullptr;
+
+  // Attention block: x += o(attention(rope(q), rope(k), v)) of RMSNorm(x)
+  s.input = x;
+  s.attn_norm.resize({N, C});
+  s.attn_rstd.resize({N});
+  rmsnorm_forward(s.attn_norm.data(), s.attn_rstd.data(), x.data(), lw.attn_norm->value.data(), N, C, eps);
+  s.q.resize({N, H * hd});
+  s.k.resize({N, Hkv * hd});
+  s.v.resize({N, Hkv * hd});
+  linear_forward(s.q.data(), s.attn_norm.data(), lw.q->value.data(), N, C, H * hd);
+  linear_forward(s.k.data(), s.attn_norm.data(), lw.k->value.data(), N, C, Hkv * hd);
+  linear_forward(s.v.data(), s.attn_norm.data(), lw.v->value.data(), N, C, Hkv * hd);
+  rope_forward(s.q.data(), state.positions.data(), N, H, w.rope);
+  rope_forward(s.k.data(), state.positions.data(), N, Hkv, w.rope);
+  s.probs.resize({B, H, T, T});
+  s.attn_out.resize({N, H * hd});
+  attention_forward(s.attn_out.data(), s.probs.data(), s.q.data(), s.k.data(), s.v.data(), doc_ids,
+                    {B, T, H, Hkv, hd});
+  branch.resize({N, C});
+  linear_forward(branch.data(), s.attn_out.data(), lw.o->value.data(), N, H * hd, C);
+  add_into(x, branch);
+
+  // The feed-forward block's input: RMSNorm(x)
+  s.mid = x;
+  s.ffn_norm.resize({N, C});
+  s.ffn_rstd.resize({N});
+  rmsnorm_forward(s.ffn_norm.data(), s.ffn_rstd.data(), x.data(), lw.ffn_norm->value.data(), N, C, eps);
+}
+
 void ModelPasses::run_forward(const Model& model, ForwardState& out, const Batch& batch,
                               const RoutingOptions& routing, Rng* rng, bool keep) {
   const ModelConfig& config_ = model.config_;
-  check_batch(batch, config_, routing);
-  const Weights& w = *model.weights_;
-  const int64_t B = batch.B, T = batch.T, N = B * T, C = config_.hidden_size, V = config_.vocab_size;
-  const int64_t H = config_.num_attention_heads, Hkv = config_.num_key_value_heads, hd = config_.head_dim();
-  const float eps = static_cast<float>(config_.rms_norm_eps);
-  ForwardState* state = &out;
-  state->batch = batch;
-  if (state->batch.targets.empty()) state->batch.targets.assign(N, -1);
-  state->for_backward = keep;
-  state->positions.resize(N);
-  for (int64_t i = 0; i < N; ++i) state->positions[i] = static_cast<int32_t>(i % T);
-  state->layers.resize(config_.num_hidden_layers);
+  Tensor x;       // [N, C] the residual stream
+  Tensor branch;  // [N, C] output of the block being added to it
+  begin_forward(model, out, batch, routing, keep, x);
   std::unique_ptr<RoutingPolicy> policy = make_routing_policy(routing);
-  const int32_t* doc_ids = routing.intra_document_attention ? batch.doc_ids.data() : nullptr;
-
-  Tensor x({N, C});       // [N, C] the residual stream
-  Tensor branch({N, C});  // [N, C] output of the block being added to it
-  embedding_forward(x.data(), batch.tokens.data(), w.embed->value.data(), N, V, C);
   LayerState scratch;  // reused by every layer when nothing is kept
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
-    const Weights::Layer& lw = w.layers[l];
-    LayerState& s = keep ? state->layers[l] : scratch;
-
-    // Attention block: x += o(attention(rope(q), rope(k), v)) of RMSNorm(x)
-    s.input = x;
-    s.attn_norm.resize({N, C});
-    s.attn_rstd.resize({N});
-    rmsnorm_forward(s.attn_norm.data(), s.attn_rstd.data(), x.data(), lw.attn_norm->value.data(), N, C, eps);
-    s.q.resize({N, H * hd});
-    s.k.resize({N, Hkv * hd});
-    s.v.resize({N, Hkv * hd});
-    linear_forward(s.q.data(), s.attn_norm.data(), lw.q->value.data(), N, C, H * hd);
-    linear_forward(s.k.data(), s.attn_norm.data(), lw.k->value.data(), N, C, Hkv * hd);
-    linear_forward(s.v.data(), s.attn_norm.data(), lw.v->value.data(), N, C, Hkv * hd);
-    rope_forward(s.q.data(), state->positions.data(), N, H, w.rope);
-    rope_forward(s.k.data(), state->positions.data(), N, Hkv, w.rope);
-    s.probs.resize({B, H, T, T});
-    s.attn_out.resize({N, H * hd});
-    attention_forward(s.attn_out.data(), s.probs.data(), s.q.data(), s.k.data(), s.v.data(), doc_ids,
-                      {B, T, H, Hkv, hd});
-    linear_forward(branch.data(), s.attn_out.data(), lw.o->value.data(), N, H * hd, C);
-    add_into(x, branch);
-
+    LayerState& s = keep ? out.layers[l] : scratch;
+    attention_block_forward(model, l, s, out, routing, x, branch);
     // Feed-forward block: x += MoE (or dense MLP) of RMSNorm(x)
-    s.mid = x;
-    s.ffn_norm.resize({N, C});
-    s.ffn_rstd.resize({N});
-    rmsnorm_forward(s.ffn_norm.data(), s.ffn_rstd.data(), x.data(), lw.ffn_norm->value.data(), N, C, eps);
     if (config_.is_moe()) {
       RoutingContext context{&batch, &routing, l, config_.experts_in_layer(l), config_.num_experts_per_tok,
                              rng};
@@ -240,36 +265,92 @@ void ModelPasses::run_forward(const Model& model, ForwardState& out, const Batch
       dense_block_forward(model, l, s, branch);
     }
     add_into(x, branch);
-    if (!keep) state->layers[l].routing = std::move(s.routing);
+    if (!keep) out.layers[l].routing = std::move(s.routing);
   }
+  end_forward(model, out, x, keep);
+}
 
-  state->final_input = x;
-  state->final_norm.resize({N, C});
-  state->final_rstd.resize({N});
-  rmsnorm_forward(state->final_norm.data(), state->final_rstd.data(), x.data(), w.norm->value.data(), N, C,
+void ModelPasses::end_forward(const Model& model, ForwardState& state, const Tensor& x, bool keep) {
+  const ModelConfig& config_ = model.config_;
+  const Weights& w = *model.weights_;
+  const int64_t N = x.dim(0), C = config_.hidden_size, V = config_.vocab_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  state.final_input = x;
+  state.final_norm.resize({N, C});
+  state.final_rstd.resize({N});
+  rmsnorm_forward(state.final_norm.data(), state.final_rstd.data(), x.data(), w.norm->value.data(), N, C,
                   eps);
-  state->logits.resize({N, V});
-  linear_forward(state->logits.data(), state->final_norm.data(), w.lm_head->value.data(), N, C, V);
-  state->lse.resize({N});
-  state->ce =
-      cross_entropy_forward(state->lse.data(), state->logits.data(), state->batch.targets.data(), N, V);
+  state.logits.resize({N, V});
+  linear_forward(state.logits.data(), state.final_norm.data(), w.lm_head->value.data(), N, C, V);
+  state.lse.resize({N});
+  state.ce = cross_entropy_forward(state.lse.data(), state.logits.data(), state.batch.targets.data(), N, V);
   if (!keep) {
-    state->final_input = Tensor();
-    state->final_norm = Tensor();
+    state.final_input = Tensor();
+    state.final_norm = Tensor();
   }
+}
+
+std::unique_ptr<ForwardState> Model::begin_layers(const Batch& batch, const RoutingOptions& routing) const {
+  EMO_CHECK(!(routing.mode == RoutingMode::kEmoPool && routing.training), "model",
+            "layer-by-layer inference routes in evaluation mode (EMO pool sizes are not drawn)");
+  auto state = std::make_unique<ForwardState>();
+  ModelPasses::begin_forward(*this, *state, batch, routing, false, state->residual);
+  state->next_layer = 0;
+  return state;
+}
+
+const LayerRouting& Model::layer_router(ForwardState& state, int64_t l, const RoutingOptions& routing) const {
+  EMO_CHECK(config_.is_moe(), "model", "layer-by-layer routing needs an MoE model");
+  EMO_CHECK(l == state.next_layer && l < config_.num_hidden_layers, "model", "layer ", l,
+            " run out of order (next is ", state.next_layer, ")");
+  LayerState& s = state.step_layer;
+  ModelPasses::attention_block_forward(*this, l, s, state, routing, state.residual, state.step_branch);
+  // Route once to expose the router's probabilities; layer_experts routes again under the final options.
+  RoutingContext context{&state.batch, &routing, l, config_.experts_in_layer(l), config_.num_experts_per_tok,
+                         nullptr};
+  ModelPasses::router_forward(*this, l, s, *make_routing_policy(routing), context);
+  return s.routing;
+}
+
+void Model::layer_experts(ForwardState& state, int64_t l, const RoutingOptions& routing) const {
+  EMO_CHECK(l == state.next_layer, "model", "layer_experts(", l, ") without layer_router(", l, ")");
+  LayerState& s = state.step_layer;
+  RoutingContext context{&state.batch, &routing, l, config_.experts_in_layer(l), config_.num_experts_per_tok,
+                         nullptr};
+  ModelPasses::moe_block_forward(*this, l, s, state.step_branch, *make_routing_policy(routing), context);
+  add_into(state.residual, state.step_branch);
+  state.layers[l].routing = std::move(s.routing);
+  ++state.next_layer;
+}
+
+void Model::end_layers(ForwardState& state) const {
+  EMO_CHECK(state.next_layer == config_.num_hidden_layers, "model", "end_layers after ", state.next_layer,
+            " of ", config_.num_hidden_layers, " layers");
+  ModelPasses::end_forward(*this, state, state.residual, false);
+  state.residual = Tensor();
+  state.step_branch = Tensor();
+  state.step_layer = LayerState();
+}
+
+void ModelPasses::router_forward(const Model& model, int64_t l, LayerState& s, const RoutingPolicy& policy,
+                                 const RoutingContext& context) {
+  const ModelConfig& config_ = model.config_;
+  const MoeLayout m = moe_layout(config_, l);
+  const int64_t N = s.ffn_norm.dim(0), C = config_.hidden_size;
+  // The routed experts' rows of gate.weight come first, so they are one contiguous [Er, C] block.
+  s.router_logits.resize({N, m.routed});
+  linear_forward(s.router_logits.data(), s.ffn_norm.data(), model.weights_->layers[l].router->value.data(), N,
+                 C, m.routed);
+  route_forward(s.routing, s.router_logits.data(), N, m.routed, m.slots, config_.norm_topk_prob, policy,
+                context);
 }
 
 void ModelPasses::moe_block_forward(const Model& model, int64_t l, LayerState& s, Tensor& out,
                                     const RoutingPolicy& policy, const RoutingContext& context) {
   const ModelConfig& config_ = model.config_;
-  const Weights::Layer& lw = model.weights_->layers[l];
   const MoeLayout m = moe_layout(config_, l);
   const int64_t N = s.ffn_norm.dim(0), C = config_.hidden_size, F = config_.intermediate_size;
-  // The routed experts' rows of gate.weight come first, so they are one contiguous [Er, C] block.
-  s.router_logits.resize({N, m.routed});
-  linear_forward(s.router_logits.data(), s.ffn_norm.data(), lw.router->value.data(), N, C, m.routed);
-  route_forward(s.routing, s.router_logits.data(), N, m.routed, m.slots, config_.norm_topk_prob, policy,
-                context);
+  router_forward(model, l, s, policy, context);
 
   // Slots: the routed choices, then the shared expert(s) E-n_s.. with weight exactly 1.
   s.moe_ids.assign(N * m.all_slots, -1);

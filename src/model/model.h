@@ -65,6 +65,7 @@ struct LossTerms {
 
 // Everything the forward keeps for the backward of one micro-batch, plus its routing decisions.
 struct ForwardState;  // defined in model/forward_state.h
+struct LayerRouting;  // defined in model/routing.h
 
 class Model {
  public:
@@ -87,6 +88,18 @@ class Model {
   // The same forward keeping only logits and routing decisions (no backward possible): for eval/inference.
   std::unique_ptr<ForwardState> infer(const Batch& batch, const RoutingOptions& routing,
                                       Rng* rng = nullptr) const;
+
+  // Inference one MoE layer at a time, for callers that choose a layer's routing after seeing its router
+  // probabilities (layerwise expert selection, one forward instead of one per layer): begin_layers embeds
+  // the batch; layer_router(l) runs layer l's attention and router and returns its routing under `routing`
+  // (LayerRouting::probs are the unmasked router probabilities, whatever the policy); layer_experts(l) routes
+  // layer l again under `routing`, which may now restrict layer l, and adds the experts' output; end_layers
+  // computes the logits. Layers run in order 0..L-1. With the same options at every step the state equals
+  // infer()'s exactly (same kernels in the same order). Evaluation-mode routing only (no pool draws).
+  std::unique_ptr<ForwardState> begin_layers(const Batch& batch, const RoutingOptions& routing) const;
+  const LayerRouting& layer_router(ForwardState& state, int64_t l, const RoutingOptions& routing) const;
+  void layer_experts(ForwardState& state, int64_t l, const RoutingOptions& routing) const;
+  void end_layers(ForwardState& state) const;
 
   // Expert counts C_e per MoE layer of this micro-batch ([L][E_routed], number of (token, slot) assignments),
   // for the trainer to sum over micro-batches and ranks before the load-balancing loss uses them.
