@@ -259,6 +259,90 @@ TEST(Selection, LayerwiseChoosesLaterLayersWithTheEarlierOnesRestricted) {
   EXPECT_EQ(s.routed[2], top_experts(usage[2], 2));
 }
 
+Examples three_examples() {
+  Examples ex = one_example();
+  ex.sequences.push_back({3, 1, 44, 45, 2, 9, 9, 30});
+  ex.sequences.push_back({17, 12, 6, 1, 33, 21, 40, 41, 5, 5, 8, 2, 47, 11, 16, 29, 3, 38, 4});
+  return ex;
+}
+
+// The layerwise method as first written: one full forward of the examples per layer, with the layers chosen
+// so far restricted (routed_usage), keeping layer l's usage.
+LayerwiseSelection layerwise_by_repeated_forwards(const Model& model, const Examples& examples,
+                                                  int64_t keep_k) {
+  const int64_t L = model.config().num_hidden_layers;
+  RoutingOptions routing;
+  routing.mode = RoutingMode::kSubset;
+  routing.training = false;
+  routing.subset.assign(L, {0, 1, 2, 3, 4, 5, 6, 7, 8});
+  LayerwiseSelection out;
+  for (int64_t l = 0; l < L; ++l) {
+    out.usage.push_back(routed_usage(model, examples, routing)[l]);
+    out.routed.push_back(top_experts(out.usage[l], keep_k - 1));
+    routing.subset[l] = out.routed[l];
+  }
+  return out;
+}
+
+TEST(Selection, LayerwiseInOneForwardEqualsOneForwardPerLayerExactly) {
+  for (uint64_t seed : {11, 12, 13}) {
+    auto model = tiny_model(seed);
+    for (int64_t keep_k : {2, 3, 5, 9}) {
+      LayerwiseSelection fast = layerwise_selection(*model, three_examples(), keep_k);
+      LayerwiseSelection slow = layerwise_by_repeated_forwards(*model, three_examples(), keep_k);
+      EXPECT_EQ(fast.routed, slow.routed) << "seed " << seed << " keep_k " << keep_k;
+      EXPECT_EQ(fast.usage, slow.usage) << "the statistics differ in some bit";  // exact, not near
+    }
+    EXPECT_EQ(select_experts(*model, three_examples(), {3, SelectionMethod::kLayerwise, 0}).routed,
+              layerwise_by_repeated_forwards(*model, three_examples(), 3).routed);
+  }
+}
+
+void expect_same_routing(const LayerRouting& a, const LayerRouting& b, int64_t l) {
+  EXPECT_EQ(a.ids, b.ids) << "layer " << l;
+  EXPECT_EQ(a.weights.vec(), b.weights.vec()) << "layer " << l;
+  EXPECT_EQ(a.probs.vec(), b.probs.vec()) << "layer " << l;
+}
+
+TEST(LayerByLayerInference, EqualsInferExactly) {
+  auto model = tiny_model();
+  Batch batch = Batch::from_tokens(2, 8, {5, 9, 3, 1, 22, 40, 7, 7, 12, 30, 2, 44, 1, 19, 4, 6}, {}, kEos);
+  RoutingOptions standard;
+  standard.training = false;
+  RoutingOptions subset = valid_subset().routing_options();
+  subset.intra_document_attention = true;
+  for (const RoutingOptions& routing : {standard, subset}) {
+    auto reference = model->infer(batch, routing);
+    auto state = model->begin_layers(batch, routing);
+    for (int64_t l = 0; l < 3; ++l) {
+      model->layer_router(*state, l, routing);
+      model->layer_experts(*state, l, routing);
+    }
+    model->end_layers(*state);
+    EXPECT_EQ(state->logits.vec(), reference->logits.vec());
+    for (int64_t l = 0; l < 3; ++l) expect_same_routing(state->routing(l), reference->routing(l), l);
+  }
+}
+
+TEST(LayerByLayerInference, RestrictingALayerAfterItsRouterEqualsInferWithTheSubset) {
+  auto model = tiny_model();
+  Batch batch = Batch::from_tokens(1, 14, one_example().sequences[0], {}, kEos);
+  RoutingOptions subset = valid_subset().routing_options();
+  auto reference = model->infer(batch, subset);
+  RoutingOptions growing = subset;
+  for (auto& kept : growing.subset) kept = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+  auto state = model->begin_layers(batch, growing);
+  for (int64_t l = 0; l < 3; ++l) {
+    const LayerRouting& r = model->layer_router(*state, l, growing);
+    EXPECT_EQ(r.probs.vec(), reference->routing(l).probs.vec()) << "unmasked probabilities, layer " << l;
+    growing.subset[l] = subset.subset[l];
+    model->layer_experts(*state, l, growing);
+  }
+  model->end_layers(*state);
+  EXPECT_EQ(state->logits.vec(), reference->logits.vec());
+  EXPECT_THROW(model->layer_router(*state, 0, growing), Error) << "layers run in order";
+}
+
 TEST(Selection, EasyEpScoresOnlyExpertsThatReceivedTokens) {
   auto model = tiny_model();
   auto scores = easy_ep_scores(*model, one_example());

@@ -48,6 +48,12 @@ std::vector<int32_t> random_experts(Rng& rng, int64_t routed, int64_t count) {
   return order;
 }
 
+// usage[e] += the routed softmax probability of expert e, summed over the tokens of r.
+void add_probabilities(std::vector<double>& usage, const LayerRouting& r) {
+  for (int64_t n = 0; n < r.N; ++n)
+    for (int64_t e = 0; e < r.routed; ++e) usage[e] += r.probs[n * r.routed + e];
+}
+
 // s_t = max(0, 1 - cos(h_t, h_t + moe_out_t)) for one token; h and next are [C].
 double token_contribution(const float* h, const float* next, int64_t C) {
   double dot = 0, hh = 0, nn = 0;
@@ -123,11 +129,7 @@ std::vector<std::vector<double>> routed_usage(const Model& model, const Examples
   int64_t tokens = 0;
   for (const auto& sequence : examples.sequences) {
     auto state = model.infer(example_batch(sequence, config), routing);
-    for (int64_t l = 0; l < L; ++l) {
-      const LayerRouting& r = state->routing(l);
-      for (int64_t n = 0; n < r.N; ++n)
-        for (int64_t e = 0; e < r.routed; ++e) usage[l][e] += r.probs[n * r.routed + e];
-    }
+    for (int64_t l = 0; l < L; ++l) add_probabilities(usage[l], state->routing(l));
     tokens += static_cast<int64_t>(sequence.size());
   }
   EMO_CHECK(tokens > 0, "select", "the examples hold no token");
@@ -151,6 +153,45 @@ std::vector<std::vector<double>> easy_ep_scores(Model& model, const Examples& ex
   return scores;
 }
 
+LayerwiseSelection layerwise_selection(const Model& model, const Examples& examples, int64_t keep_k) {
+  const ModelConfig& config = model.config();
+  const int64_t L = config.num_hidden_layers;
+  RoutingOptions routing;
+  routing.mode = RoutingMode::kSubset;
+  routing.training = false;
+  routing.subset = all_routed(config);  // layers not chosen yet route over every expert
+  // Every example advances one layer at a time, so layer l is measured with layers 0..l-1 already restricted
+  // and the whole selection costs about one forward of the examples.
+  std::vector<std::unique_ptr<ForwardState>> states;
+  for (const auto& sequence : examples.sequences)
+    states.push_back(model.begin_layers(example_batch(sequence, config), routing));
+  LayerwiseSelection result;
+  result.usage.resize(L);
+  result.routed.resize(L);
+  Progress progress("select", L, "layers");
+  for (int64_t l = 0; l < L; ++l) {
+    std::vector<double>& usage = result.usage[l];
+    usage.assign(config.routed_in_layer(l), 0.0);
+    int64_t tokens = 0;
+    for (auto& state : states) {
+      const LayerRouting& r = model.layer_router(*state, l, routing);
+      add_probabilities(usage, r);
+      tokens += r.N;
+    }
+    EMO_CHECK(tokens > 0, "select", "the examples hold no token");
+    for (double& a : usage) a /= static_cast<double>(tokens);
+    result.routed[l] = top_experts(usage, keep_k - config.shared_in_layer(l));
+    routing.subset[l] = result.routed[l];
+    for (auto& state : states) {
+      model.layer_experts(*state, l, routing);
+      state->layers[l].routing = LayerRouting();  // only the usage was needed
+    }
+    progress.update(l + 1);
+  }
+  progress.finish();
+  return result;
+}
+
 ExpertSubset select_experts(Model& model, const Examples& input, const SelectionOptions& options) {
   const ModelConfig& config = model.config();
   check_keep_k(config, options.keep_k);
@@ -166,19 +207,7 @@ ExpertSubset select_experts(Model& model, const Examples& input, const Selection
 
   switch (options.method) {
     case SelectionMethod::kLayerwise: {
-      RoutingOptions routing;
-      routing.mode = RoutingMode::kSubset;
-      routing.training = false;
-      routing.subset = all_routed(config);
-      Progress progress("select", L, "layers");
-      for (int64_t l = 0; l < L; ++l) {
-        // Layers 0..l-1 route within their chosen subsets; layer l and later still over all experts.
-        auto usage = routed_usage(model, examples, routing);
-        subset.routed[l] = top_experts(usage[l], keep(l));
-        routing.subset[l] = subset.routed[l];
-        progress.update(l + 1);
-      }
-      progress.finish();
+      subset.routed = layerwise_selection(model, examples, options.keep_k).routed;
       break;
     }
     case SelectionMethod::kGlobal: {

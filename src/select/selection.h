@@ -42,6 +42,16 @@ ExpertSubset select_experts(Model& model, const Examples& examples, const Select
 std::vector<std::vector<double>> routed_usage(const Model& model, const Examples& examples,
                                               const RoutingOptions& routing);
 
+// The layerwise method's statistics: usage[l] = a_{l,.} measured with layers 0..l-1 already restricted to
+// routed[0..l-1], and routed[l] = the top keep_k - n_s of usage[l]. The examples run layer by layer
+// (Model::begin_layers), so this costs about one forward of them; it equals, bit for bit, running
+// routed_usage once per layer with subset routing of the layers chosen so far.
+struct LayerwiseSelection {
+  std::vector<std::vector<double>> usage;    // [L][Er]
+  std::vector<std::vector<int32_t>> routed;  // [L][keep_k - n_s] ascending
+};
+LayerwiseSelection layerwise_selection(const Model& model, const Examples& examples, int64_t keep_k);
+
 // EASY-EP scores [L][Er] of one unrestricted pass.
 std::vector<std::vector<double>> easy_ep_scores(Model& model, const Examples& examples);
 
