@@ -1,6 +1,9 @@
 // Specification of the trainer: configuration, schedules, AdamW, checkpoints, resume, NaN stop,
 // load-balancing scope, and data parallelism (2 MPI ranks == 1 rank).
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,7 +11,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
+#include <thread>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -292,6 +297,7 @@ TEST(ExpertUsage, CountsDistinctExpertsLoadAndDocumentEntropy) {
   EXPECT_DOUBLE_EQ(u.load_max_over_mean, 2.0);
   EXPECT_NEAR(u.pool_entropy, std::log(2.0) / 2, 1e-12);
   EXPECT_DOUBLE_EQ(u.documents, 2);
+  EXPECT_EQ(u.load, (std::vector<std::vector<double>>{{0.5, 0.25, 0.25, 0.0}}));
 }
 
 TEST(LossCurve, WritesAnSvgWithTrainAndValidationLines) {
@@ -361,6 +367,7 @@ TEST(Trainer, LossFallsAndTheRunLeavesMetricsCheckpointsAndAFigure) {
   EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 6);
   EXPECT_NE(metrics.find("\"validation\""), std::string::npos);
   EXPECT_NE(metrics.find("\"pool_entropy\""), std::string::npos);
+  EXPECT_NE(metrics.find("\"expert_load\":[["), std::string::npos);
   EXPECT_EQ(resolve_checkpoint(out), out + "/checkpoints/step-00000006");
   EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000003/model.safetensors"));
   EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000006/optimizer.safetensors"));
@@ -442,6 +449,78 @@ TEST(Trainer, ACrashWhileCheckpointingLeavesTheLastGoodOne) {
   Trainer t(config, again);
   EXPECT_EQ(t.run(), 4);
   EXPECT_FALSE(fs::exists(out + "/checkpoints/.tmp-step-00000004"));
+}
+
+// The run the SIGKILL test kills: a checkpoint after every step, long enough never to finish first.
+TrainConfig kill_config() {
+  TrainConfig c = tiny_config();
+  c.run.steps = 100000;
+  c.run.checkpoint_every = 1;
+  c.run.keep_last = 2;
+  c.data.validation.clear();
+  return c;
+}
+
+// Worker half of SigkillAtAnyMomentLosesOnlyTheStepsSinceTheLastCheckpoint: trains until killed.
+TEST(Trainer, KillWorker) {
+  const char* out = std::getenv("EMO_TRAIN_TEST_KILL_OUT");
+  if (out == nullptr)
+    GTEST_SKIP() << "started by Trainer.SigkillAtAnyMomentLosesOnlyTheStepsSinceTheLastCheckpoint";
+  TrainOptions options = quiet(out);
+  options.resume = true;
+  Trainer(kill_config(), options).run();
+}
+
+TEST(Trainer, SigkillAtAnyMomentLosesOnlyTheStepsSinceTheLastCheckpoint) {
+  std::string out = temp_dir("kill");
+  std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::string env = "EMO_TRAIN_TEST_KILL_OUT=" + out;
+  std::string filter = "--gtest_filter=Trainer.KillWorker";
+  char* argv[] = {self.data(), filter.data(), nullptr};
+  char* envp[] = {env.data(), nullptr};
+  std::mt19937 rng(17);
+  int64_t previous_step = 0;
+  // Each round resumes the run and kills it (SIGKILL: no handler, no clean-up) at a random moment, which with
+  // a checkpoint per step often falls inside a checkpoint write.
+  for (int round = 0; round < 4; ++round) {
+    pid_t pid = 0;
+    ASSERT_EQ(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, envp), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 250));
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "round " << round << ": the worker ended before it was killed";
+
+    std::string latest = resolve_checkpoint(out);
+    ASSERT_FALSE(latest.empty()) << "round " << round << ": no complete checkpoint";
+    LoadedCheckpoint loaded = load_checkpoint(latest);  // throws if anything of it is damaged
+    EXPECT_GE(loaded.state.step, previous_step) << "round " << round;
+    previous_step = loaded.state.step;
+    // Whatever the moment, a step-* directory is a whole checkpoint (leftovers only under .tmp- names).
+    for (const auto& entry : fs::directory_iterator(out + "/checkpoints")) {
+      std::string name = entry.path().filename().string();
+      if (name.rfind("step-", 0) == 0) {
+        EXPECT_TRUE(fs::exists(entry.path() / "train_state.json")) << "round " << round << ": " << name;
+      }
+    }
+  }
+  ASSERT_GT(previous_step, 0);
+  // Resuming after the last kill continues exactly where an uninterrupted run would be.
+  TrainOptions resume = quiet(out);
+  resume.resume = true;
+  resume.stop_after = 2;
+  Trainer resumed(kill_config(), resume);
+  EXPECT_EQ(resumed.step(), previous_step);
+  resumed.run();
+  TrainOptions straight_options = quiet(temp_dir("kill_straight"));
+  straight_options.stop_after = previous_step + 2;
+  TrainConfig straight_config = kill_config();
+  straight_config.run.checkpoint_every = 0;
+  Trainer straight(straight_config, straight_options);
+  straight.run();
+  ASSERT_EQ(straight.history().size(), static_cast<size_t>(previous_step + 2));
+  EXPECT_EQ(resumed.history().back().loss, straight.history().back().loss);
+  EXPECT_TRUE(weights_of(resumed.model()) == weights_of(straight.model()));
 }
 
 TEST(Trainer, KeepsOnlyTheLastKCheckpoints) {

@@ -14,7 +14,8 @@ namespace emo {
 constexpr int32_t kDolma2EosId = 100257;
 constexpr int32_t kDolma2PadId = 100277;
 constexpr int64_t kDolma2VocabSize = 100278;
-constexpr int64_t kDolma2EmbeddingRows = 100352;  // vocab rounded up to a multiple of 128
+constexpr int64_t kDolma2EmbeddingRows = 100352;  // the released models' vocab_size
+static_assert(embedding_rows_for_vocab(kDolma2VocabSize) == kDolma2EmbeddingRows);
 
 // Token bytes by rank from a tiktoken file (lines "<base64 bytes> <rank>"); errors name the file and line.
 std::vector<std::string> load_tiktoken_ranks(const std::string& path);

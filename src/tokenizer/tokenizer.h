@@ -75,6 +75,13 @@ class Tokenizer {
   std::shared_ptr<const Impl> impl_;
 };
 
+// Rows of a model's embedding (and output) matrix for a vocabulary: rounded up to a multiple of 128, as OLMo
+// and EMO pad dolma2's 100278 ids to 100352 (aligned matrices; the extra rows are never produced by the
+// tokenizer).
+constexpr int64_t embedding_rows_for_vocab(int64_t vocab_size) {
+  return (vocab_size + 127) / 128 * 128;
+}
+
 // The pre-tokenizer regex of OpenAI's cl100k_base (also used by dolma2 and by tokenizers emo trains).
 extern const char* const kCl100kPattern;
 

@@ -7,38 +7,12 @@
 
 #include "core/error.h"
 #include "core/log.h"
-// Until src/io lands (shared checkout: others build this file too), the tensor files cannot be written.
-#if __has_include("io/safetensors.h") && __has_include("io/atomic_file.h")
-#define EMO_TRAIN_HAVE_IO 1
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
-#endif
 
 namespace emo {
 
 namespace fs = std::filesystem;
-
-#ifndef EMO_TRAIN_HAVE_IO
-struct SafetensorsEntry {
-  std::string name;
-  const Tensor* tensor;
-};
-[[noreturn]] static void no_io(const std::string& path) {
-  fail_file("checkpoint", path, "src/io is not built yet");
-}
-static void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>&) {
-  no_io(path);
-}
-static void atomic_write_file(const std::string& path, const std::string&) {
-  no_io(path);
-}
-static void sync_directory(const std::string&) {}
-struct SafetensorsFile {
-  static SafetensorsFile open(const std::string& path) { no_io(path); }
-  bool contains(const std::string&) const { return false; }
-  Tensor read_fp32(const std::string&) const { return {}; }
-};
-#endif
 
 namespace {
 
@@ -123,9 +97,15 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
   const std::string name = checkpoint_name(state.step);
   const fs::path final_dir = root / name, temp_dir = root / (kTempPrefix + name);
   fs::create_directories(root);
-  // Leftovers of an interrupted write are never complete checkpoints: clear them.
-  for (const auto& entry : fs::directory_iterator(root))
-    if (entry.path().filename().string().rfind(kTempPrefix, 0) == 0) fs::remove_all(entry.path());
+  // Leftovers of an interrupted write or deletion are never complete checkpoints: clear them (and any
+  // incomplete step-* a version of emo before the rename-then-delete rule may have left).
+  std::vector<fs::path> leftovers;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const std::string entry_name = entry.path().filename().string();
+    if (entry_name.rfind(kTempPrefix, 0) == 0 || (step_of(entry_name) >= 0 && !is_complete(entry.path())))
+      leftovers.push_back(entry.path());
+  }
+  for (const fs::path& leftover : leftovers) fs::remove_all(leftover);
   fs::create_directories(temp_dir);
 
   model.save(temp_dir.string());
@@ -136,17 +116,29 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
   write_safetensors((temp_dir / kOptimizerFile).string(), moments);
   if (fault) fault("optimizer");
   atomic_write_file((temp_dir / "train_config.json").string(), config.to_json().dump(2) + "\n");
+  // The tokenizer travels with the model (the Hugging Face layout keeps them together; emo prune copies it).
+  if (!config.data.tokenizer.empty() && fs::is_regular_file(config.data.tokenizer))
+    fs::copy_file(config.data.tokenizer, temp_dir / "tokenizer.json", fs::copy_options::overwrite_existing);
   atomic_write_file((temp_dir / kStateFile).string(), state.to_json(config).dump(2) + "\n");
   if (fault) fault("state");
 
-  // Replacing an existing checkpoint of the same step (a re-run): move the old one aside first.
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);
+  // Replacing an existing checkpoint of the same step (a re-run): move the old one aside first, so a crash
+  // between the two renames leaves no half state under the final name (the newest complete one is used).
+  const fs::path old_dir = root / (kTempPrefix + std::string("old-") + name);
+  if (fs::exists(final_dir)) fs::rename(final_dir, old_dir);
   fs::rename(temp_dir, final_dir);
+  fs::remove_all(old_dir);
   sync_directory(root.string());
   atomic_write_file((root / kLatestFile).string(), name + "\n");
 
+  // Old checkpoints are renamed to a temporary name before they are deleted: a kill in the middle of a
+  // deletion then leaves only a .tmp- directory (cleared by the next save), never a half-deleted step-*.
   auto all = complete_checkpoints(root);
-  for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
+  for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) {
+    const fs::path doomed = root / (kTempPrefix + all[i].second.filename().string());
+    fs::rename(all[i].second, doomed);
+    fs::remove_all(doomed);
+  }
   return final_dir.string();
 }
 

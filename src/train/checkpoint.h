@@ -2,6 +2,8 @@
 //   config.json + model.safetensors   the model in the Hugging Face layout (Model::save): loadable on its own
 //   optimizer.safetensors             AdamW moments "<param>.exp_avg" / "<param>.exp_avg_sq"
 //   train_state.json                  step, tokens, data position, RNG state, the full TrainConfig
+//   train_config.json                 the TrainConfig alone (to read or edit for a new run)
+//   tokenizer.json                    a copy of data.tokenizer, when the run names one
 // It is written under a temporary name and renamed into place, then RUN/checkpoints/latest (a one-line file)
 // is replaced atomically: a crash at any moment leaves the previous checkpoint intact and `latest` pointing
 // at a complete one. Only the last K are kept.

@@ -23,7 +23,7 @@ struct ModelSize {
   int64_t top_k = 4;           // K, shared included
   int64_t shared_experts = 1;  // n_s
   int64_t expert_width = 64;   // f (dense: the MLP width)
-  int64_t vocab = 0;           // 0 = from the tokenizer
+  int64_t vocab = 0;           // 0 = from the tokenizer (or dataset), rounded up to a multiple of 128
   int64_t max_position = 4096;
   double rope_theta = 500000.0;
 };
@@ -83,7 +83,7 @@ struct DataConfig {
   std::string train = "synthetic";
   std::map<std::string, std::string> validation;  // domain -> dataset path ("synthetic" allowed)
   std::string tokenizer;                          // tokenizer.json (vocab size, EOS); optional
-  int64_t eos_id = -1;                            // -1 = from the tokenizer (synthetic: vocab - 1)
+  int64_t eos_id = -1;                            // -1 = from the tokenizer (synthetic data: vocab - 1)
 };
 
 struct TrainConfig {

@@ -89,6 +89,13 @@ std::vector<Batch> split_rows(const Batch& batch, int64_t micro_rows) {
 }  // namespace
 
 nlohmann::json StepMetrics::to_json() const {
+  // Per-expert load, 4 decimals: enough to see dead or hogging experts, short enough for a line per step.
+  nlohmann::json load = nlohmann::json::array();
+  for (const auto& layer : usage.load) {
+    nlohmann::json shares = nlohmann::json::array();
+    for (double share : layer) shares.push_back(std::round(share * 1e4) / 1e4);
+    load.push_back(shares);
+  }
   return {{"step", step},
           {"loss", loss},
           {"ce", ce},
@@ -102,7 +109,8 @@ nlohmann::json StepMetrics::to_json() const {
           {"step_seconds", step_seconds},
           {"experts_used", usage.distinct_experts},
           {"expert_load_max_over_mean", usage.load_max_over_mean},
-          {"pool_entropy", usage.pool_entropy}};
+          {"pool_entropy", usage.pool_entropy},
+          {"expert_load", load}};
 }
 
 Trainer::Trainer(TrainConfig config, TrainOptions options)
@@ -114,16 +122,24 @@ Trainer::~Trainer() = default;
 
 void Trainer::setup() {
   const Distributed& dist = Distributed::instance();
-  // Vocabulary and EOS: from the tokenizer when the config names one.
+  // Vocabulary and EOS: from the tokenizer when the config names one. The embedding gets the tokenizer's
+  // vocabulary rounded up to a multiple of 128 rows (dolma2: 100278 -> 100352, as the released models).
   if (!config_.data.tokenizer.empty() && (config_.model.vocab == 0 || config_.data.eos_id < 0)) {
     Tokenizer tokenizer = Tokenizer::load(config_.data.tokenizer);
-    if (config_.model.vocab == 0) config_.model.vocab = tokenizer.vocab_size();
+    if (config_.model.vocab == 0) config_.model.vocab = embedding_rows_for_vocab(tokenizer.vocab_size());
     if (config_.data.eos_id < 0) config_.data.eos_id = tokenizer.eos_id();
   }
-  if (config_.model.vocab == 0) config_.model.vocab = row_source_vocab(config_.data.train);
+  if (config_.model.vocab == 0)
+    config_.model.vocab = embedding_rows_for_vocab(row_source_vocab(config_.data.train));
   if (config_.model.vocab == 0)
     fail("train", "model.vocab is 0 and neither data.tokenizer nor the dataset gives it");
-  if (config_.data.eos_id < 0) config_.data.eos_id = config_.model.vocab - 1;
+  if (config_.data.eos_id < 0) {
+    // Synthetic documents use the last id as EOS; a dataset stores no EOS, so it must come from somewhere.
+    if (config_.data.train.rfind("synthetic", 0) != 0)
+      fail("train", cat("data.train ", config_.data.train,
+                        " is a dataset: set data.tokenizer (or data.eos_id) so EOS is known"));
+    config_.data.eos_id = config_.model.vocab - 1;
+  }
   config_.validate();
   const int64_t micro = config_.batch.global_batch_rows / config_.batch.micro_batch_rows;
   EMO_CHECK(micro % dist.size() == 0, "train", "the global batch holds ", micro, " micro-batches, which ",

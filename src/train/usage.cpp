@@ -48,6 +48,8 @@ ExpertUsage expert_usage(const std::vector<const ForwardState*>& states,
     }
     usage.distinct_experts += used / layers;
     if (total > 0) usage.load_max_over_mean += peak / (total / static_cast<double>(layer.size())) / layers;
+    std::vector<double>& share = usage.load.emplace_back(layer.size(), 0.0);
+    for (size_t e = 0; e < layer.size() && total > 0; ++e) share[e] = layer[e] / total;
   }
   // Entropy of each document's expert histogram, per layer; mean over (document, layer).
   double entropy_sum = 0, entropy_count = 0;

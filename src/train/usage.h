@@ -14,6 +14,7 @@ struct ExpertUsage {
   double load_max_over_mean = 0;  // max_e C_e / mean_e C_e (1 = perfectly balanced)
   double pool_entropy = 0;  // mean over documents of the entropy (nats) of their expert-assignment histogram
   double documents = 0;     // (document, layer) pairs the entropy averages over
+  std::vector<std::vector<double>> load;  // [L][Er]: each routed expert's share of its layer's assignments
 };
 
 // Usage statistics of one step from the routing of the given forward states and the step's counts [L][Er].
