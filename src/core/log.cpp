@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -15,8 +16,12 @@ std::mutex g_mu;
 
 }  // namespace
 
-void set_log_level(LogLevel level) { g_level = level; }
-LogLevel log_level() { return g_level; }
+void set_log_level(LogLevel level) {
+  g_level = level;
+}
+LogLevel log_level() {
+  return g_level;
+}
 
 void log(LogLevel level, const std::string& message) {
   if (level < g_level) return;
@@ -72,12 +77,23 @@ std::string human_bytes(double b) {
   return buf;
 }
 
+namespace {
+// Progress reporters alive now: only the outermost one draws, so a long job made of many short ones (an
+// experiment scoring hundreds of subsets) shows one bar, not hundreds.
+std::atomic<int> g_open_progress{0};
+}  // namespace
+
 Progress::Progress(std::string label, int64_t total, std::string unit)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(total), start_(now_seconds()),
-      terminal_(stderr_is_terminal()) {}
+    : label_(std::move(label)),
+      unit_(std::move(unit)),
+      total_(total),
+      start_(now_seconds()),
+      terminal_(stderr_is_terminal()),
+      silent_(g_open_progress.fetch_add(1) > 0) {}
 
 Progress::~Progress() {
-  if (!finished_ && terminal_ && done_ > 0) std::fprintf(stderr, "\n");
+  g_open_progress.fetch_sub(1);
+  if (!silent_ && !finished_ && terminal_ && done_ > 0) std::fprintf(stderr, "\n");
 }
 
 void Progress::update(int64_t done, const std::string& status) {
@@ -100,20 +116,22 @@ void Progress::finish(const std::string& status) {
 }
 
 void Progress::draw(bool final_line) {
+  if (silent_) return;
   double elapsed = now_seconds() - start_;
   double rate = elapsed > 0 ? done_ / elapsed : 0.0;
   double eta = (rate > 0 && total_ > 0) ? (total_ - done_) / rate : NAN;
   char line[512];
   if (final_line) {
     std::snprintf(line, sizeof line, "%s: %s %s in %s (%s %s/s)%s%s", label_.c_str(),
-                  human_count(static_cast<double>(done_)).c_str(), unit_.c_str(), human_duration(elapsed).c_str(),
-                  human_count(rate).c_str(), unit_.c_str(), status_.empty() ? "" : "  ", status_.c_str());
+                  human_count(static_cast<double>(done_)).c_str(), unit_.c_str(),
+                  human_duration(elapsed).c_str(), human_count(rate).c_str(), unit_.c_str(),
+                  status_.empty() ? "" : "  ", status_.c_str());
   } else {
     double pct = total_ > 0 ? 100.0 * done_ / total_ : 0.0;
     std::snprintf(line, sizeof line, "%s: %5.1f%% %s/%s %s  %s %s/s  ETA %s%s%s", label_.c_str(), pct,
-                  human_count(static_cast<double>(done_)).c_str(), human_count(static_cast<double>(total_)).c_str(),
-                  unit_.c_str(), human_count(rate).c_str(), unit_.c_str(), human_duration(eta).c_str(),
-                  status_.empty() ? "" : "  ", status_.c_str());
+                  human_count(static_cast<double>(done_)).c_str(),
+                  human_count(static_cast<double>(total_)).c_str(), unit_.c_str(), human_count(rate).c_str(),
+                  unit_.c_str(), human_duration(eta).c_str(), status_.empty() ? "" : "  ", status_.c_str());
   }
   std::lock_guard<std::mutex> lock(g_mu);
   if (terminal_)

@@ -14,9 +14,15 @@ void set_log_level(LogLevel level);
 LogLevel log_level();
 // Writes "[emo] message" (info) or "[emo warn] message" to stderr.
 void log(LogLevel level, const std::string& message);
-inline void log_info(const std::string& message) { log(LogLevel::kInfo, message); }
-inline void log_warn(const std::string& message) { log(LogLevel::kWarn, message); }
-inline void log_debug(const std::string& message) { log(LogLevel::kDebug, message); }
+inline void log_info(const std::string& message) {
+  log(LogLevel::kInfo, message);
+}
+inline void log_warn(const std::string& message) {
+  log(LogLevel::kWarn, message);
+}
+inline void log_debug(const std::string& message) {
+  log(LogLevel::kDebug, message);
+}
 
 bool stderr_is_terminal();
 
@@ -33,7 +39,8 @@ class Timer {
   double start_;
 };
 
-// A progress reporter: `Progress p("train", total, "tok"); p.update(done, "loss 3.2");`.
+// A progress reporter: `Progress p("train", total, "tok"); p.update(done, "loss 3.2");`. While one is open,
+// those created inside it (nested work) stay silent.
 class Progress {
  public:
   Progress(std::string label, int64_t total, std::string unit = "it");
@@ -50,6 +57,7 @@ class Progress {
   int64_t total_, done_ = 0;
   double start_, last_draw_ = -1e9;
   bool terminal_, finished_ = false;
+  bool silent_;  // another Progress was already open: this one stays quiet
 };
 
 // "1.2k", "3.4M" for rates and counts.

@@ -1,0 +1,28 @@
+// A small, dependency-free line chart as a self-contained SVG string: the one figure writer for experiment
+// reports (quality against experts kept, training curves).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace emo {
+
+struct PlotSeries {
+  std::string name;
+  std::vector<std::pair<double, double>> points;  // (x, y), drawn in the order given
+  std::string color;                              // "" = from the palette
+  bool dashed = false;
+  bool line = true;  // false: markers only (a single reference point, e.g. the dense model)
+};
+
+struct LinePlot {
+  std::string title, x_label, y_label;
+  std::vector<PlotSeries> series;
+  bool log2_x = false;  // x on a log2 axis (fractions 1/16 .. 1)
+  int width = 760, height = 460;
+};
+
+std::string line_plot_svg(const LinePlot& plot);
+
+}  // namespace emo
