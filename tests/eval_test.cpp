@@ -5,9 +5,13 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "core/error.h"
+#include "data/corpus.h"
 #include "data/dataset.h"
+#include "eval/dictionary_task.h"
+#include "eval/evaluate.h"
 #include "eval/multiple_choice.h"
 #include "eval/perplexity.h"
 #include "model/forward_state.h"
@@ -268,6 +272,154 @@ TEST(MultipleChoice, BuiltInNextSegmentTaskUsesSameDomainDistractors) {
   auto again = make_next_segment_task(dataset, "prose", 3, 6, 3, 3, 1);
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(again[i].choices, questions[i].choices);
   EXPECT_THROW(make_next_segment_task(dataset, "prose", 3, 6, 3, 6, 1), Error);  // only 5 prose documents
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Built-in dictionary task
+
+DictionaryEntry parsed(const std::string& id, const std::string& text) {
+  auto entry = parse_dictionary_entry(id, text);
+  EXPECT_TRUE(entry.has_value()) << id;
+  return entry.value_or(DictionaryEntry{});
+}
+
+TEST(DictionaryTask, ParsesTheLayoutsOfTheThreeDictionaries) {
+  struct Case {
+    const char* what;
+    std::string id, text, headword, definition;
+  };
+  const std::vector<Case> cases = {
+      {"gcide head: Word, pos. [etymology] (Label) definition", "gcide/Prepuce/0/0",
+       "Prepuce, n. [F. pr['e]puce, L. praeputium.] (Anat.) The foreskin of the body.", "Prepuce",
+       "The foreskin of the body."},
+      {"gcide head with a pronunciation; the index headword may differ", "gcide/pubes/0/0",
+       "Pubis (p[=u]\"b[i^]s), n. [NL. See Pubes.] (Anat.) The ventral and anterior of the three principal "
+       "bones "
+       "composing either half of the pelvis. --Quain.",
+       "Pubis", "The ventral and anterior of the three principal bones composing either half of the pelvis."},
+      {"gcide sense: Index word: (Label) definition", "gcide/Contagious/0/3",
+       "Contagious: (Med.) Communicable by contact, by a virus, or by a bodily exhalation.", "Contagious",
+       "Communicable by contact, by a virus, or by a bodily exhalation."},
+      {"gcide collocation: Index word: Collocation (Label), definition", "gcide/Ladies/0/15",
+       "Ladies: Lady crab (Zool.), a handsomely spotted swimming crab [Obs.] common on sandy shores.",
+       "Lady crab", "a handsomely spotted swimming crab common on sandy shores."},
+      {"foldoc: headword, blank line, <category> definition over lines", "foldoc/16-bit application/0",
+       "16-bit application\n\n   <operating system> Software for MS-DOS or Microsoft\n"
+       "   Windows which originally ran on the 16-bit Intel 8088.",
+       "16-bit application",
+       "Software for MS-DOS or Microsoft Windows which originally ran on the 16-bit Intel 8088."},
+      {"jargon: headword, part of speech, blank line, [origin] definition", "jargon/amp off/0",
+       "amp off\n vt.\n\n    [Purdue] To run in background. From the Unix shell '&' operator.", "amp off",
+       "To run in background. From the Unix shell '&' operator."},
+  };
+  for (const Case& c : cases) {
+    DictionaryEntry e = parsed(c.id, c.text);
+    EXPECT_EQ(e.headword, c.headword) << c.what;
+    EXPECT_EQ(e.definition, c.definition) << c.what;
+  }
+}
+
+TEST(DictionaryTask, CutsLongDefinitionsAtASentenceEnd) {
+  std::string long_text = "widget\n\n   <jargon> A small gadget. ";
+  for (int i = 0; i < 40; ++i) long_text += "More words here. ";
+  DictionaryEntry e = parsed("foldoc/widget/0", long_text);
+  EXPECT_LE(e.definition.size(), kMaxDefinitionBytes);
+  EXPECT_EQ(e.definition.back(), '.');
+  EXPECT_EQ(e.definition.rfind("A small gadget. More words here.", 0), 0u);
+}
+
+TEST(DictionaryTask, SkipsEntriesThatMakePoorQuestions) {
+  EXPECT_FALSE(
+      parse_dictionary_entry("gcide/Spathose/0/0", "Spathose, a. (Min.) See Spathic."));  // reference
+  EXPECT_FALSE(
+      parse_dictionary_entry("gcide/Dextronic/0/1", "Dextronic: Dextronic acid, a sirupy substance."))
+      << "no domain label: the headword cannot be told from the definition";
+  EXPECT_FALSE(
+      parse_dictionary_entry("jargon/app/0", "app\n n.\n\n    What an APP is: a program vendors chase."))
+      << "the definition names its headword";
+  EXPECT_FALSE(parse_dictionary_entry("reuters/12", "Title\n\nSome news story that is long enough."));
+  EXPECT_FALSE(parse_dictionary_entry("foldoc/x/0", "x\n\n   <char> Short."));  // too short
+  EXPECT_TRUE(
+      parse_dictionary_entry("jargon/app/1", "app\n n.\n\n    Short for application program.").has_value())
+      << "a headword inside a longer word is not named";
+}
+
+std::string corpus_line(const std::string& id, const std::string& domain, const std::string& text) {
+  return nlohmann::json{{"id", id}, {"domain", domain}, {"source", "test"}, {"text", text}}.dump() + "\n";
+}
+
+// A corpus split: 6 computing entries (one duplicate headword), 2 medicine entries, 1 news document.
+std::string write_corpus_split(const std::string& path) {
+  std::ofstream out(path);
+  for (const char* word : {"alpha", "bravo", "charlie", "delta", "echo"})
+    out << corpus_line(std::string("foldoc/") + word + "/0", "computing",
+                       std::string(word) + "\n\n   <tag> A made-up definition of a computing term.");
+  out << corpus_line("jargon/Alpha/0", "computing", "Alpha\n n.\n\n    The same headword in another case.");
+  out << corpus_line("gcide/Pain/0/0", "medicine", "Pain, n. (Med.) An unpleasant sensation of the body.");
+  out << corpus_line("gcide/Fever/0/0", "medicine", "Fever, n. (Med.) A raised temperature of the body.");
+  out << corpus_line("reuters/1", "news", "Markets\n\nShares rose on Monday in busy trading.");
+  return path;
+}
+
+TEST(DictionaryTask, QuestionsOfADomainAreDeterministicWithSameDomainDistractors) {
+  TempDir dir;
+  auto entries = read_dictionary_entries(write_corpus_split(dir / "validation.jsonl"));
+  ASSERT_EQ(entries.count("news"), 0u);
+  ASSERT_EQ(entries["computing"].size(), 5u) << "each headword once, in any case";
+  ASSERT_EQ(entries["medicine"].size(), 2u);
+  McTask task = make_definition_task("computing", entries["computing"], 3, 4, 7);
+  EXPECT_EQ(task.name, "definition/computing");
+  ASSERT_EQ(task.questions.size(), 3u);
+  const std::vector<std::string> words = {" alpha", " bravo", " charlie", " delta", " echo"};
+  for (size_t i = 0; i < 3; ++i) {
+    const McQuestion& q = task.questions[i];
+    EXPECT_EQ(q.context, "Definition: A made-up definition of a computing term.\nTerm:");
+    ASSERT_EQ(q.choices.size(), 4u);
+    EXPECT_EQ(q.choices[q.gold], words[i]);
+    std::set<std::string> distinct(q.choices.begin(), q.choices.end());
+    EXPECT_EQ(distinct.size(), 4u);
+    for (const auto& c : q.choices) EXPECT_NE(std::find(words.begin(), words.end(), c), words.end()) << c;
+  }
+  save_mc_task(task, dir / "definition_computing.jsonl");
+  McTask loaded = load_mc_task(dir / "definition_computing.jsonl");
+  ASSERT_EQ(loaded.questions.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(loaded.questions[i].context, task.questions[i].context);
+    EXPECT_EQ(loaded.questions[i].choices, task.questions[i].choices);
+    EXPECT_EQ(loaded.questions[i].gold, task.questions[i].gold);
+  }
+  McTask again = make_definition_task("computing", entries["computing"], 3, 4, 7);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(again.questions[i].choices, task.questions[i].choices);
+  EXPECT_THROW(make_definition_task("medicine", entries["medicine"], 3, 4, 7), Error);  // 2 entries < 4
+}
+
+TEST(DictionaryTask, EvalAddsADefinitionTaskForEachDictionaryDomain) {
+  TempDir dir;
+  const std::string split = write_corpus_split(dir / "validation.jsonl");
+  Tokenizer tokenizer = byte_tokenizer();
+  data::DatasetWriter writer({"computing", "medicine", "news"}, 260);
+  for (const data::Document& doc : data::read_corpus_jsonl(split)) {
+    const uint32_t domain = doc.domain == "computing" ? 0 : doc.domain == "medicine" ? 1 : 2;
+    writer.add(tokenizer.encode_ordinary(doc.text.substr(0, 40)), domain);
+  }
+  writer.write(dir / "validation.bin");
+  EvalRequest request;
+  request.data_path = dir / "validation.bin";  // the .jsonl beside it is found
+  request.builtin_mc = 2;
+  request.builtin_prompt_len = 4;
+  request.builtin_choice_len = 4;
+  request.builtin_choices = 3;
+  auto model = tiny_model();
+  EvalReport report = run_eval(*model, standard(), &tokenizer, request);
+  std::vector<std::string> names;
+  for (const McResult& r : report.tasks) names.push_back(r.task);
+  EXPECT_NE(std::find(names.begin(), names.end(), "definition/computing"), names.end());
+  EXPECT_EQ(std::find(names.begin(), names.end(), "definition/news"), names.end());
+  for (const McResult& r : report.tasks)
+    if (r.task == "definition/computing") {
+      EXPECT_EQ(r.questions, 2);
+    }
+  EXPECT_TRUE(report.to_json()["tasks"].is_array());
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // One evaluation run of `emo eval` (docs/tasks.md): per-domain perplexity on a tokenised split, user
-// multiple-choice tasks, built-in next-segment tasks per domain; a terminal table and a JSON report.
+// multiple-choice tasks, built-in tasks per domain (next segment; definition for dictionary domains); a
+// terminal table and a JSON report.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +20,10 @@ struct EvalRequest {
   std::string data_path;  // tokenised split for perplexity and built-in tasks; "" = none
   PerplexityOptions perplexity;
   std::vector<std::string> task_paths;  // multiple-choice JSONL files (need a tokenizer)
-  int64_t builtin_mc = 0;               // questions per domain of the built-in next-segment task; 0 = none
+  int64_t builtin_mc = 0;  // questions per domain of each built-in task (next segment, definition); 0 = none
+  // Corpus split JSONL of the dictionary task ("" = the .jsonl beside data_path, if there is one).
+  std::string corpus_split_path;
+  std::string save_tasks_dir;  // "" = none; else the generated text tasks are written there as task files
   int64_t builtin_prompt_len = 48, builtin_choice_len = 16, builtin_choices = 4;
   uint64_t seed = 0;
   int64_t limit = 0;  // questions per task; 0 = all
@@ -33,7 +37,7 @@ struct EvalReport {
 };
 
 // routing: standard (full or pruned model) or subset routing. tokenizer may be null when no task file is
-// given.
+// given (the dictionary task, which needs one, is then skipped with a warning).
 EvalReport run_eval(const Model& model, const RoutingOptions& routing, const Tokenizer* tokenizer,
                     const EvalRequest& request);
 

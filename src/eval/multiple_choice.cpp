@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "io/atomic_file.h"
 #include "model/forward_state.h"
 
 namespace emo {
@@ -75,6 +76,18 @@ McTask load_mc_task(const std::string& path) {
   }
   if (task.questions.empty()) fail_file("tasks", path, "holds no question to score");
   return task;
+}
+
+void save_mc_task(const McTask& task, const std::string& path) {
+  std::string text;
+  auto add = [&](const McQuestion& q, bool fewshot) {
+    nlohmann::json j = {{"context", q.context}, {"choices", q.choices}, {"gold", q.gold}};
+    if (fewshot) j["fewshot"] = true;
+    text += j.dump() + "\n";
+  };
+  for (const McQuestion& q : task.fewshot) add(q, true);
+  for (const McQuestion& q : task.questions) add(q, false);
+  atomic_write_file(path, text);
 }
 
 std::string mc_prompt(const McTask& task, const McQuestion& question) {
@@ -167,6 +180,17 @@ McResult evaluate_mc(const Model& model, const std::string& task_name,
   return result;
 }
 
+std::vector<int64_t> distinct_others(Rng& rng, int64_t n, int64_t exclude, int64_t count) {
+  EMO_CHECK(count <= n - 1, "tasks", "cannot draw ", count, " distractors from ", n - 1, " candidates");
+  std::vector<int64_t> others;
+  for (int64_t j = 0; j < n; ++j)
+    if (j != exclude) others.push_back(j);
+  for (int64_t k = 0; k < count; ++k)
+    std::swap(others[k], others[rng.uniform_int(k, static_cast<int64_t>(others.size()) - 1)]);
+  others.resize(count);
+  return others;
+}
+
 std::vector<McTokenQuestion> make_next_segment_task(const data::Dataset& dataset, const std::string& domain,
                                                     int64_t count, int64_t prompt_len, int64_t choice_len,
                                                     int64_t num_choices, uint64_t seed) {
@@ -194,15 +218,11 @@ std::vector<McTokenQuestion> make_next_segment_task(const data::Dataset& dataset
     auto doc = dataset.document(eligible[i]);
     McTokenQuestion q;
     q.prompt.assign(doc.begin(), doc.begin() + prompt_len);
-    // Distractors: distinct other documents, by a partial shuffle of the other eligible indices.
-    std::vector<int64_t> others;
-    for (int64_t j = 0; j < static_cast<int64_t>(eligible.size()); ++j)
-      if (j != i) others.push_back(eligible[j]);
-    for (int64_t k = 0; k < num_choices - 1; ++k)
-      std::swap(others[k], others[rng.uniform_int(k, static_cast<int64_t>(others.size()) - 1)]);
+    std::vector<int64_t> others =
+        distinct_others(rng, static_cast<int64_t>(eligible.size()), i, num_choices - 1);
     q.gold = rng.uniform_int(0, num_choices - 1);
     for (int64_t c = 0, k = 0; c < num_choices; ++c)
-      q.choices.push_back(c == q.gold ? segment(eligible[i]) : segment(others[k++]));
+      q.choices.push_back(segment(eligible[c == q.gold ? i : others[k++]]));
     q.choice_bytes.assign(num_choices, choice_len);
     questions.push_back(std::move(q));
   }

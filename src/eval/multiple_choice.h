@@ -6,7 +6,8 @@
 //   {"context": "Question: ...\nAnswer:", "choices": [" Paris", " Rome", ...], "gold": 0}
 // Lines with "fewshot": true are demonstrations, not scored: each is written as context + choices[gold] and
 // they are joined (in file order, separated by "\n\n") in front of every question's context.
-// Built-in tasks (make_next_segment_task) are generated from a tokenised dataset and work on token ids.
+// Built-in tasks: make_next_segment_task (from a tokenised dataset, on token ids) and the dictionary task of
+// eval/dictionary_task.h (from a corpus split's text).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/rng.h"
 #include "data/dataset.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -52,6 +54,9 @@ struct McResult {
 // range, missing fields). The task's name is the file name without directory and extension.
 McTask load_mc_task(const std::string& path);
 
+// Writes a task in the file format load_mc_task reads (demonstrations first, marked "fewshot"), atomically.
+void save_mc_task(const McTask& task, const std::string& path);
+
 // The prompt of a question: demonstrations, separator, context.
 std::string mc_prompt(const McTask& task, const McQuestion& question);
 
@@ -67,6 +72,10 @@ std::vector<double> choice_log_likelihoods(const Model& model, const McTokenQues
 McResult evaluate_mc(const Model& model, const std::string& task_name,
                      const std::vector<McTokenQuestion>& questions, const RoutingOptions& routing,
                      int64_t limit = 0);
+
+// `count` distinct indices of [0, n) other than `exclude` (the distractors of a question), by a partial
+// Fisher-Yates shuffle drawing from rng.
+std::vector<int64_t> distinct_others(Rng& rng, int64_t n, int64_t exclude, int64_t count);
 
 // A built-in task per domain: next-segment choice. For up to `count` documents of `domain` with at least
 // prompt_len + choice_len tokens, the prompt is the first prompt_len tokens and the gold choice the next

@@ -1,13 +1,13 @@
 // `emo eval MODEL [--subset FILE]`: per-domain perplexity and multiple-choice accuracy (docs/tasks.md).
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "eval/evaluate.h"
+#include "io/json_file.h"
 #include "select/subset.h"
 
 namespace {
@@ -35,8 +35,13 @@ std::function<int()> setup_eval(CLI::App& app) {
                "Let packed documents attend to each other (default: attention within each document)");
   app.add_option("--task", o->request.task_paths, "Multiple-choice task file (JSONL, docs/tasks.md)");
   app.add_option("--builtin-mc", o->request.builtin_mc,
-                 "Questions per domain of the built-in next-segment task (0: none)")
+                 "Questions per domain of each built-in task: next segment, and definition for dictionary "
+                 "domains (0: none)")
       ->capture_default_str();
+  app.add_option("--save-tasks", o->request.save_tasks_dir,
+                 "Write the generated dictionary tasks to this directory as task files (--task format)");
+  app.add_option("--corpus-split", o->request.corpus_split_path,
+                 "Corpus split JSONL for the dictionary task (default: the .jsonl beside --data)");
   app.add_option("--limit", o->request.limit, "Questions per task file (0: all)")->capture_default_str();
   app.add_option("--seed", o->request.seed, "Seed of the built-in tasks")->capture_default_str();
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
@@ -50,7 +55,7 @@ std::function<int()> setup_eval(CLI::App& app) {
     std::unique_ptr<emo::Tokenizer> tokenizer;
     const std::string tokenizer_path =
         o->tokenizer.empty() ? (fs::path(o->model) / "tokenizer.json").string() : o->tokenizer;
-    if (!o->request.task_paths.empty())
+    if (!o->request.task_paths.empty() || (o->request.builtin_mc > 0 && fs::exists(tokenizer_path)))
       tokenizer = std::make_unique<emo::Tokenizer>(emo::Tokenizer::load(tokenizer_path));
     emo::Timer timer;
     emo::EvalReport report = emo::run_eval(*model, routing, tokenizer.get(), o->request);
@@ -60,8 +65,7 @@ std::function<int()> setup_eval(CLI::App& app) {
       nlohmann::json j = report.to_json();
       j["model"] = o->model;
       j["subset"] = o->subset;
-      std::ofstream out(o->json);
-      if (!(out << j.dump(2) << "\n")) emo::fail_file("eval", o->json, "cannot write");
+      emo::write_json_file(o->json, j);
     }
     return 0;
   };

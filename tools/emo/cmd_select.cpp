@@ -48,9 +48,11 @@ std::function<int()> setup_select(CLI::App& app) {
     emo::Timer timer;
     emo::ExpertSubset subset = emo::select_experts(*model, examples, options);
     subset.save(o->out);
+    const int64_t cut = examples.num_tokens() - subset.calibration.tokens;
     emo::log_info(emo::cat("selected ", o->keep_k, " experts per layer (", o->method, ") from ",
-                           examples.sequences.size(), " example(s), ", examples.num_tokens(), " tokens, in ",
-                           emo::human_duration(timer.seconds()), " -> ", o->out));
+                           subset.calibration.examples, " example(s), ", subset.calibration.tokens, " tokens",
+                           cut > 0 ? emo::cat(" (", cut, " beyond the model's context left out)") : "",
+                           ", in ", emo::human_duration(timer.seconds()), " -> ", o->out));
     return 0;
   };
 }
