@@ -1,0 +1,294 @@
+// Legend: N = tokens of a chunk, C = width, H/Hkv = query/kv heads, hd = head dim, F = expert width,
+// V = vocab, E = experts of a layer, Er = routed, Kr = routed slots, K = all slots, A = assignments.
+#include "infer/decoder.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/softmax.h"
+#include "kernels/swiglu.h"
+#include "kernels/vec_math.h"
+
+namespace emo {
+namespace {
+
+constexpr const char* kOp = "generate";
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float sum = vec::hsum8(acc);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// y[n] += a * x[n]
+void axpy(float* y, float a, const float* x, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+// out[hd] = softmax_s(q . k_s * scale) v_s over cached positions s in [0, last]; k, v rows of `stride`.
+void attend_one(float* out, const float* q, const float* k, const float* v, int64_t last, int64_t stride,
+                int64_t hd, float scale) {
+  thread_local std::vector<float> scores;
+  scores.resize(static_cast<size_t>(last + 1));
+  for (int64_t s = 0; s <= last; ++s) scores[s] = dot(q, k + s * stride, hd) * scale;
+  const float max = vec::max_of(scores.data(), last + 1);
+  const float sum = vec::exp_shifted_sum(scores.data(), scores.data(), max, last + 1);
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t s = 0; s <= last; ++s) axpy(out, scores[s] / sum, v + s * stride, hd);
+}
+
+void add_into(Tensor& dst, const Tensor& src) {
+  float* d = dst.data();
+  const float* s = src.data();
+  for (int64_t i = 0; i < dst.size(); ++i) d[i] += s[i];
+}
+
+}  // namespace
+
+KvCache::KvCache(int64_t layers, int64_t capacity, int64_t width)
+    : layers_(layers), capacity_(capacity), width_(width) {
+  // new float[] without () leaves the memory untouched: pages become resident only as positions are written.
+  const size_t n = static_cast<size_t>(layers * capacity * width);
+  k_.reset(new float[n]);
+  v_.reset(new float[n]);
+}
+
+int64_t KvCache::bytes_used(int64_t length) const {
+  return 2 * layers_ * length * width_ * static_cast<int64_t>(sizeof(float));
+}
+
+std::vector<MemoryRange> KvCache::memory_ranges() const {
+  const int64_t bytes = layers_ * capacity_ * width_ * static_cast<int64_t>(sizeof(float));
+  return {{"kv_cache", k_.get(), bytes}, {"kv_cache", v_.get(), bytes}};
+}
+
+Decoder::Decoder(InferWeights& weights, int64_t capacity)
+    : weights_(weights),
+      cache_(weights.config().num_hidden_layers, capacity,
+             weights.config().num_key_value_heads * weights.config().head_dim()) {
+  const ModelConfig& config = weights.config();
+  EMO_CHECK(capacity >= 1 && capacity <= config.max_position_embeddings, kOp, "a sequence of ", capacity,
+            " positions does not fit the model's context of ", config.max_position_embeddings);
+  RoutingOptions standard;
+  standard.training = false;
+  standard_ = make_routing_policy(standard);
+  subset_options_.mode = RoutingMode::kSubset;
+  subset_options_.training = false;
+  subset_options_.subset.resize(config.num_hidden_layers);
+  subset_ = make_routing_policy(subset_options_);
+}
+
+void Decoder::check_chunk(const std::vector<int32_t>& tokens) const {
+  const ModelConfig& config = weights_.config();
+  const int64_t N = static_cast<int64_t>(tokens.size());
+  EMO_CHECK(N >= 1, kOp, "no tokens to run");
+  EMO_CHECK(
+      length_ + N <= capacity(), kOp, length_, " cached + ", N, " new tokens exceed ",
+      capacity() == config.max_position_embeddings ? "the model's context of " : "the sequence capacity of ",
+      capacity(), " positions");
+  for (int64_t n = 0; n < N; ++n)
+    EMO_CHECK(tokens[n] >= 0 && tokens[n] < config.vocab_size, kOp, "token ", tokens[n], " at position ", n,
+              " is outside the vocabulary of ", config.vocab_size);
+}
+
+const Tensor& Decoder::forward(const std::vector<int32_t>& tokens, bool all_logits) {
+  begin(tokens);
+  for (int64_t l = 0; l < weights_.config().num_hidden_layers; ++l) {
+    attention(l);
+    router(l);
+    experts(l);
+  }
+  return finish(all_logits);
+}
+
+DecoderPass& Decoder::begin(const std::vector<int32_t>& tokens) {
+  check_chunk(tokens);
+  const int64_t N = static_cast<int64_t>(tokens.size()), C = weights_.config().hidden_size;
+  DecoderPass& p = pass_;
+  p.tokens = tokens;
+  p.N = N;
+  p.positions.resize(N);
+  std::iota(p.positions.begin(), p.positions.end(), static_cast<int32_t>(length_));
+  p.x.resize({N, C});
+  for (int64_t n = 0; n < N; ++n)
+    dequantize_rows(p.x.data() + n * C, weights_.embed(), tokens[n], tokens[n] + 1);
+  return p;
+}
+
+void Decoder::attention(int64_t l) {
+  const ModelConfig& config = weights_.config();
+  const LayerView& lw = weights_.layer(l);
+  DecoderPass& p = pass_;
+  const int64_t N = p.N, C = config.hidden_size, H = config.num_attention_heads;
+  const int64_t Hkv = config.num_key_value_heads, hd = config.head_dim(), W = Hkv * hd;
+  p.normed.resize({N, C});
+  p.rstd.resize({N});
+  rmsnorm_forward(p.normed.data(), p.rstd.data(), p.x.data(), lw.attn_norm, N, C,
+                  static_cast<float>(config.rms_norm_eps));
+  p.q.resize({N, H * hd});
+  p.k.resize({N, W});
+  p.v.resize({N, W});
+  matmul(p.q.data(), p.normed.data(), N, lw.q);
+  matmul(p.k.data(), p.normed.data(), N, lw.k);
+  matmul(p.v.data(), p.normed.data(), N, lw.v);
+  rope_forward(p.q.data(), p.positions.data(), N, H, weights_.rope());
+  rope_forward(p.k.data(), p.positions.data(), N, Hkv, weights_.rope());
+  float* keys = cache_.keys(l);      // [capacity, W]
+  float* values = cache_.values(l);  // [capacity, W]
+  std::memcpy(keys + length_ * W, p.k.data(), sizeof(float) * N * W);
+  std::memcpy(values + length_ * W, p.v.data(), sizeof(float) * N * W);
+
+  p.attn.resize({N, H * hd});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t group = H / Hkv;
+  parallel_for(N * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / H, h = i % H, kv = (h / group) * hd;
+      attend_one(p.attn.data() + n * H * hd + h * hd, p.q.data() + n * H * hd + h * hd, keys + kv,
+                 values + kv, p.positions[n], W, hd, scale);
+    }
+  });
+  p.branch.resize({N, C});
+  matmul(p.branch.data(), p.attn.data(), N, lw.o);
+  add_into(p.x, p.branch);
+}
+
+void Decoder::router(int64_t l) {
+  const ModelConfig& config = weights_.config();
+  const LayerView& lw = weights_.layer(l);
+  DecoderPass& p = pass_;
+  const int64_t N = p.N, C = config.hidden_size;
+  p.normed.resize({N, C});
+  rmsnorm_forward(p.normed.data(), p.rstd.data(), p.x.data(), lw.ffn_norm, N, C,
+                  static_cast<float>(config.rms_norm_eps));
+  if (!config.is_moe()) return;
+  const int64_t Er = config.routed_in_layer(l);
+  // The routed experts' rows of gate.weight come first; the shared expert's row is never used.
+  p.router_logits.resize({N, Er});
+  matmul(p.router_logits.data(), p.normed.data(), N, lw.router.row_block(0, Er));
+  p.routing.probs.resize({N, Er});
+  softmax_forward(p.routing.probs.data(), nullptr, p.router_logits.data(), N, Er);
+}
+
+void Decoder::experts(int64_t l) {
+  const ModelConfig& config = weights_.config();
+  DecoderPass& p = pass_;
+  const int64_t N = p.N;
+  if (!config.is_moe()) {
+    p.slot_expert.assign(N, 0);
+    p.slot_weight.assign(N, 1.0f);
+    dispatch(l, 1);
+    return;
+  }
+  const int64_t E = config.experts_in_layer(l), shared = config.shared_in_layer(l), Er = E - shared;
+  const int64_t Kr = std::min(config.num_experts_per_tok - shared, Er), K = Kr + shared;
+  const std::vector<int32_t>* kept = weights_.kept(l);
+  if (kept) subset_options_.subset[l] = *kept;
+  RoutingContext context{nullptr, &subset_options_, l, E, config.num_experts_per_tok, nullptr};
+  route_forward(p.routing, p.router_logits.data(), N, Er, Kr, config.norm_topk_prob,
+                kept ? *subset_ : *standard_, context);
+  // Slots: the routed choices, then the shared expert(s) with weight exactly 1.
+  p.slot_expert.assign(N * K, -1);
+  p.slot_weight.assign(N * K, 0.0f);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < Kr; ++k) {
+      p.slot_expert[n * K + k] = p.routing.ids[n * Kr + k];
+      p.slot_weight[n * K + k] = p.routing.weights[n * Kr + k];
+    }
+    for (int64_t j = 0; j < shared; ++j) {
+      p.slot_expert[n * K + Kr + j] = static_cast<int32_t>(Er + j);
+      p.slot_weight[n * K + Kr + j] = 1.0f;
+    }
+  }
+  dispatch(l, K);
+}
+
+// Runs every used expert once on its gathered tokens, then adds the weighted outputs to the residual stream
+// in slot order (deterministic, independent of the threads).
+void Decoder::dispatch(int64_t l, int64_t K) {
+  const ModelConfig& config = weights_.config();
+  DecoderPass& p = pass_;
+  const int64_t N = p.N, C = config.hidden_size, F = config.intermediate_size;
+  const int64_t E = config.is_moe() ? config.experts_in_layer(l) : 1;
+  p.offsets.assign(E + 1, 0);
+  for (int32_t e : p.slot_expert)
+    if (e >= 0) ++p.offsets[e + 1];
+  for (int64_t e = 0; e < E; ++e) p.offsets[e + 1] += p.offsets[e];
+  const int64_t A = p.offsets[E];
+  p.order.resize(A);
+  std::vector<int32_t> position(N * K, -1);  // [N, K] slot -> sorted position
+  {
+    std::vector<int64_t> fill(p.offsets.begin(), p.offsets.end() - 1);
+    for (int64_t i = 0; i < N * K; ++i) {
+      const int32_t e = p.slot_expert[i];
+      if (e < 0) continue;
+      position[i] = static_cast<int32_t>(fill[e]);
+      p.order[fill[e]++] = static_cast<int32_t>(i);
+    }
+  }
+  std::vector<int32_t> used;  // experts with at least one token, loaded here (not thread-safe)
+  for (int64_t e = 0; e < E; ++e)
+    if (p.offsets[e + 1] > p.offsets[e]) {
+      weights_.load_expert(l, e);
+      used.push_back(static_cast<int32_t>(e));
+    }
+  p.gathered.resize({A, C});
+  p.gate.resize({A, F});
+  p.up.resize({A, F});
+  p.out.resize({A, C});
+  for (int64_t a = 0; a < A; ++a)
+    std::memcpy(p.gathered.data() + a * C, p.normed.data() + (p.order[a] / K) * C, sizeof(float) * C);
+
+  auto run_expert = [&](int32_t e, bool serial) {
+    const ExpertView& ex = weights_.expert(l, e);
+    const int64_t begin = p.offsets[e], n = p.offsets[e + 1] - begin;
+    auto product = serial ? matmul_serial : matmul;
+    product(p.gate.data() + begin * F, p.gathered.data() + begin * C, n, ex.gate);
+    product(p.up.data() + begin * F, p.gathered.data() + begin * C, n, ex.up);
+    swiglu_forward(p.gate.data() + begin * F, p.gate.data() + begin * F, p.up.data() + begin * F, n * F);
+    product(p.out.data() + begin * C, p.gate.data() + begin * F, n, ex.down);
+  };
+  // Enough experts: one expert per task (the lesson of docs/machine.md); else split each expert's rows.
+  if (static_cast<int64_t>(used.size()) >= num_threads())
+    parallel_tasks(static_cast<int64_t>(used.size()), [&](int64_t i) { run_expert(used[i], true); });
+  else
+    for (int32_t e : used) run_expert(e, false);
+
+  p.branch.resize({N, C});
+  for (int64_t i = 0; i < N * K; ++i)
+    if (position[i] >= 0)
+      axpy(p.branch.data() + (i / K) * C, p.slot_weight[i], p.out.data() + position[i] * C, C);
+  add_into(p.x, p.branch);
+}
+
+const Tensor& Decoder::finish(bool all_logits) {
+  const ModelConfig& config = weights_.config();
+  DecoderPass& p = pass_;
+  const int64_t C = config.hidden_size, V = config.vocab_size;
+  const int64_t rows = all_logits ? p.N : 1;
+  const float* last = p.x.data() + (p.N - rows) * C;  // [rows, C]
+  p.normed.resize({rows, C});
+  rmsnorm_forward(p.normed.data(), p.rstd.data(), last, weights_.final_norm(), rows, C,
+                  static_cast<float>(config.rms_norm_eps));
+  p.logits.resize(all_logits ? Shape{rows, V} : Shape{V});
+  matmul(p.logits.data(), p.normed.data(), rows, weights_.lm_head());
+  length_ += p.N;
+  return p.logits;
+}
+
+}  // namespace emo

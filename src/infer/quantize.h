@@ -1,0 +1,47 @@
+// Weight formats for inference (docs/inference.md): a checkpoint rewritten in bf16, or in int8 with one fp32
+// scale per row (emo-specific naming: "<name>" I8 [rows, cols] plus "<name>_scale" F32 [rows]; w = scale *
+// q). int8 covers every matrix but the routers (kept fp32 so routing decisions keep their precision; they are
+// tiny); norms stay fp32. And the quality check of a format: held-out perplexity against the original.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "eval/perplexity.h"
+#include "model/model.h"
+#include "tensor/dtype.h"
+#include "tokenizer/tokenizer.h"
+
+namespace emo {
+
+struct QuantizeSummary {
+  int64_t tensors = 0;    // written (scales not counted)
+  int64_t converted = 0;  // matrices stored in the new format
+  int64_t bytes_in = 0, bytes_out = 0;
+};
+
+// Writes the weights of `model_dir` (fp32, bf16 or f16; single file or shards) to `out_dir` as kBF16 or kI8,
+// with config.json (torch_dtype, and for int8 a "quantization_config" entry) and, when present,
+// tokenizer.json and pruning_metadata.json. Shards of at most max_shard_bytes. Throws emo::Error for an
+// unsupported target, an input that is already int8, or out_dir == model_dir.
+QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::string& out_dir, DType dtype,
+                                    int64_t max_shard_bytes = 5'000'000'000);
+
+// A training-engine Model with the checkpoint's weights in fp32 (int8 matrices dequantised with their
+// scales): the reference the inference engine is tested against, and what perplexity is computed with.
+std::unique_ptr<Model> load_model_dequantized(const std::string& dir);
+
+// A one-domain ("text") tokenised dataset file made from a plain text file, for held-out perplexity when no
+// tokenised split is at hand.
+void write_text_dataset(const std::string& text_path, const Tokenizer& tokenizer,
+                        const std::string& out_path);
+
+// Held-out perplexity of each checkpoint directory over `dataset_path` (eval's evaluate_domains, all domains
+// pooled: the "all" entry), standard routing.
+std::vector<DomainLoss> perplexity_of_checkpoints(const std::vector<std::string>& dirs,
+                                                  const std::string& dataset_path,
+                                                  const PerplexityOptions& options);
+
+}  // namespace emo

@@ -1,0 +1,49 @@
+// Weight matrices of inference in their stored format, used in place: fp32, bf16, and int8 with one fp32
+// scale per row (w[r, c] = scale[r] * q[r, c], symmetric, q in [-127, 127]). Matrix-vector products for one
+// token (decode) and small-matrix products for a few tokens or a prompt, AVX2 + FMA + F16C, fp32
+// accumulation. Layout as everywhere in emo: PyTorch [out, in] = [OC, C], row-major. Legend: N = tokens, C =
+// input width, OC = output rows.
+#pragma once
+
+#include <cstdint>
+
+#include "tensor/dtype.h"
+
+namespace emo {
+
+// A read-only [rows, cols] weight matrix in kF32, kBF16 or kI8 (then `scales` holds rows fp32 values).
+// The bytes may live in a memory-mapped file; rows need no alignment.
+struct MatrixView {
+  DType dtype = DType::kF32;
+  const void* data = nullptr;
+  const float* scales = nullptr;  // [rows], kI8 only
+  int64_t rows = 0, cols = 0;
+
+  // Bytes of the weights (scales included): what one full pass over the matrix reads.
+  int64_t nbytes() const;
+  // The view of rows [begin, end).
+  MatrixView row_block(int64_t begin, int64_t end) const;
+};
+
+// Throws "[quant] <what>: ..." unless the view is usable: supported dtype, data set, scales for kI8.
+void check_matrix_view(const MatrixView& w, const char* what);
+
+// y[OC] = W[OC, C] @ x[C], on the calling thread.
+void matvec_serial(float* y, const MatrixView& w, const float* x);
+// The same, rows split over the thread pool.
+void matvec(float* y, const MatrixView& w, const float* x);
+
+// Y[N, OC] = X[N, C] @ W^T on the calling thread. Few tokens stream each weight row once for all of them;
+// more tokens dequantise blocks of rows into fp32 and use sgemm (fp32 weights go to sgemm directly).
+void matmul_serial(float* y, const float* x, int64_t N, const MatrixView& w);
+// The same, output rows split over the thread pool.
+void matmul(float* y, const float* x, int64_t N, const MatrixView& w);
+
+// out[(end - begin), C] = rows [begin, end) of W in fp32.
+void dequantize_rows(float* out, const MatrixView& w, int64_t begin, int64_t end);
+
+// Symmetric per-row int8: scales[r] = max|w[r, :]| / 127 (1 for an all-zero row), q = round(w / scale).
+// w[rows, cols] -> q[rows, cols], scales[rows]. Rows split over the pool.
+void quantize_rows_int8(int8_t* q, float* scales, const float* w, int64_t rows, int64_t cols);
+
+}  // namespace emo

@@ -1,0 +1,572 @@
+// The inference engine (src/infer) against the training engine's forward (src/model) on the same checkpoint,
+// its kernels against double-precision references, the sampler, refusals, and the memory it touches.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <random>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "infer/decoder.h"
+#include "infer/generate.h"
+#include "infer/quantize.h"
+#include "infer/resident.h"
+#include "io/safetensors.h"
+#include "kernels/quant.h"
+#include "model/forward_state.h"
+#include "select/selection.h"
+
+namespace emo {
+namespace {
+
+namespace fs = std::filesystem;
+
+ModelConfig tiny_config(bool moe = true) {
+  ModelConfig c;
+  c.model_type = moe ? "emo" : "olmo2_noqknorm_prenorm";
+  c.vocab_size = 64;
+  c.hidden_size = 32;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;  // GQA
+  c.max_position_embeddings = 32;
+  c.eos_token_id = 63;
+  if (moe) {
+    c.num_experts = 8;  // 7 routed + the shared expert 7
+    c.num_experts_per_tok = 3;
+    c.num_shared_experts = 1;
+  }
+  return c;
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("emo_infer_test_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+// Larger than the default init so routing and logits are not all near-uniform.
+std::unique_ptr<Model> random_model(const ModelConfig& config, uint64_t seed) {
+  auto model = std::make_unique<Model>(config);
+  model->init_weights(seed);
+  for (const std::string& name : model->param_names())
+    if (name.find("norm") == std::string::npos)
+      for (float& w : model->weight(name).vec()) w *= 5.0f;
+  return model;
+}
+
+std::vector<int32_t> some_tokens(int64_t n, uint64_t seed = 3) {
+  Rng rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = static_cast<int32_t>(rng.uniform_int(0, 62));  // never the EOS 63
+  return t;
+}
+
+// Logits [T, V] of the training engine.
+Tensor reference_logits(const Model& model, const std::vector<int32_t>& tokens,
+                        const RoutingOptions& routing) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  Batch batch = Batch::from_tokens(1, T, tokens, {}, 63);
+  return model.infer(batch, routing)->logits;
+}
+
+RoutingOptions eval_routing() {
+  RoutingOptions r;
+  r.training = false;
+  return r;
+}
+
+void expect_close(const Tensor& got, const Tensor& want, double rel) {
+  ASSERT_EQ(got.size(), want.size());
+  double scale = 1.0, worst = 0.0;
+  for (int64_t i = 0; i < want.size(); ++i) scale = std::max(scale, std::fabs(double(want[i])));
+  for (int64_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
+  EXPECT_LE(worst, rel * scale) << "largest difference " << worst << " (scale " << scale << ")";
+}
+
+Tensor infer_logits(const std::string& dir, const std::vector<int32_t>& tokens,
+                    const std::vector<std::vector<int32_t>>* subset = nullptr) {
+  auto weights = InferWeights::open(dir);
+  if (subset)
+    for (size_t l = 0; l < subset->size(); ++l) weights->keep_experts(static_cast<int64_t>(l), (*subset)[l]);
+  Decoder decoder(*weights, static_cast<int64_t>(tokens.size()));
+  return decoder.forward(tokens, true);
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// ------------------------------------------------------------------------------------------ same logits
+
+TEST(InferLogits, FullModelEqualsTheTrainingForward) {
+  TempDir dir;
+  auto model = random_model(tiny_config(), 1);
+  model->save(dir / "m");
+  const auto tokens = some_tokens(20);
+  expect_close(infer_logits(dir / "m", tokens), reference_logits(*model, tokens, eval_routing()), 2e-5);
+}
+
+TEST(InferLogits, DenseModelEqualsTheTrainingForward) {
+  TempDir dir;
+  auto model = random_model(tiny_config(false), 2);
+  model->save(dir / "m");
+  const auto tokens = some_tokens(17);
+  expect_close(infer_logits(dir / "m", tokens), reference_logits(*model, tokens, eval_routing()), 2e-5);
+}
+
+TEST(InferLogits, SubsetEqualsSubsetRoutingOfTheTrainingForward) {
+  TempDir dir;
+  auto model = random_model(tiny_config(), 3);
+  model->save(dir / "m");
+  const auto tokens = some_tokens(20);
+  // Layer 1 keeps a single routed expert: fewer than the 2 routed slots, so a slot stays unused.
+  const std::vector<std::vector<int32_t>> subset = {{1, 4, 6}, {5}};
+  RoutingOptions routing = eval_routing();
+  routing.mode = RoutingMode::kSubset;
+  routing.subset = subset;
+  expect_close(infer_logits(dir / "m", tokens, &subset), reference_logits(*model, tokens, routing), 2e-5);
+}
+
+TEST(InferLogits, Bf16CheckpointEqualsTheTrainingForwardOfTheSameCheckpoint) {
+  TempDir dir;
+  random_model(tiny_config(), 4)->save(dir / "m", "bfloat16");
+  auto model = Model::load(dir / "m");
+  const auto tokens = some_tokens(20);
+  expect_close(infer_logits(dir / "m", tokens), reference_logits(*model, tokens, eval_routing()), 2e-5);
+}
+
+TEST(InferLogits, Int8CheckpointEqualsTheTrainingForwardOfItsDequantisedWeights) {
+  TempDir dir;
+  random_model(tiny_config(), 5)->save(dir / "m");
+  QuantizeSummary summary = quantize_checkpoint(dir / "m", dir / "q", DType::kI8);
+  EXPECT_EQ(summary.converted, 1 + 2 * (4 + 8 * 3) + 1);  // embed, q k v o and 24 expert matrices, lm_head
+  EXPECT_LT(summary.bytes_out, summary.bytes_in / 2);
+  auto model = load_model_dequantized(dir / "q");
+  const auto tokens = some_tokens(20);
+  expect_close(infer_logits(dir / "q", tokens), reference_logits(*model, tokens, eval_routing()), 2e-5);
+}
+
+TEST(InferLogits, Bf16QuantizeWritesWhatTheTrainingEngineLoads) {
+  TempDir dir;
+  random_model(tiny_config(), 6)->save(dir / "m");
+  quantize_checkpoint(dir / "m", dir / "b", DType::kBF16);
+  auto model = Model::load(dir / "b");
+  EXPECT_EQ(SafetensorsCheckpoint::open(dir / "b").info("lm_head.weight").dtype, DType::kBF16);
+  const auto tokens = some_tokens(12);
+  expect_close(infer_logits(dir / "b", tokens), reference_logits(*model, tokens, eval_routing()), 2e-5);
+}
+
+TEST(InferDecode, IncrementalDecodeWithTheCacheEqualsTheFullForward) {
+  TempDir dir;
+  random_model(tiny_config(), 7)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  const auto tokens = some_tokens(16);
+  Decoder full(*weights, 16);
+  const Tensor all = full.forward(tokens, true);  // [16, V]
+  Decoder step(*weights, 16);
+  const int64_t V = weights->config().vocab_size;
+  auto check_row = [&](const Tensor& logits, int64_t position) {
+    Tensor want({V}, std::vector<float>(all.data() + position * V, all.data() + (position + 1) * V));
+    expect_close(logits, want, 2e-5);
+  };
+  check_row(step.forward({tokens.begin(), tokens.begin() + 9}), 8);  // a prompt of 9
+  check_row(step.forward({tokens[9], tokens[10]}), 10);              // a chunk of 2
+  for (int64_t t = 11; t < 16; ++t) check_row(step.forward({tokens[t]}), t);
+  EXPECT_EQ(step.length(), 16);
+}
+
+// ------------------------------------------------------------------------------------------ kernels
+
+// A [rows, cols] matrix in `dtype` with its fp32 values as the kernels see them.
+struct TestMatrix {
+  MatrixView view;
+  std::vector<float> f32, scales, values;  // values: the exact weights the view represents
+  std::vector<uint16_t> bf16;
+  std::vector<int8_t> i8;
+};
+
+TestMatrix test_matrix(DType dtype, int64_t rows, int64_t cols, uint64_t seed) {
+  TestMatrix m;
+  std::mt19937 gen(static_cast<unsigned>(seed));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  m.f32.resize(rows * cols);
+  for (float& w : m.f32) w = normal(gen);
+  m.view = {dtype, nullptr, nullptr, rows, cols};
+  m.values = m.f32;
+  if (dtype == DType::kF32) m.view.data = m.f32.data();
+  if (dtype == DType::kBF16) {
+    m.bf16.resize(m.f32.size());
+    convert_from_f32(DType::kBF16, m.f32.data(), m.bf16.data(), m.f32.size());
+    convert_to_f32(DType::kBF16, m.bf16.data(), m.values.data(), m.f32.size());
+    m.view.data = m.bf16.data();
+  }
+  if (dtype == DType::kI8) {
+    m.i8.resize(m.f32.size());
+    m.scales.resize(rows);
+    quantize_rows_int8(m.i8.data(), m.scales.data(), m.f32.data(), rows, cols);
+    for (int64_t i = 0; i < rows * cols; ++i) m.values[i] = m.scales[i / cols] * m.i8[i];
+    m.view.data = m.i8.data();
+    m.view.scales = m.scales.data();
+  }
+  return m;
+}
+
+TEST(QuantKernels, Int8RowQuantisationErrorIsAtMostHalfAStep) {
+  TestMatrix m = test_matrix(DType::kI8, 9, 77, 1);
+  for (int64_t i = 0; i < 9 * 77; ++i)
+    EXPECT_LE(std::fabs(m.values[i] - m.f32[i]), 0.5f * m.scales[i / 77] * 1.0001f);
+  for (int64_t r = 0; r < 9; ++r) {
+    int max_q = 0;
+    for (int64_t c = 0; c < 77; ++c) max_q = std::max(max_q, std::abs(int(m.i8[r * 77 + c])));
+    EXPECT_EQ(max_q, 127);
+  }
+}
+
+TEST(QuantKernels, ProductsEqualADoubleReferenceForEveryFormatAndTokenCount) {
+  // Odd sizes exercise the row blocks and the column tails.
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kI8}) {
+    TestMatrix m = test_matrix(dtype, 37, 301, 2);
+    for (int64_t N : {1, 2, 3, 4, 5, 8, 9, 20}) {
+      std::vector<float> x(N * 301), y(N * 37, 0.0f), ys(N * 37, 0.0f);
+      std::mt19937 gen(static_cast<unsigned>(N));
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      for (float& v : x) v = normal(gen);
+      matmul(y.data(), x.data(), N, m.view);
+      matmul_serial(ys.data(), x.data(), N, m.view);
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t r = 0; r < 37; ++r) {
+          double want = 0, magnitude = 0;
+          for (int64_t c = 0; c < 301; ++c) {
+            want += double(m.values[r * 301 + c]) * x[n * 301 + c];
+            magnitude += std::fabs(double(m.values[r * 301 + c]) * x[n * 301 + c]);
+          }
+          EXPECT_NEAR(y[n * 37 + r], want, 1e-6 * magnitude + 1e-6) << dtype_name(dtype) << " N=" << N;
+          EXPECT_NEAR(ys[n * 37 + r], want, 1e-6 * magnitude + 1e-6) << dtype_name(dtype) << " N=" << N;
+        }
+      }
+      if (N == 1) {
+        std::vector<float> yv(37);
+        matvec(yv.data(), m.view, x.data());
+        for (int64_t r = 0; r < 37; ++r) EXPECT_EQ(yv[r], y[r]);
+      }
+    }
+  }
+}
+
+TEST(QuantKernels, UnsupportedViewsAreRefused) {
+  MatrixView v{DType::kI32, nullptr, nullptr, 2, 2};
+  EXPECT_NE(error_of([&] { check_matrix_view(v, "w"); }).find("I32"), std::string::npos);
+  int8_t q[4] = {};
+  MatrixView noscale{DType::kI8, q, nullptr, 2, 2};
+  EXPECT_NE(error_of([&] { check_matrix_view(noscale, "w"); }).find("scales"), std::string::npos);
+}
+
+// ------------------------------------------------------------------------------------------ sampler
+
+std::vector<float> four_logits() {
+  return {std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
+}
+
+TEST(InferSampler, TheSameSeedDrawsTheSameTokens) {
+  std::vector<float> logits = four_logits();
+  auto draws = [&](uint64_t seed) {
+    Sampler s({1.0, 0, 1.0, seed});
+    std::vector<int32_t> out;
+    for (int i = 0; i < 200; ++i) out.push_back(s.next(logits.data(), 4));
+    return out;
+  };
+  EXPECT_EQ(draws(7), draws(7));
+  EXPECT_NE(draws(7), draws(8));
+}
+
+TEST(InferSampler, GreedyTakesTheArgmaxWithTiesToTheLowerId) {
+  std::vector<float> logits = {0.1f, 2.0f, 2.0f, -1.0f};
+  Sampler s({0.0, 0, 1.0, 0});
+  EXPECT_EQ(s.next(logits.data(), 4), 1);
+}
+
+TEST(InferSampler, TopKAndTopPCutTheDistributionAndRenormalise) {
+  std::vector<float> logits = four_logits();
+  auto dist = Sampler({1.0, 0, 0.8, 0}).distribution(logits.data(), 4);  // 0.5 + 0.3 reaches 0.8
+  ASSERT_EQ(dist.size(), 2u);
+  EXPECT_EQ(dist[0].first, 0);
+  EXPECT_NEAR(dist[0].second, 0.625, 1e-6);
+  EXPECT_NEAR(dist[1].second, 0.375, 1e-6);
+  dist = Sampler({1.0, 3, 1.0, 0}).distribution(logits.data(), 4);
+  ASSERT_EQ(dist.size(), 3u);
+  EXPECT_NEAR(dist[2].second, 0.15 / 0.95, 1e-6);
+  dist = Sampler({1.0, 0, 0.01, 0}).distribution(logits.data(), 4);
+  ASSERT_EQ(dist.size(), 1u);  // top-p below the first probability keeps one token
+  // Temperature 2 flattens: p ~ sqrt(p).
+  dist = Sampler({2.0, 0, 1.0, 0}).distribution(logits.data(), 4);
+  double norm = std::sqrt(0.5) + std::sqrt(0.3) + std::sqrt(0.15) + std::sqrt(0.05);
+  EXPECT_NEAR(dist[3].second, std::sqrt(0.05) / norm, 1e-6);
+}
+
+TEST(InferSampler, DrawsFollowTheCutDistribution) {
+  std::vector<float> logits = four_logits();
+  Sampler s({1.0, 3, 0.8, 11});
+  std::map<int32_t, int> counts;
+  const int draws = 20000;
+  for (int i = 0; i < draws; ++i) ++counts[s.next(logits.data(), 4)];
+  EXPECT_EQ(counts.size(), 2u);
+  EXPECT_NEAR(counts[0] / double(draws), 0.625, 0.02);
+}
+
+TEST(InferSampler, BadOptionsAreRefused) {
+  EXPECT_THROW(Sampler({-1.0, 0, 1.0, 0}), Error);
+  EXPECT_THROW(Sampler({1.0, -2, 1.0, 0}), Error);
+  EXPECT_THROW(Sampler({1.0, 0, 0.0, 0}), Error);
+  EXPECT_THROW(Sampler({1.0, 0, 1.5, 0}), Error);
+}
+
+// ------------------------------------------------------------------------------------------ generate
+
+TEST(InferGenerate, StopsAtEosAtTheLengthAndAtTheCapacity) {
+  TempDir dir;
+  random_model(tiny_config(), 8)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  const auto prompt = some_tokens(6);
+  GenerateOptions options;
+  options.max_new_tokens = 5;
+  Decoder a(*weights, 20);
+  std::vector<int32_t> streamed;
+  GenerateResult r = generate(a, prompt, options, [&](int32_t t) { streamed.push_back(t); });
+  EXPECT_EQ(r.stop_reason, "length");
+  EXPECT_EQ(r.tokens, streamed);
+  EXPECT_EQ(r.tokens.size(), 5u);
+  EXPECT_EQ(r.decode_steps, 4);
+
+  options.eos_id = r.tokens[2];  // greedy decoding repeats itself: stop at the third token
+  Decoder b(*weights, 20);
+  GenerateResult e = generate(b, prompt, options);
+  EXPECT_EQ(e.stop_reason, "eos");
+  EXPECT_EQ(e.tokens.back(), r.tokens[2]);
+
+  options.eos_id.reset();
+  options.max_new_tokens = 50;
+  Decoder c(*weights, 9);
+  GenerateResult f = generate(c, prompt, options);
+  EXPECT_EQ(f.stop_reason, "context");
+  EXPECT_EQ(f.tokens.size(), 4u);  // 3 from the cache's 3 free positions plus the one after the last
+}
+
+TEST(InferGenerate, AutoExpertsChooseLikeEmoSelectLayerwiseAndRouteWithinThem) {
+  TempDir dir;
+  auto model = random_model(tiny_config(), 9);
+  model->save(dir / "m");
+  const auto prompt = some_tokens(14);
+  auto weights = InferWeights::open(dir / "m");
+  Decoder decoder(*weights, 20);
+  GenerateOptions options;
+  options.max_new_tokens = 1;
+  options.auto_experts = 3;
+  GenerateResult r = generate(decoder, prompt, options);
+  ASSERT_TRUE(r.chosen.has_value());
+
+  Examples examples;
+  examples.sequences = {prompt};
+  SelectionOptions selection;
+  selection.keep_k = 3;
+  ExpertSubset want = select_experts(*model, examples, selection);
+  EXPECT_EQ(r.chosen->routed, want.routed);
+
+  // The prompt's logits equal subset routing of the training engine with that subset.
+  RoutingOptions routing = want.routing_options();
+  routing.training = false;
+  Tensor ref = reference_logits(*model, prompt, routing);
+  const int64_t V = 64, T = 14;
+  Tensor last({V}, std::vector<float>(ref.data() + (T - 1) * V, ref.data() + T * V));
+  expect_close(decoder.pass().logits, last, 2e-5);
+  // Only the chosen experts (2 routed + the shared one per layer) were ever loaded.
+  EXPECT_EQ(weights->experts_loaded(), 2 * 3);
+}
+
+// ------------------------------------------------------------------------------------------ refusals
+
+// Writes the tiny model's tensors to dir/model.safetensors with `edit` applied, plus its config.json.
+void write_edited(const std::string& dir, const std::function<void(std::vector<SafetensorsEntry>&)>& edit,
+                  const Model& model) {
+  fs::create_directories(dir);
+  std::vector<SafetensorsEntry> entries;
+  for (const std::string& name : model.param_names()) entries.emplace_back(name, model.weight(name));
+  edit(entries);
+  write_safetensors(dir + "/model.safetensors", entries);
+  model.config().save(dir + "/config.json");
+}
+
+TEST(InferRefusals, MissingTensorWrongShapeUnsupportedDtypeAndStrangersAreNamed) {
+  TempDir dir;
+  auto model = random_model(tiny_config(), 10);
+  const std::string victim = "model.layers.1.mlp.experts.3.up_proj.weight";
+  auto find = [&](std::vector<SafetensorsEntry>& e) {
+    return std::find_if(e.begin(), e.end(), [&](const SafetensorsEntry& x) { return x.name == victim; });
+  };
+  write_edited(
+      dir / "missing", [&](auto& e) { e.erase(find(e)); }, *model);
+  std::string msg = error_of([&] { InferWeights::open(dir / "missing"); });
+  EXPECT_NE(msg.find("no tensor '" + victim + "'"), std::string::npos) << msg;
+
+  Tensor wrong({24, 31});
+  write_edited(
+      dir / "shape", [&](auto& e) { *find(e) = SafetensorsEntry(victim, wrong); }, *model);
+  msg = error_of([&] { InferWeights::open(dir / "shape"); });
+  EXPECT_NE(msg.find(victim), std::string::npos) << msg;
+  EXPECT_NE(msg.find("shape"), std::string::npos) << msg;
+
+  std::vector<int32_t> ints(24 * 32);
+  write_edited(
+      dir / "dtype",
+      [&](auto& e) {
+        *find(e) = SafetensorsEntry::raw(victim, DType::kI32, {24, 32}, ints.data());
+      },
+      *model);
+  msg = error_of([&] { InferWeights::open(dir / "dtype"); });
+  EXPECT_NE(msg.find(victim), std::string::npos) << msg;
+  EXPECT_NE(msg.find("I32"), std::string::npos) << msg;
+
+  std::vector<int8_t> bytes(24 * 32);
+  write_edited(
+      dir / "noscale",
+      [&](auto& e) {
+        *find(e) = SafetensorsEntry::raw(victim, DType::kI8, {24, 32}, bytes.data());
+      },
+      *model);
+  msg = error_of([&] { InferWeights::open(dir / "noscale"); });
+  EXPECT_NE(msg.find(victim + "_scale"), std::string::npos) << msg;
+
+  Tensor norm({32});
+  write_edited(
+      dir / "qknorm", [&](auto& e) { e.emplace_back("model.layers.0.self_attn.q_norm.weight", norm); },
+      *model);
+  msg = error_of([&] { InferWeights::open(dir / "qknorm"); });
+  EXPECT_NE(msg.find("q_norm"), std::string::npos) << msg;
+}
+
+TEST(InferRefusals, APromptLongerThanTheContextIsAnErrorAndLeavesTheCacheAlone) {
+  TempDir dir;
+  random_model(tiny_config(), 11)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  EXPECT_THROW(Decoder(*weights, 33), Error);  // beyond max_position_embeddings 32
+  Decoder decoder(*weights, 32);
+  std::string msg = error_of([&] { generate(decoder, some_tokens(40), {}); });
+  EXPECT_NE(msg.find("context"), std::string::npos) << msg;
+  decoder.forward(some_tokens(30));
+  EXPECT_THROW(decoder.forward(some_tokens(3)), Error);
+  EXPECT_EQ(decoder.length(), 30);
+  EXPECT_THROW(decoder.forward({64}), Error);  // outside the vocabulary
+  EXPECT_EQ(decoder.length(), 30);
+  decoder.forward({1, 2});
+  EXPECT_EQ(decoder.length(), 32);
+}
+
+// ------------------------------------------------------------------------------------------ memory
+
+// Drops the file's pages from the page cache (after fsync), so that mincore shows what is read afterwards.
+bool evict(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return false;
+  ::fsync(fd);
+  bool ok = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
+  ::close(fd);
+  return ok;
+}
+
+// Bytes of the whole pages strictly inside [p, p + bytes) (not shared with a neighbouring tensor) that are
+// in the page cache (mincore) or mapped in this process (pagemap).
+int64_t interior_resident(const void* p, int64_t bytes, bool mapped) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes)) & ~(page - 1);
+  if (e <= b) return 0;
+  const void* begin = reinterpret_cast<const void*>(b);
+  const int64_t n = static_cast<int64_t>(e - b);
+  return mapped ? mapped_resident_bytes(begin, n) : cached_resident_bytes(begin, n);
+}
+
+TEST(InferMemory, ASubsetReadsOnlyTheKeptExperts) {
+  TempDir dir;
+  ModelConfig config = tiny_config();
+  config.intermediate_size = 512;  // 64 KiB per expert matrix: many whole pages per expert
+  random_model(config, 12)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  // Evicted after opening: reading the header at open may pull its neighbourhood into the page cache (and
+  // keeps the few pages mapped around it there: those are the baseline).
+  ASSERT_TRUE(evict(dir / "m/model.safetensors"));
+  auto expert_bytes = [&](int64_t l, int64_t e, bool mapped) {
+    int64_t bytes = 0;
+    for (const MemoryRange& r : weights->expert_ranges(l, e))
+      bytes += interior_resident(r.begin, r.bytes, mapped);
+    return bytes;
+  };
+  int64_t cached_before[2][8], mapped_before[2][8], total_baseline = 0;
+  for (int64_t l = 0; l < 2; ++l) {
+    for (int64_t e = 0; e < 8; ++e) {
+      total_baseline += cached_before[l][e] = expert_bytes(l, e, false);
+      mapped_before[l][e] = expert_bytes(l, e, true);
+    }
+  }
+  if (total_baseline > 4 * 3 * 64 * 1024)
+    GTEST_SKIP() << "the page cache keeps this file (" << total_baseline << " bytes): mincore cannot tell";
+
+  const std::vector<std::vector<int32_t>> subset = {{1, 4}, {0, 6}};
+  for (int64_t l = 0; l < 2; ++l) weights->keep_experts(l, subset[l]);
+  Decoder decoder(*weights, 16);
+  GenerateOptions options;
+  options.max_new_tokens = 8;
+  generate(decoder, some_tokens(8), options);
+
+  for (int64_t l = 0; l < 2; ++l) {
+    for (int64_t e = 0; e < 8; ++e) {
+      const bool kept = e == 7 || std::count(subset[l].begin(), subset[l].end(), e) > 0;
+      EXPECT_EQ(weights->expert_loaded(l, e), kept) << "layer " << l << " expert " << e;
+      if (kept) {
+        EXPECT_EQ(expert_bytes(l, e, false), 3 * 64 * 1024 - 3 * 4096) << "layer " << l << " expert " << e;
+      } else {
+        EXPECT_EQ(expert_bytes(l, e, false), cached_before[l][e])
+            << "layer " << l << " expert " << e << " was read";
+        EXPECT_EQ(expert_bytes(l, e, true), mapped_before[l][e])
+            << "layer " << l << " expert " << e << " mapped";
+      }
+    }
+  }
+  // The report sees the kept experts in this process.
+  ResidentReport report = resident_report(weights->memory_ranges(true));
+  for (const ComponentMemory& c : report.components) {
+    if (c.component == "experts") {
+      EXPECT_GT(c.resident, 0);
+    }
+  }
+}
+
+TEST(InferMemory, KeptWeightBytesCountTheSubset) {
+  TempDir dir;
+  random_model(tiny_config(), 13)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  const int64_t full = weights->kept_weight_bytes();
+  weights->keep_experts(0, {2});
+  weights->keep_experts(1, {2});
+  const int64_t expert = 3 * 24 * 32 * 4;
+  EXPECT_EQ(full - weights->kept_weight_bytes(), 2 * 6 * expert);  // 6 of 8 experts dropped per layer
+  EXPECT_EQ(weights->bytes_per_token(3) - weights->bytes_per_token(2), 2 * expert);
+}
+
+}  // namespace
+}  // namespace emo
