@@ -10,7 +10,9 @@
 //   - the loop overhead: (data + other) per step over the step time, plus one checkpoint amortised over the
 //     default interval (run.checkpoint_every = 500 steps). Target: under 5%.
 // with 1 and 2 threads, and 2 MPI ranks x 1 thread (when mpirun is installed).
-//   bench_train [--steps N]        (default 6; ends with one JSON line)
+//   bench_train [--steps N] [--data TRAIN.bin --tokenizer tokenizer.json]
+// (default 6 steps on generated documents; --data: a real tokenised corpus of a vocabulary of at most 8192,
+// e.g. `emo tokenizer train --vocab-size 8192` + `emo corpus tokenize`). Ends with one JSON line.
 #include <unistd.h>
 
 #include <cstdio>
@@ -33,6 +35,7 @@ using namespace emo;
 namespace fs = std::filesystem;
 
 constexpr int64_t kDefaultCheckpointEvery = 500;  // RunConfig's default
+std::string g_data = "synthetic", g_tokenizer;    // --data, --tokenizer
 
 TrainConfig reference_config(int64_t steps) {
   TrainConfig c;
@@ -53,6 +56,8 @@ TrainConfig reference_config(int64_t steps) {
   c.run.steps = steps;
   c.run.checkpoint_every = steps;  // one checkpoint, at the end
   c.run.validate_every = 0;
+  c.data.train = g_data;
+  c.data.tokenizer = g_tokenizer;
   return c;
 }
 
@@ -144,6 +149,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) steps = std::atoll(argv[++i]);
     if (!std::strcmp(argv[i], "--mpi-worker") && i + 1 < argc) worker_out = argv[++i];
+    if (!std::strcmp(argv[i], "--data") && i + 1 < argc) g_data = argv[++i];
+    if (!std::strcmp(argv[i], "--tokenizer") && i + 1 < argc) g_tokenizer = argv[++i];
   }
   set_log_level(LogLevel::kWarn);
   if (!worker_out.empty()) {  // one rank of the 2-rank measurement; rank 0 writes its figures as JSON
@@ -156,8 +163,8 @@ int main(int argc, char** argv) {
   std::printf(
       "reference: d 256, 4 layers, 4 heads, 64 experts (1 shared) x 128, top 4, vocab 8192, T 512, 8 rows "
       "per "
-      "step in 2 micro-batches, EMO routing; %lld timed steps\n",
-      static_cast<long long>(steps));
+      "step in 2 micro-batches, EMO routing; %lld timed steps; data %s\n",
+      static_cast<long long>(steps), g_data.c_str());
   double bare[2];
   LoopFigures loop[2];
   for (int threads : {1, 2}) {
@@ -192,6 +199,7 @@ int main(int argc, char** argv) {
   }
   nlohmann::json line = {{"bench", "train"},
                          {"steps", steps},
+                         {"data", g_data},
                          {"tokens_per_step", reference_config(steps).tokens_per_step()},
                          {"bare_tok_s_1t", bare[0]},
                          {"bare_tok_s_2t", bare[1]},

@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "data/dataset.h"
 #include "model/forward_state.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -310,6 +311,28 @@ TEST(LossCurve, WritesAnSvgWithTrainAndValidationLines) {
   EXPECT_NE(svg.find("<polyline"), std::string::npos);
   EXPECT_NE(svg.find("law &amp; order"), std::string::npos);
   EXPECT_NE(loss_curve_svg(LossCurve{}).find("no loss recorded"), std::string::npos);
+}
+
+TEST(RowSource, PerDomainSourcesNameEachDomainWithText) {
+  std::string path = temp_dir("domains") + "/validation.bin";
+  data::DatasetWriter writer({"law", "math", "news"}, 16);
+  std::vector<uint32_t> text = {1, 2, 3};
+  writer.add(std::span<const uint32_t>(text), 0);
+  writer.add(std::span<const uint32_t>(text), 2);
+  writer.add(std::span<const uint32_t>(text.data(), 0), 1);  // math: only an empty document
+  writer.write(path);
+  auto sources = per_domain_sources(path);
+  EXPECT_EQ(sources, (std::map<std::string, std::string>{{"law", path + "#law"}, {"news", path + "#news"}}));
+  RowSourceOptions o = synthetic_options(1);
+  o.single_pass = true;
+  o.vocab = 16;
+  o.eos_id = 15;
+  auto law = make_row_source(sources["law"], o);
+  Batch rows;
+  ASSERT_TRUE(law->next(rows));
+  EXPECT_EQ(std::vector<int32_t>(rows.tokens.begin(), rows.tokens.begin() + 4),
+            (std::vector<int32_t>{1, 2, 3, 15}));
+  EXPECT_FALSE(law->next(rows));
 }
 
 // ---------------------------------------------------------------------------------------------- the loop

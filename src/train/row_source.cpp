@@ -139,6 +139,17 @@ std::unique_ptr<RowSource> make_row_source(const std::string& spec, const RowSou
   return std::make_unique<DatasetSource>(spec.substr(0, hash), o);
 }
 
+std::map<std::string, std::string> per_domain_sources(const std::string& dataset_path) {
+  data::Dataset dataset = data::Dataset::open(dataset_path);
+  std::vector<bool> has_text(dataset.domain_names().size(), false);
+  for (int64_t d = 0; d < dataset.num_documents(); ++d)
+    if (dataset.document_length(d) > 0) has_text[dataset.domain_of(d)] = true;
+  std::map<std::string, std::string> out;
+  for (size_t i = 0; i < has_text.size(); ++i)
+    if (has_text[i]) out[dataset.domain_names()[i]] = dataset_path + "#" + dataset.domain_names()[i];
+  return out;
+}
+
 int64_t row_source_vocab(const std::string& spec) {
   if (spec.rfind("synthetic", 0) == 0) return 0;
   return data::Dataset::open(spec.substr(0, spec.rfind('#'))).vocab_size();

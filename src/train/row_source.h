@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -59,6 +60,10 @@ class SyntheticSource : public RowSource {
 // "synthetic" or "synthetic:SEED" -> SyntheticSource; anything else is a dataset file (data/dataset.h) read
 // through the data packer, "PATH#DOMAIN" for one domain's documents only.
 std::unique_ptr<RowSource> make_row_source(const std::string& spec, const RowSourceOptions& options);
+
+// One held-out source per domain of a dataset file: {domain: "PATH#domain"} for every domain that has a
+// non-empty document in it (what `emo train --validation PATH` puts into data.validation).
+std::map<std::string, std::string> per_domain_sources(const std::string& dataset_path);
 
 // Vocabulary size of a dataset file (0 for synthetic sources).
 int64_t row_source_vocab(const std::string& spec);

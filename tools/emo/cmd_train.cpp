@@ -1,6 +1,8 @@
 // `emo train`: pretrain an EMO, standard-MoE or dense model (src/train). Examples:
 //   emo train --config run.json --out runs/emo-small
 //   emo train --out runs/tiny model.layers=2 run.steps=200 routing.mode=standard
+//   emo train --out runs/small --data data/corpus/train.bin --validation data/corpus/validation.bin
+//             data.tokenizer=data/tok8k/tokenizer.json
 //   emo train --out runs/emo-small --resume
 //   emo train --out runs/emo-anneal --anneal-from runs/emo-small --anneal-steps 500
 //   mpirun -np 2 emo --threads 1 train --config run.json --out runs/emo-small
@@ -14,13 +16,14 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/distributed.h"
+#include "train/row_source.h"
 #include "train/schedule.h"
 #include "train/trainer.h"
 
 namespace {
 
 struct TrainArgs {
-  std::string config_path, out_dir, anneal_from, data;
+  std::string config_path, out_dir, anneal_from, data, validation;
   std::vector<std::string> overrides;
   bool resume = false, no_progress = false;
   int64_t anneal_steps = 0, steps = 0;
@@ -46,6 +49,9 @@ emo::TrainConfig build_config(const TrainArgs& args, std::string* init_from) {
   else if (!checkpoint.empty())
     j = checkpoint_config.to_json();
   if (!args.data.empty()) j["data"]["train"] = args.data;
+  if (!args.validation.empty())
+    for (const auto& [domain, spec] : per_domain_sources(args.validation))
+      j["data"]["validation"][domain] = spec;
   if (args.steps > 0) j["run"]["steps"] = args.steps;
   for (const std::string& o : args.overrides) apply_override(j, o);
   TrainConfig config =
@@ -80,6 +86,8 @@ EMO_COMMAND(
       app.add_option("--anneal-steps", args->anneal_steps, "Steps of the anneal");
       app.add_option("--data", args->data,
                      "Training dataset (overrides data.train; \"synthetic\" for generated text)");
+      app.add_option("--validation", args->validation,
+                     "Held-out dataset: validation loss per domain of it (fills data.validation)");
       app.add_option("--steps", args->steps, "Total optimizer steps (overrides run.steps)");
       app.add_flag("--no-progress", args->no_progress, "Plain log lines instead of a progress bar");
       app.add_option("overrides", args->overrides,
