@@ -297,6 +297,11 @@ TEST(DictionaryTask, ParsesTheLayoutsOfTheThreeDictionaries) {
        "bones "
        "composing either half of the pelvis. --Quain.",
        "Pubis", "The ventral and anterior of the three principal bones composing either half of the pelvis."},
+      {"gcide head with the etymology before the comma; a definition cut before --",
+       "gcide/Primum mobile/0/0",
+       "Primum mobile [L., first movable] (Astron.) In the Ptolemaic system, the outermost of the revolving "
+       "spheres; -- called also first mover.",
+       "Primum mobile", "In the Ptolemaic system, the outermost of the revolving spheres"},
       {"gcide sense: Index word: (Label) definition", "gcide/Contagious/0/3",
        "Contagious: (Med.) Communicable by contact, by a virus, or by a bodily exhalation.", "Contagious",
        "Communicable by contact, by a virus, or by a bodily exhalation."},

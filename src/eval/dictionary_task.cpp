@@ -54,10 +54,14 @@ std::string drop_brackets(const std::string& s) {
 }
 
 // The definition as a question shows it: one line, without bracketed notes, quotation sources ("--Chaucer")
-// and leading punctuation, cut at a sentence end (or else a word end) within kMaxDefinitionBytes.
+// and punctuation at either end, cut at a sentence end (or else a word end) within kMaxDefinitionBytes.
 std::string clean_definition(const std::string& raw) {
   std::string text = one_line(drop_brackets(raw));
   if (size_t source = text.find(" --"); source != std::string::npos) text.resize(source);
+  // A definition cut before "--" often ends in the separator of what followed it.
+  while (!text.empty() &&
+         (text.back() == ';' || text.back() == ',' || text.back() == ':' || text.back() == ' '))
+    text.pop_back();
   text = trim(text);
   while (!text.empty() && (text[0] == ',' || text[0] == ';' || text[0] == ':' || text[0] == '.'))
     text = trim(text.substr(1));
@@ -106,7 +110,7 @@ std::optional<DictionaryEntry> parse_gcide(const std::string& id, const std::str
   const std::string before = trim(body.substr(0, label_begin)), after = trim(body.substr(label_end));
   DictionaryEntry entry;
   if (!sense) {  // "Word, n. [etymology] (Label) definition" or "Word (pronunciation), a. (Label) ..."
-    entry.headword = trim(body.substr(0, std::min(body.find(','), body.find(" ("))));
+    entry.headword = trim(body.substr(0, std::min({body.find(','), body.find(" ("), body.find(" [")})));
     entry.definition = after;
   } else if (before.empty()) {  // "Index word: (Label) definition"
     entry.headword = index_headword;
