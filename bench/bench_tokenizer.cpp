@@ -1,7 +1,9 @@
 // Encode throughput of emo's tokenizer beside Hugging Face tokenizers (Node binding) on the same documents in
 // the same run: cl100k, one thread each, best of 3 passes after a warm-up pass; then emo's parallel corpus
-// encoding (encode_batch) on 2 threads. Ends with one JSON line.
-//   bench_tokenizer [--corpus FILE...]   (default: licences, Python stdlib sources and the parity texts)
+// encoding (encode_batch) on all cores (EMO_THREADS or the core count). Ends with one JSON line.
+//   bench_tokenizer [--corpus FILE...]   (*.jsonl: one document per line's "text", e.g. a split of
+//                                         `emo corpus build`; other files: one document each;
+//                                         default: licences, Python stdlib sources and the parity texts)
 // Needs tests/tokenizer_parity/setup.sh (run automatically) for the cl100k tokenizer.json and the Node
 // package.
 #include <algorithm>
@@ -91,8 +93,17 @@ Measured measure(int passes, const std::function<void()>& run) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> documents;
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) != "--corpus") documents.push_back(read_file(argv[i]));
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--corpus") continue;
+    if (arg.size() > 6 && arg.compare(arg.size() - 6, 6, ".jsonl") == 0) {
+      std::ifstream in(arg);
+      for (std::string line; std::getline(in, line);)
+        if (!line.empty()) documents.push_back(nlohmann::json::parse(line).at("text").get<std::string>());
+    } else {
+      documents.push_back(read_file(arg));
+    }
+  }
   if (documents.empty()) documents = default_documents();
   size_t bytes = 0;
   for (const std::string& d : documents) bytes += d.size();
@@ -112,8 +123,9 @@ int main(int argc, char** argv) {
     emo_tokens = 0;
     for (const std::string& d : documents) emo_tokens += tokenizer.encode(d).size();
   });
-  emo::set_num_threads(2);
-  Measured emo_2 = measure(3, [&] { (void)tokenizer.encode_batch(documents); });
+  emo::set_num_threads(0);  // all cores
+  const int all_cores = emo::num_threads();
+  Measured emo_all = measure(3, [&] { (void)tokenizer.encode_batch(documents); });
 
   std::string documents_json = (fs::temp_directory_path() / "emo_bench_tokenizer_documents.json").string();
   std::ofstream(documents_json) << nlohmann::json(documents).dump();
@@ -130,7 +142,7 @@ int main(int argc, char** argv) {
   fs::remove(documents_json);
   auto hf = nlohmann::json::parse(hf_out);
   double hf_mb_s = hf["mb_per_s"].get<double>();
-  double emo_1_mb_s = bytes / 1e6 / emo_1.seconds, emo_2_mb_s = bytes / 1e6 / emo_2.seconds;
+  double emo_1_mb_s = bytes / 1e6 / emo_1.seconds, emo_all_mb_s = bytes / 1e6 / emo_all.seconds;
 
   std::printf("tokens: emo %zu, hugging face %lld%s\n", emo_tokens, hf["tokens"].get<long long>(),
               emo_tokens == hf["tokens"].get<size_t>() ? " (same)" : " (DIFFERENT)");
@@ -138,17 +150,18 @@ int main(int argc, char** argv) {
   std::printf("emo encode, 1 thread:           %8.2f MB/s (cores used %.2f)\n", emo_1_mb_s, emo_1.cores);
   std::printf("hugging face encode, 1 thread:  %8.2f MB/s\n", hf_mb_s);
   std::printf("ratio emo / hugging face:       %8.2f\n", emo_1_mb_s / hf_mb_s);
-  std::printf("emo encode_batch, 2 threads:    %8.2f MB/s (%.2fx one thread, cores used %.2f)\n", emo_2_mb_s,
-              emo_2_mb_s / emo_1_mb_s, emo_2.cores);
+  std::printf("emo encode_batch, %d threads:    %8.2f MB/s (%.2fx one thread, cores used %.2f)\n", all_cores,
+              emo_all_mb_s, emo_all_mb_s / emo_1_mb_s, emo_all.cores);
   nlohmann::json line = {{"bench", "tokenizer"},
                          {"tokenizer", "cl100k"},
                          {"megabytes", bytes / 1e6},
                          {"emo_mb_per_s_1_thread", emo_1_mb_s},
                          {"hf_mb_per_s_1_thread", hf_mb_s},
                          {"ratio_emo_over_hf", emo_1_mb_s / hf_mb_s},
-                         {"emo_mb_per_s_2_threads", emo_2_mb_s},
+                         {"threads", all_cores},
+                         {"emo_mb_per_s_all_threads", emo_all_mb_s},
                          {"emo_cores_used_1_thread", emo_1.cores},
-                         {"emo_cores_used_2_threads", emo_2.cores},
+                         {"emo_cores_used_all_threads", emo_all.cores},
                          {"same_token_count", emo_tokens == hf["tokens"].get<size_t>()}};
   std::printf("%s\n", line.dump().c_str());
   return 0;

@@ -1,6 +1,7 @@
-// Tokenised documents in one memory-mappable binary file (docs/formats: "emo dataset").
+// Tokenised documents in one memory-mappable binary file (described for users in docs/corpus.md).
 //
 // Layout, little-endian, every section starting at a multiple of 8 bytes:
+// clang-format off
 //   header (64 bytes)
 //     char     magic[8]        "EMODSET\0"
 //     uint32   version         1
@@ -13,9 +14,11 @@
 //     uint32   payload_crc32   zlib crc32 of everything after the header
 //     uint32   header_crc32    zlib crc32 of the 60 header bytes before it
 //     uint64   reserved        0
-//   uint64 offsets[D + 1]      document d holds tokens[offsets[d], offsets[d+1]); offsets[0] = 0, offsets[D]
-//   = N uint32 tokens[N]           (padded to 8 bytes) uint32 domain_ids[D]       index into the domain names
-//   (padded to 8 bytes) char   names[names_bytes]  the M domain names, each ended by '\n'
+//   uint64   offsets[D + 1]    document d holds tokens[offsets[d], offsets[d+1]); offsets[0] = 0, offsets[D] = N
+//   uint32   tokens[N]         (padded to 8 bytes)
+//   uint32   domain_ids[D]     index into the domain names (padded to 8 bytes)
+//   char     names[names_bytes]  the M domain names, each ended by '\n'
+// clang-format on
 // Documents hold no EOS: the packer adds one after each document.
 #pragma once
 
