@@ -9,8 +9,10 @@ namespace emo {
 
 namespace {
 
-const char* const kPalette[] = {"#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
-                                "#8c564b", "#e377c2", "#17becf", "#bcbd22"};
+// Distinct colours for up to 14 validation domains (the built-in corpus has 11), none the training blue.
+const char* const kPalette[] = {"#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                                "#bcbd22", "#7f7f7f", "#000000", "#aec7e8", "#98df8a", "#ff9896", "#c5b0d5"};
+constexpr int kPaletteSize = static_cast<int>(sizeof kPalette / sizeof kPalette[0]);
 
 std::string num(double v) {
   char buf[32];
@@ -134,7 +136,7 @@ std::string loss_curve_svg(const LossCurve& curve, int width, int height) {
   }
   int color = 0;
   for (const auto& [domain, points] : curve.validation) {
-    std::string c = kPalette[color++ % 8];
+    std::string c = kPalette[color++ % kPaletteSize];
     polyline(points, "stroke=\"" + c + "\" stroke-width=\"1.5\"");
     for (auto [step, v] : points)
       svg << "<circle cx=\"" << num(px(static_cast<double>(step))) << "\" cy=\"" << num(py(v))

@@ -387,7 +387,8 @@ int64_t Trainer::run() {
     log_info(cat("training ", model_->num_params(), " parameters, ", config_.routing.mode, " routing, steps ",
                  first, " -> ", total, ", ", config_.tokens_per_step(), " tokens per step",
                  dist.active() ? cat(", ", dist.size(), " ranks") : std::string()));
-  Progress progress("train", total, "step");
+  // Counted from this process's first step, so the rate and ETA stay right after a resume.
+  Progress progress("train", total - first, "step");
   bool checkpointed = false;
   while (state_.step < total) {
     Timer data_timer;
@@ -417,8 +418,9 @@ int64_t Trainer::run() {
       append_metrics(line);
     if (options_.on_step) options_.on_step(m);
     if (root && options_.show_progress)
-      progress.update(step, cat("loss ", fixed(m.loss, 4), " lr ", fixed(m.lr * 1e3, 3), "e-3 |g| ",
-                                fixed(m.grad_norm, 3), " ", human_count(m.tokens_per_second), " tok/s"));
+      progress.update(step - first, cat("step ", step, "/", total, " loss ", fixed(m.loss, 4), " lr ",
+                                        fixed(m.lr * 1e3, 3), "e-3 |g| ", fixed(m.grad_norm, 3), " ",
+                                        human_count(m.tokens_per_second), " tok/s"));
     checkpointed = false;
     if (!options_.out_dir.empty() &&
         (last || stop != 0 ||
