@@ -225,10 +225,16 @@ TEST(Metrics, DomainUsageMassChosenCosineAndCoverage) {
   EXPECT_FLOAT_EQ(layers[0].chosen[3 + 2], 1.0f);
   EXPECT_EQ(layers[0].coverage, (std::vector<int64_t>{2, 1, 0}));
   EXPECT_EQ(layers[1].coverage, (std::vector<int64_t>{1, 2, 0}));
-  EXPECT_FLOAT_EQ(layers[0].cosine[1], 0.0f);  // disjoint experts
-  EXPECT_FLOAT_EQ(layers[0].cosine[0], 1.0f);
+  EXPECT_EQ(layers[0].coverage_chosen, (std::vector<int64_t>{1, 1, 0}));
+  EXPECT_FLOAT_EQ(layers[0].cosine_mass[1], 0.0f);  // disjoint experts
+  EXPECT_FLOAT_EQ(layers[0].cosine_mass[0], 1.0f);
+  EXPECT_FLOAT_EQ(layers[0].cosine[1], 0.0f);
   EXPECT_DOUBLE_EQ(layers[0].mean_cosine, 0.0);  // over the one pair of domains with tokens
   EXPECT_DOUBLE_EQ(layers[1].mean_coverage, 1.5);
+  EXPECT_DOUBLE_EQ(layers[1].mean_coverage_chosen, 1.0);
+  // Layer 1: mass (1, 0, 0) against (0, .5, .5), chosen expert 0 against expert 1: orthogonal both ways.
+  EXPECT_DOUBLE_EQ(layers[1].mean_cosine_mass, 0.0);
+  EXPECT_DOUBLE_EQ(layers[1].mean_cosine, 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -84,9 +84,11 @@ function drawSummary() {
       Math.round(A.options.coverage_fraction * 100) + '%';
   const rows = [
     ['NMI (cluster, domain)', 'nmi_domain'], ['NMI (cluster, token)', 'nmi_token'], ['purity', 'purity'],
-    ['document NMI', 'document_nmi'], ['mean domain cosine', 'mean_cosine'],
+    ['document NMI', 'document_nmi'], ['mean domain cosine (chosen experts)', 'mean_cosine'],
     ['mean domain cosine, last layer', 'mean_cosine_last_layer'],
-    ['mean coverage (experts)', 'mean_coverage'], ['routed experts per layer', 'experts']
+    ['mean domain cosine (routing mass)', 'mean_cosine_mass'],
+    ['mean coverage (routing mass)', 'mean_coverage'], ['mean coverage (chosen)', 'mean_coverage_chosen'],
+    ['routed experts per layer', 'experts']
   ];
   const table = document.getElementById('summary-table');
   table.append(el('tr', {}, el('th', {text: 'figure'}), ...A.models.map((m) => el('th', {text: m.name}))));
@@ -306,8 +308,10 @@ function selectCluster(index, c, scroll) {
 // A heatmap on a canvas: rows x cols values in [0, max]; labels on the left; hover shows the value.
 function heatmapCanvas(values, rowLabels, colLabel, max, title, showNumbers) {
   const rows = values.length, cols = values[0].length, left = 110, top = 18;
-  const cell = Math.max(6, Math.min(28, Math.floor(560 / cols)));
-  const canvas = el('canvas', {width: String(left + cols * cell + 4), height: String(top + rows * cell + 4)});
+  // Cells as wide as fit in about 560 pixels, rows at least 14 pixels high so the labels stay readable.
+  const cell = Math.max(4, Math.min(28, Math.floor(560 / cols))), row = Math.max(cell, 14);
+  const gap = cell > 8 ? 1 : 0;
+  const canvas = el('canvas', {width: String(left + cols * cell + 4), height: String(top + rows * row + 4)});
   const ctx = canvas.getContext('2d');
   ctx.font = '11px system-ui, sans-serif';
   ctx.fillStyle = '#1d2330';
@@ -315,23 +319,23 @@ function heatmapCanvas(values, rowLabels, colLabel, max, title, showNumbers) {
   for (let r = 0; r < rows; r++) {
     ctx.fillStyle = '#1d2330';
     ctx.textAlign = 'right';
-    ctx.fillText(rowLabels[r].slice(0, 16), left - 4, top + r * cell + cell / 2 + 4);
+    ctx.fillText(rowLabels[r].slice(0, 16), left - 4, top + r * row + row / 2 + 4);
     for (let c = 0; c < cols; c++) {
       const v = values[r][c] / (max || 1);
       ctx.fillStyle = heat(v);
-      ctx.fillRect(left + c * cell, top + r * cell, cell - (cell > 8 ? 1 : 0), cell - (cell > 8 ? 1 : 0));
+      ctx.fillRect(left + c * cell, top + r * row, cell - gap, row - 1);
       if (showNumbers && cell >= 24) {
         ctx.fillStyle = v > 0.55 ? '#fff' : '#1d2330';
         ctx.textAlign = 'center';
         ctx.fillText(
             values[r][c].toFixed(2).replace(/^0/, ''), left + c * cell + cell / 2,
-            top + r * cell + cell / 2 + 4);
+            top + r * row + row / 2 + 4);
       }
     }
   }
   canvas.addEventListener('mousemove', (event) => {
     const [x, y] = canvasPosition(canvas, event);
-    const c = Math.floor((x - left) / cell), r = Math.floor((y - top) / cell);
+    const c = Math.floor((x - left) / cell), r = Math.floor((y - top) / row);
     if (r < 0 || r >= rows || c < 0 || c >= cols) return hideTooltip();
     showTooltip(event, `${rowLabels[r]}, ${colLabel(c)}: ${values[r][c].toFixed(4)}`);
   });
@@ -364,17 +368,19 @@ function drawUsage() {
     const layer = Math.min(state.layer, m.layers - 1), usage = m.usage[layer];
     const matrix = present.map((d) => usage[state.usage][d]);
     const max = Math.max(...matrix.flat());
-    const cosine = present.map((a) => present.map((b) => usage.cosine[a][b]));
+    const cosineKey = state.usage === 'mass' ? 'cosine_mass' : 'cosine';
+    const cosine = present.map((a) => present.map((b) => usage[cosineKey][a][b]));
     container.append(
         el('div', {class: 'model'}, el('h3', {
-             text: `${m.name}: layer ${layer}, mean domain cosine ${fmt(usage.mean_cosine)}, mean coverage ${
-                 fmt(usage.mean_coverage, 1)} of ${m.experts[layer]}`
+             text: `${m.name}: layer ${layer}, mean domain cosine ${fmt(usage.mean_cosine)} (chosen), ${
+                 fmt(usage.mean_cosine_mass)} (mass), mean coverage ${fmt(usage.mean_coverage, 1)} of ${
+                 m.experts[layer]}`
            }),
            el('div', {class: 'heatmaps'},
               heatmapCanvas(
                   matrix, names, (c) => `expert ${c}`, max,
                   `domain x expert (${state.usage}), max ${fmt(max)}`, false),
-              heatmapCanvas(cosine, names, (c) => names[c], 1, 'domain-domain cosine of usage', true),
+              heatmapCanvas(cosine, names, (c) => names[c], 1, `domain-domain cosine (${state.usage})`, true),
               coverageTable(m, layer))));
   });
 }
@@ -424,7 +430,7 @@ function drawLayerCharts() {
   const coverage = A.models.map((m) => ({name: m.name, values: m.usage.map((u) => u.mean_coverage)}));
   const maxExperts = Math.max(...A.models.map((m) => Math.max(...m.experts)));
   container.append(
-      lineChart('mean domain-domain cosine of expert usage', cosine, 1),
+      lineChart('mean domain-domain cosine of expert usage (chosen experts)', cosine, 1),
       lineChart(
           `mean coverage: experts holding ${
               Math.round(A.options.coverage_fraction * 100)}% of a domain's mass`,

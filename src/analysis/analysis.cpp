@@ -102,6 +102,36 @@ std::vector<ClusterSummary> summarize_clusters(const std::vector<int32_t>& label
   return clusters;
 }
 
+// Cosine similarity of every pair of domains' usage rows into cosine [M, M]; returns the mean over pairs of
+// distinct domains that have tokens.
+double domain_cosines(const Tensor& usage, const std::vector<int64_t>& tokens, Tensor& cosine) {
+  const int64_t M = usage.dim(0);
+  cosine = Tensor({M, M});
+  double sum = 0;
+  int64_t pairs = 0;
+  for (int64_t a = 0; a < M; ++a)
+    for (int64_t b = 0; b < M; ++b) {
+      const double cos = cosine_similarity(row_of(usage, a), row_of(usage, b));
+      cosine[a * M + b] = static_cast<float>(cos);
+      if (a != b && tokens[a] > 0 && tokens[b] > 0) {
+        sum += cos;
+        ++pairs;
+      }
+    }
+  return pairs > 0 ? sum / static_cast<double>(pairs) : 0.0;
+}
+
+double mean_over_present(const std::vector<int64_t>& values, const std::vector<int64_t>& tokens) {
+  double sum = 0;
+  int64_t present = 0;
+  for (size_t d = 0; d < values.size(); ++d)
+    if (tokens[d] > 0) {
+      sum += static_cast<double>(values[d]);
+      ++present;
+    }
+  return present > 0 ? sum / static_cast<double>(present) : 0.0;
+}
+
 LayerUsage layer_usage(const RoutingTrace& trace, int64_t layer, const std::vector<int32_t>& token_domain,
                        int64_t M, double coverage_fraction) {
   const int64_t E = trace.experts(layer), F = trace.vectors.dim(1), S = trace.slots(layer);
@@ -125,25 +155,14 @@ LayerUsage layer_usage(const RoutingTrace& trace, int64_t layer, const std::vect
       usage.mass[d * E + e] /= static_cast<float>(tokens[d]);
       usage.chosen[d * E + e] /= static_cast<float>(tokens[d]);
     }
-  usage.cosine = Tensor({M, M});
-  int64_t pairs = 0, present = 0;
   for (int64_t a = 0; a < M; ++a) {
     usage.coverage.push_back(expert_coverage(row_of(usage.mass, a), coverage_fraction));
     usage.coverage_chosen.push_back(expert_coverage(row_of(usage.chosen, a), coverage_fraction));
-    if (tokens[a] == 0) continue;
-    ++present;
-    usage.mean_coverage += static_cast<double>(usage.coverage.back());
-    for (int64_t b = 0; b < M; ++b) {
-      const double cos = cosine_similarity(row_of(usage.mass, a), row_of(usage.mass, b));
-      usage.cosine[a * M + b] = static_cast<float>(cos);
-      if (b != a && tokens[b] > 0) {
-        usage.mean_cosine += cos;
-        ++pairs;
-      }
-    }
   }
-  if (pairs > 0) usage.mean_cosine /= static_cast<double>(pairs);
-  if (present > 0) usage.mean_coverage /= static_cast<double>(present);
+  usage.mean_coverage = mean_over_present(usage.coverage, tokens);
+  usage.mean_coverage_chosen = mean_over_present(usage.coverage_chosen, tokens);
+  usage.mean_cosine = domain_cosines(usage.chosen, tokens, usage.cosine);
+  usage.mean_cosine_mass = domain_cosines(usage.mass, tokens, usage.cosine_mass);
   return usage;
 }
 
@@ -158,7 +177,9 @@ Purity purity_of(const ModelAnalysis& a, const TraceSample& sample) {
   const double L = static_cast<double>(a.layers.size());
   for (size_t l = 0; l < a.layers.size(); ++l) {
     p.mean_cosine += a.layers[l].mean_cosine / L;
+    p.mean_cosine_mass += a.layers[l].mean_cosine_mass / L;
     p.mean_coverage += a.layers[l].mean_coverage / L;
+    p.mean_coverage_chosen += a.layers[l].mean_coverage_chosen / L;
     p.experts += static_cast<double>(a.trace.experts(static_cast<int64_t>(l))) / L;
   }
   if (!a.layers.empty()) p.mean_cosine_last = a.layers.back().mean_cosine;

@@ -35,13 +35,18 @@ struct AnalysisOptions {
 
 // Usage of one MoE layer's routed experts by each domain.
 struct LayerUsage {
-  Tensor mass;                           // [M, E_l] mean routed softmax probability over the domain's tokens
-  Tensor chosen;                         // [M, E_l] share of the domain's tokens that chose the expert
-  Tensor cosine;                         // [M, M] cosine similarity of the domains' mass vectors
+  Tensor mass;    // [M, E_l] mean routed softmax probability over the domain's tokens
+  Tensor chosen;  // [M, E_l] share of the domain's tokens that chose the expert
+  // Domain-domain cosine similarity of usage: of the `chosen` vectors (which experts the domain's tokens go
+  // to, the paper's usage) and of the `mass` vectors (which stay close to uniform while a router is unsure).
+  Tensor cosine;                         // [M, M] of the chosen vectors
+  Tensor cosine_mass;                    // [M, M] of the mass vectors
   std::vector<int64_t> coverage;         // [M] experts holding coverage_fraction of the domain's mass
   std::vector<int64_t> coverage_chosen;  // [M] the same for the chosen-expert shares
-  double mean_cosine = 0;                // over pairs of distinct domains (with tokens)
-  double mean_coverage = 0;              // over domains with tokens
+  double mean_cosine = 0;                // of `cosine` over pairs of distinct domains (with tokens)
+  double mean_cosine_mass = 0;           // of `cosine_mass`, the same pairs
+  double mean_coverage = 0;              // of `coverage` over domains with tokens
+  double mean_coverage_chosen = 0;       // of `coverage_chosen`
 };
 
 struct ClusterSummary {
@@ -57,10 +62,12 @@ struct Purity {
   double nmi_token = 0;         // NMI(token cluster, token id): high when clusters are lexical
   double purity = 0;            // share of tokens whose cluster's majority domain is theirs
   double document_nmi = 0;      // NMI(document cluster, document domain); document cluster = majority token
-  double mean_cosine = 0;       // mean over layers of LayerUsage::mean_cosine
+  double mean_cosine = 0;       // mean over layers of LayerUsage::mean_cosine (chosen experts)
   double mean_cosine_last = 0;  // the last layer's
-  double mean_coverage = 0;     // mean over layers of LayerUsage::mean_coverage
-  double experts = 0;           // mean routed experts per layer (to read the coverage against)
+  double mean_cosine_mass = 0;  // mean over layers of LayerUsage::mean_cosine_mass
+  double mean_coverage = 0;     // mean over layers of LayerUsage::mean_coverage (routing mass)
+  double mean_coverage_chosen = 0;
+  double experts = 0;  // mean routed experts per layer (to read the coverage against)
 };
 
 struct ModelAnalysis {

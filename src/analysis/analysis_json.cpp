@@ -96,10 +96,13 @@ json layers_json(const ModelAnalysis& a) {
     layers.push_back({{"mass", rounded_matrix(u.mass, 1e5)},
                       {"chosen", rounded_matrix(u.chosen, 1e4)},
                       {"cosine", rounded_matrix(u.cosine)},
+                      {"cosine_mass", rounded_matrix(u.cosine_mass)},
                       {"coverage", u.coverage},
                       {"coverage_chosen", u.coverage_chosen},
                       {"mean_cosine", rounded(u.mean_cosine)},
-                      {"mean_coverage", rounded(u.mean_coverage)}});
+                      {"mean_cosine_mass", rounded(u.mean_cosine_mass)},
+                      {"mean_coverage", rounded(u.mean_coverage)},
+                      {"mean_coverage_chosen", rounded(u.mean_coverage_chosen)}});
   return layers;
 }
 
@@ -119,7 +122,9 @@ json purity_json(const Purity& p) {
           {"document_nmi", rounded(p.document_nmi)},
           {"mean_cosine", rounded(p.mean_cosine)},
           {"mean_cosine_last_layer", rounded(p.mean_cosine_last)},
+          {"mean_cosine_mass", rounded(p.mean_cosine_mass)},
           {"mean_coverage", rounded(p.mean_coverage)},
+          {"mean_coverage_chosen", rounded(p.mean_coverage_chosen)},
           {"experts", rounded(p.experts)}};
 }
 
@@ -156,8 +161,9 @@ json comparison_json(const std::vector<ModelAnalysis>& models) {
   json names = json::array();
   for (const ModelAnalysis& a : models) names.push_back(a.name);
   json figures = json::object();
-  for (const char* key : {"nmi_domain", "nmi_token", "purity", "document_nmi", "mean_cosine",
-                          "mean_cosine_last_layer", "mean_coverage", "experts"}) {
+  for (const char* key :
+       {"nmi_domain", "nmi_token", "purity", "document_nmi", "mean_cosine", "mean_cosine_last_layer",
+        "mean_cosine_mass", "mean_coverage", "mean_coverage_chosen", "experts"}) {
     json values = json::array();
     for (const ModelAnalysis& a : models) values.push_back(purity_json(a.purity)[key]);
     figures[key] = values;
@@ -241,18 +247,23 @@ std::string analysis_text(const json& analysis) {
             "): ", analysis["sample"]["ids"].size(), " tokens, ", analysis["sample"]["documents"].size(),
             " documents; PCA ", m["pca"]["components"].get<int64_t>(), " of ", m["features"].get<int64_t>(),
             " components (", m["pca"]["explained"].get<double>() * 100, "% of the variance)\n");
-    std::snprintf(line, sizeof line,
-                  "  NMI(cluster, domain) %.4f  NMI(cluster, token) %.4f  purity %.4f  document NMI %.4f\n"
-                  "  mean domain-domain cosine %.4f (last layer %.4f)  mean coverage %.2f of %.0f experts\n",
-                  p["nmi_domain"].get<double>(), p["nmi_token"].get<double>(), p["purity"].get<double>(),
-                  p["document_nmi"].get<double>(), p["mean_cosine"].get<double>(),
-                  p["mean_cosine_last_layer"].get<double>(), p["mean_coverage"].get<double>(),
-                  p["experts"].get<double>());
+    std::snprintf(
+        line, sizeof line,
+        "  NMI(cluster, domain) %.4f  NMI(cluster, token) %.4f  purity %.4f  document NMI %.4f\n"
+        "  mean domain-domain cosine of chosen experts %.4f (last layer %.4f), of routing mass %.4f\n"
+        "  mean coverage %.2f (routing mass), %.2f (chosen) of %.0f experts\n",
+        p["nmi_domain"].get<double>(), p["nmi_token"].get<double>(), p["purity"].get<double>(),
+        p["document_nmi"].get<double>(), p["mean_cosine"].get<double>(),
+        p["mean_cosine_last_layer"].get<double>(), p["mean_cosine_mass"].get<double>(),
+        p["mean_coverage"].get<double>(), p["mean_coverage_chosen"].get<double>(),
+        p["experts"].get<double>());
     text += line;
-    text += "  layer  mean cosine  mean coverage\n";
+    text += "  layer  cosine (chosen)  cosine (mass)  coverage (mass)  coverage (chosen)\n";
     for (size_t l = 0; l < m["usage"].size(); ++l) {
-      std::snprintf(line, sizeof line, "  %5zu  %11.4f  %13.2f\n", l,
-                    m["usage"][l]["mean_cosine"].get<double>(), m["usage"][l]["mean_coverage"].get<double>());
+      const json& u = m["usage"][l];
+      std::snprintf(line, sizeof line, "  %5zu  %15.4f  %13.4f  %15.2f  %17.2f\n", l,
+                    u["mean_cosine"].get<double>(), u["mean_cosine_mass"].get<double>(),
+                    u["mean_coverage"].get<double>(), u["mean_coverage_chosen"].get<double>());
       text += line;
     }
     text += "  cluster   size  majority domain (share)     top tokens\n";

@@ -242,10 +242,11 @@ std::vector<std::pair<std::string, std::string>> analysis_figures(const json& an
                          scatter_svg(token_scatter(analysis, model, true, max_map_points)));
     for (size_t l = 0; l < model["usage"].size(); ++l) {
       const json& usage = model["usage"][l];
-      Heatmap mass{cat(name, ", layer ", l, ": mean routing probability of each expert per domain"),
-                   "routed expert", names, matrix_of(usage["mass"], present)};
+      Heatmap mass{cat(name, ", layer ", l, ": share of each domain's tokens choosing the expert"),
+                   "routed expert", names, matrix_of(usage["chosen"], present)};
       figures.emplace_back(cat(file, "_usage_layer", l, ".svg"), heatmap_svg(mass));
-      Heatmap cosine{cat(name, ", layer ", l, ": cosine similarity of domains' expert usage"),
+      Heatmap cosine{cat(name, ", layer ", l,
+                         ": cosine similarity of domains' expert usage (tokens choosing each expert)"),
                      "domain",
                      names,
                      square_of(usage["cosine"], present),
