@@ -143,9 +143,7 @@ void Decoder::attention(int64_t l) {
   p.q.resize({N, H * hd});
   p.k.resize({N, W});
   p.v.resize({N, W});
-  matmul(p.q.data(), p.normed.data(), N, lw.q);
-  matmul(p.k.data(), p.normed.data(), N, lw.k);
-  matmul(p.v.data(), p.normed.data(), N, lw.v);
+  matmul_group({p.q.data(), p.k.data(), p.v.data()}, p.normed.data(), N, {lw.q, lw.k, lw.v});
   rope_forward(p.q.data(), p.positions.data(), N, H, weights_.rope());
   rope_forward(p.k.data(), p.positions.data(), N, Hkv, weights_.rope());
   float* keys = cache_.keys(l);      // [capacity, W]
@@ -156,7 +154,9 @@ void Decoder::attention(int64_t l) {
   p.attn.resize({N, H * hd});
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t group = H / Hkv;
-  parallel_for(N * H, 1, [&](int64_t begin, int64_t end) {
+  // A (token, head) pair costs about 4 * positions * hd flops; chunks of at least ~64k flops.
+  const int64_t grain = std::max<int64_t>(1, 16384 / ((length_ + N) * hd));
+  parallel_for(N * H, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / H, h = i % H, kv = (h / group) * hd;
       attend_one(p.attn.data() + n * H * hd + h * hd, p.q.data() + n * H * hd + h * hd, keys + kv,
@@ -264,7 +264,12 @@ void Decoder::dispatch(int64_t l, int64_t K) {
     product(p.out.data() + begin * C, p.gate.data() + begin * F, n, ex.down);
   };
   // Enough experts: one expert per task (the lesson of docs/machine.md); else split each expert's rows.
-  if (static_cast<int64_t>(used.size()) >= num_threads())
+  // A single token through small experts runs on this thread (waking the pool would cost more).
+  int64_t work_bytes = 0;
+  for (int32_t e : used) work_bytes += weights_.expert(l, e).gate.nbytes() * 3;
+  if (N == 1 && work_bytes < 256 * 1024)
+    for (int32_t e : used) run_expert(e, true);
+  else if (static_cast<int64_t>(used.size()) >= num_threads())
     parallel_tasks(static_cast<int64_t>(used.size()), [&](int64_t i) { run_expert(used[i], true); });
   else
     for (int32_t e : used) run_expert(e, false);

@@ -140,10 +140,12 @@ void matmul_rows(float* y, int64_t ldy, const float* x, int64_t N, const MatrixV
     gemm_rows(y, ldy, x, N, w);
 }
 
-// Rows per parallel chunk: at least about 32 KiB of weights, so a chunk outweighs handing it to a thread.
-int64_t row_grain(const MatrixView& w) {
-  const int64_t row_bytes = std::max<int64_t>(1, w.nbytes() / std::max<int64_t>(1, w.rows));
-  return std::max<int64_t>(4, (32 * 1024) / row_bytes);
+// Rows per parallel chunk: enough work (about 256 KiB of weights streamed once per 8 tokens) to outweigh
+// waking a worker of the pool.
+int64_t row_grain(const MatrixView& w, int64_t N) {
+  const int64_t row_bytes = std::max<int64_t>(1, w.cols * static_cast<int64_t>(dtype_size(w.dtype)));
+  const int64_t passes = std::max<int64_t>(1, N / kStreamTokens);
+  return std::max<int64_t>(1, (256 * 1024) / (row_bytes * passes));
 }
 
 }  // namespace
@@ -173,9 +175,7 @@ void matvec_serial(float* y, const MatrixView& w, const float* x) {
 }
 
 void matvec(float* y, const MatrixView& w, const float* x) {
-  parallel_for(w.rows, row_grain(w), [&](int64_t begin, int64_t end) {
-    stream_any(y + begin, end - begin, x, 1, w.row_block(begin, end));
-  });
+  matmul(y, x, 1, w);
 }
 
 void matmul_serial(float* y, const float* x, int64_t N, const MatrixView& w) {
@@ -183,13 +183,23 @@ void matmul_serial(float* y, const float* x, int64_t N, const MatrixView& w) {
 }
 
 void matmul(float* y, const float* x, int64_t N, const MatrixView& w) {
-  if (N > kStreamTokens && w.dtype == DType::kF32) {
-    gemm(false, true, N, w.rows, w.cols, 1.0f, x, w.cols, static_cast<const float*>(w.data), w.cols, 0.0f, y,
-         w.rows);
-    return;
+  matmul_group({y}, x, N, {w});
+}
+
+void matmul_group(const std::vector<float*>& ys, const float* x, int64_t N,
+                  const std::vector<MatrixView>& ws) {
+  EMO_CHECK(ys.size() == ws.size() && !ws.empty(), "quant", "matmul_group needs one output per matrix");
+  std::vector<int64_t> first(ws.size() + 1, 0);  // first global row of each matrix
+  for (size_t i = 0; i < ws.size(); ++i) {
+    EMO_CHECK(ws[i].cols == ws[0].cols, "quant", "matmul_group: matrices of ", ws[0].cols, " and ",
+              ws[i].cols, " columns");
+    first[i + 1] = first[i] + ws[i].rows;
   }
-  parallel_for(w.rows, row_grain(w), [&](int64_t begin, int64_t end) {
-    matmul_rows(y + begin, w.rows, x, N, w.row_block(begin, end));
+  parallel_for(first.back(), row_grain(ws[0], N), [&](int64_t begin, int64_t end) {
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const int64_t b = std::max(begin, first[i]) - first[i], e = std::min(end, first[i + 1]) - first[i];
+      if (b < e) matmul_rows(ys[i] + b, ws[i].rows, x, N, ws[i].row_block(b, e));
+    }
   });
 }
 

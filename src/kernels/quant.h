@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "tensor/dtype.h"
 
@@ -38,6 +39,11 @@ void matvec(float* y, const MatrixView& w, const float* x);
 void matmul_serial(float* y, const float* x, int64_t N, const MatrixView& w);
 // The same, output rows split over the thread pool.
 void matmul(float* y, const float* x, int64_t N, const MatrixView& w);
+
+// Several products of the same input in one parallel region (e.g. q, k and v): ys[i][N, ws[i].rows] =
+// X[N, C] @ ws[i]^T; every matrix has C columns.
+void matmul_group(const std::vector<float*>& ys, const float* x, int64_t N,
+                  const std::vector<MatrixView>& ws);
 
 // out[(end - begin), C] = rows [begin, end) of W in fp32.
 void dequantize_rows(float* out, const MatrixView& w, int64_t begin, int64_t end);

@@ -1,0 +1,327 @@
+// Inference speed and memory (issue 7), each figure beside its physical bound measured in the same run:
+//   - decode: batch-1 tokens/s against  memory bandwidth (a parallel read of a 1 GiB buffer) / bytes one
+//   token
+//     reads (every non-expert matrix, the embedding row, and the experts the token uses);
+//   - prompt: tokens/s of a 128-token prompt against the rate of OpenBLAS sgemm replaying the same matrix
+//     products (same shapes: q k v o, router, each expert's share of tokens, the last token's lm_head);
+//   - resident memory of a 12.5% run (experts chosen from the prompt, layerwise, in a fresh process, with the
+//     checkpoint evicted from the page cache first: the model-larger-than-memory case) beside the bytes of
+//     the kept weights plus the KV cache.
+// Models: the reference model of bench_train (d 128, 4 layers, 4 heads, 64 experts of width 128, top 4 with
+// the shared expert, vocab 4096) and a model of about 1.6 GB of fp32 weights (d 512, 8 layers, 8 heads, 64
+// experts of width 512, top 8, vocab 4096), randomly initialised, written once to a temp dir; each in fp32,
+// bf16 and int8, with all experts and with 12.5% (8 of 64).
+//   bench_infer [--quick] [--dir DIR] [--steps N]
+// Ends with one JSON line. Targets: decode >= 60% of the bound; peak RSS within 15% of kept weights + KV.
+#include <fcntl.h>
+#include <immintrin.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "core/thread_pool.h"
+#include "infer/generate.h"
+#include "infer/quantize.h"
+#include "infer/resident.h"
+#include "kernels/gemm.h"
+#include "model/model.h"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using emo::Timer;
+
+constexpr int64_t kPromptTokens = 128;
+
+emo::ModelConfig reference_config() {
+  emo::ModelConfig c;
+  c.vocab_size = 4096;
+  c.hidden_size = 128;
+  c.intermediate_size = 128;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 4;
+  c.num_experts = 64;
+  c.num_experts_per_tok = 4;
+  c.max_position_embeddings = 4096;
+  c.eos_token_id = 4094;
+  return c;
+}
+
+emo::ModelConfig big_config() {
+  emo::ModelConfig c = reference_config();
+  c.hidden_size = 512;
+  c.intermediate_size = 512;
+  c.num_hidden_layers = 8;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 8;
+  c.num_experts_per_tok = 8;
+  return c;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// GB/s of summing a buffer far beyond the caches, split over the pool (best of `repeats`).
+double read_bandwidth(int repeats) {
+  const int64_t n = int64_t(1) << 28;  // 1 GiB of floats
+  std::vector<float> buffer(static_cast<size_t>(n), 1.0f);
+  std::vector<double> rates;
+  for (int r = 0; r < repeats; ++r) {
+    std::atomic<double> total{0.0};
+    Timer t;
+    emo::parallel_for(n, n / 64, [&](int64_t begin, int64_t end) {
+      // 4 independent vector sums hide the add latency: the loop is bound by the loads.
+      __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+      const float* b = buffer.data();
+      for (int64_t i = begin; i + 32 <= end; i += 32) {
+        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(b + i));
+        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(b + i + 8));
+        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(b + i + 16));
+        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(b + i + 24));
+      }
+      float lanes[8];
+      _mm256_storeu_ps(lanes, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+      total += lanes[0] + lanes[7];
+    });
+    rates.push_back(static_cast<double>(n) * 4 / t.seconds() / 1e9);
+    if (total.load() < 0) std::printf(" ");  // keep the sums alive
+  }
+  return *std::max_element(rates.begin(), rates.end());
+}
+
+// Writes the model once (fp32, bf16, int8) into dir/<name>/{f32,bf16,int8}.
+void ensure_models(const std::string& dir, const std::string& name, const emo::ModelConfig& config) {
+  const fs::path base = fs::path(dir) / name;
+  if (fs::exists(base / "int8/config.json")) return;
+  Timer t;
+  {
+    emo::Model model(config);
+    model.init_weights(7);
+    model.save((base / "f32").string());
+  }
+  emo::quantize_checkpoint((base / "f32").string(), (base / "bf16").string(), emo::DType::kBF16);
+  emo::quantize_checkpoint((base / "f32").string(), (base / "int8").string(), emo::DType::kI8);
+  emo::log_info(emo::cat("wrote ", base.string(), " in ", emo::human_duration(t.seconds())));
+}
+
+std::vector<int32_t> prompt_tokens(int64_t n, int64_t vocab) {
+  emo::Rng rng(11);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = static_cast<int32_t>(rng.uniform_int(0, vocab - 3));
+  return t;
+}
+
+// Seconds for OpenBLAS sgemm to run the prompt's matrix products at the same shapes (fp32, single-threaded
+// inside the pool as the engine's, experts spread over the threads).
+double sgemm_replay_seconds(const emo::ModelConfig& c, int64_t N, int64_t experts_used) {
+  const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, L = c.num_hidden_layers;
+  const int64_t per_expert = std::max<int64_t>(1, N * c.num_experts_per_tok / experts_used);
+  std::vector<float> x(N * std::max(C, F), 0.5f), w(std::max(C * C, C * V), 0.01f), y(N * std::max(C, F) * 4);
+  std::vector<float> ex(static_cast<size_t>(experts_used) * 3 * C * F, 0.01f);
+  std::vector<float> out(static_cast<size_t>(experts_used) * per_expert * (2 * F + C));
+  Timer t;
+  for (int64_t l = 0; l < L; ++l) {
+    for (int m = 0; m < 4; ++m)
+      emo::gemm(false, true, N, C, C, 1.0f, x.data(), C, w.data(), C, 0.0f, y.data(), C);
+    emo::gemm(false, true, N, c.num_experts, C, 1.0f, x.data(), C, w.data(), C, 0.0f, y.data(),
+              c.num_experts);
+    emo::parallel_tasks(experts_used, [&](int64_t e) {
+      const float* we = ex.data() + e * 3 * C * F;
+      float* o = out.data() + e * per_expert * (2 * F + C);
+      emo::gemm_serial(false, true, per_expert, F, C, 1.0f, x.data(), C, we, C, 0.0f, o, F);
+      emo::gemm_serial(false, true, per_expert, F, C, 1.0f, x.data(), C, we + C * F, C, 0.0f,
+                       o + per_expert * F, F);
+      emo::gemm_serial(false, true, per_expert, C, F, 1.0f, o, F, we + 2 * C * F, F, 0.0f,
+                       o + 2 * per_expert * F, C);
+    });
+  }
+  emo::gemm(false, true, 1, V, C, 1.0f, x.data(), C, w.data(), C, 0.0f, y.data(), V);
+  return t.seconds();
+}
+
+struct RunFigures {
+  double prompt_tps = 0, prompt_bound = 0, decode_tps = 0, decode_bound = 0;
+  int64_t bytes_per_token = 0;
+};
+
+// Prompt and decode speed of one checkpoint, full or with keep_k experts per layer (chosen from the prompt).
+RunFigures measure(const std::string& dir, int64_t keep_k, int64_t steps, double bandwidth) {
+  auto weights = emo::InferWeights::open(dir);
+  const emo::ModelConfig& c = weights->config();
+  const auto prompt = prompt_tokens(kPromptTokens, c.vocab_size);
+  if (keep_k > 0) emo::select_layerwise(*weights, {prompt}, keep_k, "prompt");
+  RunFigures f;
+  std::vector<double> prompt_rates;
+  for (int r = 0; r < 3; ++r) {
+    emo::Decoder d(*weights, kPromptTokens);
+    Timer t;
+    d.forward(prompt);
+    prompt_rates.push_back(kPromptTokens / t.seconds());
+  }
+  f.prompt_tps = median(prompt_rates);
+  const int64_t used = keep_k > 0 ? keep_k : c.num_experts;
+  std::vector<double> replay;
+  for (int r = 0; r < 3; ++r) replay.push_back(sgemm_replay_seconds(c, kPromptTokens, used));
+  f.prompt_bound = kPromptTokens / median(replay);
+
+  emo::Decoder d(*weights, kPromptTokens + steps + 1);
+  emo::GenerateOptions options;
+  options.max_new_tokens = steps + 1;
+  emo::GenerateResult r = emo::generate(d, prompt, options);
+  f.decode_tps = r.decode_tokens_per_second();
+  const int64_t active = std::min<int64_t>(c.num_experts_per_tok, used);
+  // KV cache read per token at the mean position of the decode.
+  const int64_t kv = d.cache().bytes_used(kPromptTokens + steps / 2);
+  f.bytes_per_token = weights->bytes_per_token(active) + kv;
+  f.decode_bound = bandwidth * 1e9 / static_cast<double>(f.bytes_per_token);
+  return f;
+}
+
+// Runs this program as `--resident DIR K` in a fresh process and returns its JSON line.
+nlohmann::json resident_in_child(const char* self, const std::string& dir, int64_t keep_k, int64_t steps) {
+  int pipefd[2];
+  if (::pipe(pipefd) != 0) return {};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipefd[1], 1);
+  posix_spawn_file_actions_addclose(&actions, pipefd[0]);
+  const std::string k = std::to_string(keep_k), s = std::to_string(steps);
+  std::vector<char*> argv = {const_cast<char*>(self),        const_cast<char*>("--resident"),
+                             const_cast<char*>(dir.c_str()), const_cast<char*>(k.c_str()),
+                             const_cast<char*>(s.c_str()),   nullptr};
+  pid_t pid;
+  const int rc = posix_spawn(&pid, self, &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(pipefd[1]);
+  std::string output;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;) output.append(buf, static_cast<size_t>(n));
+  ::close(pipefd[0]);
+  if (rc != 0) return {};
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return nlohmann::json::parse(output, nullptr, false);
+}
+
+void evict(const fs::path& dir) {
+  for (const auto& item : fs::directory_iterator(dir)) {
+    if (item.path().extension() != ".safetensors") continue;
+    int fd = ::open(item.path().c_str(), O_RDONLY);
+    if (fd < 0) continue;
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
+// The child: a 12.5% generation from a cold page cache, reporting peak RSS beside kept weights + KV.
+int resident_child(const std::string& dir, int64_t keep_k, int64_t steps) {
+  const int64_t rss_start = emo::current_rss_bytes();
+  evict(dir);
+  auto weights = emo::InferWeights::open(dir);
+  const auto prompt = prompt_tokens(kPromptTokens, weights->config().vocab_size);
+  emo::Decoder d(*weights, kPromptTokens + steps + 1);
+  emo::GenerateOptions options;
+  options.max_new_tokens = steps + 1;
+  options.auto_experts = keep_k;
+  emo::generate(d, prompt, options);
+  std::vector<emo::MemoryRange> ranges = weights->memory_ranges(true);
+  for (const auto& r : d.cache().memory_ranges()) ranges.push_back(r);
+  emo::ResidentReport report = emo::resident_report(ranges);
+  nlohmann::json j = {{"rss_start", rss_start},
+                      {"peak_rss", report.peak_rss},
+                      {"kept_weights", weights->kept_weight_bytes()},
+                      {"kv_cache", d.cache().bytes_used(d.length())},
+                      {"resident_by_component", report.to_json()}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc >= 5 && std::strcmp(argv[1], "--resident") == 0)
+    return resident_child(argv[2], std::stoll(argv[3]), std::stoll(argv[4]));
+  bool quick = false;
+  std::string dir = (fs::temp_directory_path() / "emo_bench_infer").string();
+  int64_t steps = 64;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir = argv[++i];
+    if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc) steps = std::stoll(argv[++i]);
+  }
+  emo::set_log_level(emo::LogLevel::kWarn);
+  std::printf("emo inference benchmark: %d threads, models in %s (absolute figures: a shared machine)\n",
+              emo::num_threads(), dir.c_str());
+  const double bandwidth = read_bandwidth(quick ? 2 : 5);
+  std::printf("memory bandwidth (parallel read of 1 GiB): %.1f GB/s\n\n", bandwidth);
+
+  std::vector<std::pair<std::string, emo::ModelConfig>> models = {{"reference", reference_config()}};
+  if (!quick) models.emplace_back("big", big_config());
+  nlohmann::json runs = nlohmann::json::array(), resident = nlohmann::json::array();
+  std::printf("%-9s %-5s %-7s %10s %10s %6s %10s %10s %6s %10s\n", "model", "dtype", "experts", "prompt/s",
+              "bound", "ratio", "decode/s", "bound", "ratio", "MB/token");
+  for (const auto& [name, config] : models) {
+    ensure_models(dir, name, config);
+    for (const char* dtype : {"f32", "bf16", "int8"}) {
+      const std::string path = (fs::path(dir) / name / dtype).string();
+      for (int64_t keep_k : {int64_t(0), config.num_experts / 8}) {
+        RunFigures f = measure(path, keep_k, steps, bandwidth);
+        std::printf("%-9s %-5s %-7s %10.0f %10.0f %6.2f %10.1f %10.1f %6.2f %10.2f\n", name.c_str(), dtype,
+                    keep_k ? "12.5%" : "all", f.prompt_tps, f.prompt_bound, f.prompt_tps / f.prompt_bound,
+                    f.decode_tps, f.decode_bound, f.decode_tps / f.decode_bound, f.bytes_per_token / 1e6);
+        runs.push_back({{"model", name},
+                        {"dtype", dtype},
+                        {"keep_k", keep_k},
+                        {"prompt_tokens_per_second", f.prompt_tps},
+                        {"prompt_sgemm_bound", f.prompt_bound},
+                        {"prompt_ratio", f.prompt_tps / f.prompt_bound},
+                        {"decode_tokens_per_second", f.decode_tps},
+                        {"decode_bandwidth_bound", f.decode_bound},
+                        {"decode_ratio", f.decode_tps / f.decode_bound},
+                        {"bytes_per_token", f.bytes_per_token}});
+      }
+    }
+  }
+  std::printf("\n12.5%% runs in a fresh process, checkpoint evicted from the page cache first:\n");
+  std::printf("%-9s %-5s %12s %12s %12s %8s %12s\n", "model", "dtype", "peak RSS MB", "kept+KV MB",
+              "start RSS MB", "ratio", "(peak-start)");
+  for (const auto& [name, config] : models) {
+    for (const char* dtype : {"f32", "bf16", "int8"}) {
+      const std::string path = (fs::path(dir) / name / dtype).string();
+      nlohmann::json r = resident_in_child(argv[0], path, config.num_experts / 8, steps);
+      if (!r.is_object()) continue;
+      const double kept = r["kept_weights"].get<double>() + r["kv_cache"].get<double>();
+      const double peak = r["peak_rss"].get<double>(), start = r["rss_start"].get<double>();
+      std::printf("%-9s %-5s %12.1f %12.1f %12.1f %8.3f %12.3f\n", name.c_str(), dtype, peak / 1e6,
+                  kept / 1e6, start / 1e6, peak / kept, (peak - start) / kept);
+      r["model"] = name;
+      r["dtype"] = dtype;
+      r["peak_over_kept"] = peak / kept;
+      r["peak_minus_start_over_kept"] = (peak - start) / kept;
+      resident.push_back(r);
+    }
+  }
+  nlohmann::json summary = {{"bench", "infer"},           {"threads", emo::num_threads()},
+                            {"bandwidth_gbs", bandwidth}, {"prompt_tokens", kPromptTokens},
+                            {"decode_steps", steps},      {"runs", runs},
+                            {"resident", resident}};
+  std::printf("%s\n", summary.dump().c_str());
+  return 0;
+}

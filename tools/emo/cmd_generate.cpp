@@ -1,0 +1,127 @@
+// `emo generate MODEL --prompt TEXT`: text generation with the inference engine (docs/inference.md).
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "command.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "infer/generate.h"
+#include "infer/resident.h"
+#include "select/examples.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) emo::fail_file("generate", path, "cannot open");
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::function<int()> setup_generate(CLI::App& app) {
+  struct Options {
+    std::string model, prompt, prompt_file, tokenizer, subset, examples, save_subset;
+    int64_t keep_k = 0;
+    bool no_stream = false, ignore_eos = false, memory = false;
+    emo::GenerateOptions generate;
+  };
+  auto o = std::make_shared<Options>();
+  app.add_option("model", o->model, "Model directory (config.json, model.safetensors or shards)")->required();
+  app.add_option("--prompt", o->prompt, "Prompt text");
+  app.add_option("--prompt-file", o->prompt_file, "Or read the prompt from this file");
+  app.add_option("-n,--max-new-tokens", o->generate.max_new_tokens, "Tokens to generate at most")
+      ->capture_default_str();
+  app.add_option("--temperature", o->generate.sampling.temperature, "0 = greedy")->capture_default_str();
+  app.add_option("--top-k", o->generate.sampling.top_k, "Sample among the k most likely tokens (0: all)")
+      ->capture_default_str();
+  app.add_option("--top-p", o->generate.sampling.top_p, "Nucleus sampling threshold (1: off)")
+      ->capture_default_str();
+  app.add_option("--seed", o->generate.sampling.seed, "Sampling seed")->capture_default_str();
+  app.add_option("--subset", o->subset, "Load and route only this expert subset (emo select)");
+  app.add_option("--keep-k", o->keep_k, "Keep K experts per layer chosen layerwise from --examples");
+  app.add_option("--examples", o->examples, "Calibration examples for --keep-k (text or JSONL)");
+  app.add_option(
+      "--auto-experts", o->generate.auto_experts,
+      "Keep K experts per layer chosen layerwise from the prompt, each layer's loaded when reached");
+  app.add_option("--save-subset", o->save_subset, "Write the subset chosen by --keep-k / --auto-experts");
+  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  app.add_flag("--no-stream", o->no_stream, "Print the text at the end instead of token by token");
+  app.add_flag("--ignore-eos", o->ignore_eos, "Do not stop at the end-of-text token");
+  app.add_flag("--memory", o->memory, "Print resident memory by component (weights, KV cache)");
+  return [o] {
+    if (o->prompt.empty() == o->prompt_file.empty())
+      emo::fail("generate", "give either --prompt or --prompt-file");
+    const int restrictions = !o->subset.empty() + (o->keep_k > 0) + (o->generate.auto_experts > 0);
+    if (restrictions > 1) emo::fail("generate", "--subset, --keep-k and --auto-experts exclude each other");
+    if ((o->keep_k > 0) != !o->examples.empty()) emo::fail("generate", "--keep-k and --examples go together");
+    const std::string tokenizer_path =
+        o->tokenizer.empty() ? (fs::path(o->model) / "tokenizer.json").string() : o->tokenizer;
+    const emo::Tokenizer tokenizer = emo::Tokenizer::load(tokenizer_path);
+    const std::vector<int32_t> prompt =
+        tokenizer.encode(o->prompt_file.empty() ? o->prompt : read_file(o->prompt_file));
+
+    auto weights = emo::InferWeights::open(o->model);
+    const emo::ModelConfig& config = weights->config();
+    if (!o->ignore_eos)
+      o->generate.eos_id = static_cast<int32_t>(config.eos_token_id.value_or(tokenizer.eos_id()));
+    std::optional<emo::ExpertSubset> chosen;
+    if (!o->subset.empty()) emo::apply_subset(*weights, emo::ExpertSubset::load(o->subset, config));
+    if (o->keep_k > 0) {
+      emo::Examples examples = emo::examples_from_file(o->examples, tokenizer);
+      chosen = emo::select_layerwise(*weights, examples.sequences, o->keep_k, examples.description);
+    }
+    // A longer prompt than the context is refused by generate() with a message.
+    const int64_t capacity = std::min<int64_t>(
+        config.max_position_embeddings, static_cast<int64_t>(prompt.size()) + o->generate.max_new_tokens);
+    emo::Decoder decoder(*weights, capacity);
+
+    std::string text;
+    auto on_token = [&](int32_t token) {
+      if (o->generate.eos_id && token == *o->generate.eos_id) return;
+      const std::string piece = tokenizer.decode({token});
+      text += piece;
+      if (!o->no_stream) {
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+      }
+    };
+    emo::GenerateResult result = emo::generate(decoder, prompt, o->generate, on_token);
+    if (o->no_stream) std::fwrite(text.data(), 1, text.size(), stdout);
+    std::printf("\n");
+    if (result.chosen) chosen = result.chosen;
+    if (chosen && !o->save_subset.empty()) chosen->save(o->save_subset);
+
+    std::vector<emo::MemoryRange> ranges = weights->memory_ranges(true);
+    for (const emo::MemoryRange& r : decoder.cache().memory_ranges()) ranges.push_back(r);
+    emo::ResidentReport memory = emo::resident_report(ranges);
+    emo::log_info(emo::cat(
+        "prompt ", result.prompt_tokens, " tokens at ", emo::human_count(result.prompt_tokens_per_second()),
+        " tok/s; generated ", result.tokens.size(), " tokens, decode ",
+        emo::human_count(result.decode_tokens_per_second()), " tok/s; stop: ", result.stop_reason,
+        "; experts loaded ", weights->experts_loaded(), "; peak RSS ",
+        emo::human_bytes(static_cast<double>(memory.peak_rss))));
+    if (o->memory) std::fprintf(stderr, "%s", memory.table().c_str());
+    nlohmann::json j = result.to_json();
+    j["model"] = o->model;
+    j["weights_dtype"] = emo::dtype_name(weights->dtype());
+    j["text"] = text;
+    j["experts_loaded"] = weights->experts_loaded();
+    j["kept_weight_bytes"] = weights->kept_weight_bytes();
+    j["kv_cache_bytes"] = decoder.cache().bytes_used(decoder.length());
+    j["memory"] = memory.to_json();
+    if (chosen && !result.chosen) j["keep_k_subset"] = chosen->to_json();
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    return 0;
+  };
+}
+
+EMO_COMMAND("generate", "Generate text from a prompt (KV cache; only the experts a task needs)",
+            setup_generate);
+
+}  // namespace
