@@ -742,5 +742,63 @@ TEST(Finetune, LowersTheAnswerLossAndTrainsOnTheAnswerOnly) {
   EXPECT_EQ(second.step_losses, report.step_losses);
 }
 
+bool is_expert_or_router(const std::string& name) {
+  return name.find(".mlp.experts.") != std::string::npos ||
+         name.find(".mlp.gate.weight") != std::string::npos;
+}
+
+TEST(Finetune, TrainsOnlyExpertsAndRoutersByDefault) {
+  std::vector<FinetuneExample> examples = {{{5, 9, 3, 17, 22, 40, 7, 8, 30, 31}, 6}};
+  for (bool experts_only : {true, false}) {
+    auto before = prune_model(*tiny_model(), valid_subset());
+    auto tuned = prune_model(*tiny_model(), valid_subset());
+    FinetuneOptions options;
+    options.lr = 1e-2;
+    options.experts_only = experts_only;
+    finetune(*tuned, examples, options);
+    bool other_changed = false, expert_changed = false;
+    for (const std::string& name : tuned->param_names()) {
+      const bool changed = tuned->weight(name).vec() != before->weight(name).vec();
+      (is_expert_or_router(name) ? expert_changed : other_changed) |= changed;
+    }
+    EXPECT_TRUE(expert_changed) << experts_only;
+    EXPECT_EQ(other_changed, !experts_only) << experts_only;
+  }
+}
+
+TEST(FinetuneAndMerge, TheMergedModelRestrictedToTheSubsetIsTheFineTunedOne) {
+  TempDir dir;
+  auto full = full_and_pruned(dir);
+  std::vector<FinetuneExample> examples = {{{5, 9, 3, 17, 22, 40, 7, 8, 30, 31}, 6},
+                                           {{12, 13, 14, 40, 44}, 3}};
+  for (bool experts_only : {true, false}) {
+    auto tuned = Model::load(dir / "pruned");
+    FinetuneOptions options;
+    options.lr = 1e-2;
+    options.epochs = 3;
+    options.experts_only = experts_only;
+    finetune(*tuned, examples, options);
+    tuned->save(dir / "tuned");
+    fs::copy_file(dir / "pruned/pruning_metadata.json", dir / "tuned/pruning_metadata.json",
+                  fs::copy_options::overwrite_existing);
+    fs::remove_all(dir / "merged");
+    MergeSummary summary = merge_checkpoint(dir / "full", dir / "tuned", dir / "merged", MergeMode::kReplace);
+    auto merged = Model::load(dir / "merged");
+    RoutingOptions standard;
+    standard.training = false;
+    const double difference =
+        relative_difference(merged->infer(two_rows(), valid_subset().routing_options())->logits,
+                            tuned->infer(two_rows(), standard)->logits);
+    if (experts_only) {
+      EXPECT_TRUE(summary.other_tensors_differing.empty());
+      EXPECT_LT(difference, 1e-5);
+    } else {
+      EXPECT_FALSE(summary.other_tensors_differing.empty())
+          << "attention, norms, embeddings changed and were lost";
+      EXPECT_GT(difference, 1e-4);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace emo

@@ -70,6 +70,17 @@ double answer_loss(const Model& model, const std::vector<FinetuneExample>& examp
   return count > 0 ? ce / static_cast<double>(count) : 0.0;
 }
 
+std::vector<Param> finetune_params(Model& model, bool experts_only) {
+  std::vector<Param> params = model.params();
+  if (!experts_only) return params;
+  EMO_CHECK(model.config().is_moe(), "finetune", "the model is dense: it has no experts to fine-tune alone");
+  auto is_expert_or_router = [](const Param& p) {
+    return p.name.find(".mlp.experts.") != std::string::npos || p.name.ends_with(".mlp.gate.weight");
+  };
+  std::erase_if(params, [&](const Param& p) { return !is_expert_or_router(p); });
+  return params;
+}
+
 FinetuneReport finetune(Model& model, const std::vector<FinetuneExample>& examples,
                         const FinetuneOptions& options) {
   EMO_CHECK(!examples.empty() && options.batch >= 1 && options.epochs >= 1, "finetune",
@@ -84,8 +95,9 @@ FinetuneReport finetune(Model& model, const std::vector<FinetuneExample>& exampl
   optimizer.grad_clip = options.grad_clip;
   AdamW adamw(optimizer);
   const LossWeights answer_only{0.0, 0.0, 0.0};
-  std::vector<Param> params = model.params();
+  std::vector<Param> params = finetune_params(model, options.experts_only);
   FinetuneReport report;
+  for (const Param& p : params) report.params_trained += p.value->size();
   for (const auto& e : examples)
     report.answer_tokens += static_cast<int64_t>(e.tokens.size()) - e.answer_start;
 

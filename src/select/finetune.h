@@ -1,7 +1,8 @@
 // Short fine-tuning of a pruned model on task examples (../shared/docs/emo.md §5, the release's recipe:
 // 1 epoch, lr 5e-5, batch 32): the loss is the cross-entropy of the ANSWER only, the tokens after the last
 // occurrence of a marker ("Answer:" by default) in each example. AdamW (train/adamw.h) with a constant
-// learning rate, gradients clipped to a global norm; no auxiliary router losses.
+// learning rate, gradients clipped to a global norm; no auxiliary router losses. By default only the experts
+// and routers learn (what emo merge carries back to the parent); attention, norms and embeddings stay.
 #pragma once
 
 #include <cstdint>
@@ -25,11 +26,15 @@ struct FinetuneOptions {
   double weight_decay = 0.0;
   double grad_clip = 1.0;  // 0 = none
   uint64_t seed = 0;       // order of the examples in each epoch
+  // Update only the experts and the routers, the tensors `emo merge` writes back into the parent, so the
+  // merged model restricted to the subset is exactly the fine-tuned one; false = every parameter.
+  bool experts_only = true;
 };
 
 struct FinetuneReport {
   int64_t steps = 0, answer_tokens = 0;  // answer tokens per epoch
-  std::vector<double> step_losses;       // mean answer cross-entropy of each step's batch (before the update)
+  int64_t params_trained = 0;
+  std::vector<double> step_losses;  // mean answer cross-entropy of each step's batch (before the update)
 };
 
 // Splits each text at the END of the last occurrence of `marker`: prompt = text up to and including the
@@ -40,6 +45,9 @@ std::vector<FinetuneExample> make_finetune_examples(const std::vector<std::strin
 
 // Mean answer cross-entropy of the examples (no update).
 double answer_loss(const Model& model, const std::vector<FinetuneExample>& examples);
+
+// The parameters a fine-tune updates: experts and routers ("mlp.experts.*", "mlp.gate.weight"), or all.
+std::vector<Param> finetune_params(Model& model, bool experts_only);
 
 FinetuneReport finetune(Model& model, const std::vector<FinetuneExample>& examples,
                         const FinetuneOptions& options);

@@ -118,6 +118,9 @@ MergeSummary merge_checkpoint(const std::string& parent_dir, const std::string& 
                                 ref.expert < static_cast<int64_t>(pruned_index[ref.layer].size()) &&
                                 pruned_index[ref.layer][ref.expert] >= 0;
     if (!is_router && !is_kept_expert) {
+      if (ref.layer < 0 && pruned_weights.contains(name) &&
+          pruned_weights.read_fp32(name).vec() != parent_weights.read_fp32(name).vec())
+        summary.other_tensors_differing.push_back(name);
       entries.push_back(SafetensorsEntry::raw(name, info.dtype, info.shape, info.data));
       continue;
     }

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace emo {
 
@@ -19,6 +20,9 @@ MergeMode parse_merge_mode(const std::string& name);
 struct MergeSummary {
   int64_t tensors_merged = 0;  // expert matrices and routers taken (or averaged) from the pruned model
   int64_t tensors = 0;         // tensors written
+  // Tensors other than experts and routers where the pruned model differs from the parent (a fine-tune of
+  // every parameter): the merge keeps the parent's, so these changes are not carried back.
+  std::vector<std::string> other_tensors_differing;
   double seconds = 0;
 };
 

@@ -18,6 +18,7 @@ std::function<int()> setup_finetune(CLI::App& app) {
   struct Options {
     std::string model, examples, out, tokenizer, marker = "Answer:";
     emo::FinetuneOptions finetune;
+    bool all_params = false;
   };
   auto o = std::make_shared<Options>();
   app.add_option("model", o->model, "Pruned model directory (emo prune)")->required();
@@ -30,8 +31,11 @@ std::function<int()> setup_finetune(CLI::App& app) {
   app.add_option("--lr", o->finetune.lr, "AdamW learning rate (constant)")->capture_default_str();
   app.add_option("--batch", o->finetune.batch, "Examples per optimizer step")->capture_default_str();
   app.add_option("--seed", o->finetune.seed, "Order of the examples")->capture_default_str();
+  app.add_flag("--all-params", o->all_params,
+               "Train every parameter (default: experts and routers only, what emo merge carries back)");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   return [o] {
+    o->finetune.experts_only = !o->all_params;
     const fs::path dir(o->model);
     auto model = emo::Model::load(o->model);
     const emo::Tokenizer tokenizer =
@@ -45,9 +49,12 @@ std::function<int()> setup_finetune(CLI::App& app) {
       if (fs::exists(dir / file))
         fs::copy_file(dir / file, fs::path(o->out) / file, fs::copy_options::overwrite_existing);
     std::printf(
-        "fine-tuned %s on %zu examples (%lld answer tokens), %lld steps: answer loss %.4f -> %.4f -> %s\n",
-        o->model.c_str(), examples.size(), static_cast<long long>(report.answer_tokens),
-        static_cast<long long>(report.steps), before, after, o->out.c_str());
+        "fine-tuned %s (%lld parameters, %s) on %zu examples (%lld answer tokens), %lld steps: answer loss "
+        "%.4f -> %.4f -> %s\n",
+        o->model.c_str(), static_cast<long long>(report.params_trained),
+        o->all_params ? "all" : "experts and routers", examples.size(),
+        static_cast<long long>(report.answer_tokens), static_cast<long long>(report.steps), before, after,
+        o->out.c_str());
     return 0;
   };
 }

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "command.h"
+#include "core/error.h"
 #include "core/log.h"
 #include "select/merge.h"
 
@@ -25,6 +26,13 @@ std::function<int()> setup_merge(CLI::App& app) {
                 o->pruned.c_str(), o->parent.c_str(), o->out.c_str(), o->mode.c_str(),
                 static_cast<long long>(s.tensors_merged), static_cast<long long>(s.tensors),
                 emo::human_duration(s.seconds).c_str());
+    if (!s.other_tensors_differing.empty())
+      emo::log_warn(emo::cat(s.other_tensors_differing.size(),
+                             " other tensors of the pruned model differ from the "
+                             "parent's (first: ",
+                             s.other_tensors_differing.front(),
+                             ") and were NOT merged: the merged model is not the fine-tuned one (fine-tune "
+                             "without --all-params to train only what merge carries back)"));
     return 0;
   };
 }
