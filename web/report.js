@@ -8,7 +8,7 @@ const state = {
   points: 'tokens',
   colour: 'cluster',
   layer: 0,
-  usage: 'mass',
+  usage: 'chosen',
   selected: A.models.map(() => -1)
 };
 

@@ -64,7 +64,7 @@ async function main() {
     await page.click('#points-toggle button[data-value="documents"]');
     await page.click('#colour-toggle button[data-value="domain"]');
     check((await inkedPixels(page, '[data-testid="map-0"]')) > 10, 'the document map is blank');
-    await page.click('#usage-toggle button[data-value="chosen"]');
+    await page.click('#usage-toggle button[data-value="mass"]');
     await page.$eval('#layer-slider', (slider) => {
       slider.value = '0';
       slider.dispatchEvent(new Event('input'));
