@@ -19,6 +19,7 @@
 #include "core/thread_pool.h"
 #include "data/dataset.h"
 #include "model/forward_state.h"
+#include "tokenizer/tokenizer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -397,6 +398,33 @@ TEST(Trainer, LossFallsAndTheRunLeavesMetricsCheckpointsAndAFigure) {
   EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000006/config.json"));
   EXPECT_NE(read_text(out + "/loss_curve.svg").find("<polyline"), std::string::npos);
   EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000006/loss_curve.svg"));
+}
+
+TEST(Trainer, VocabularyFromATokenizerIsRoundedUpTo128Rows) {
+  std::vector<std::string> bytes(256);
+  for (int b = 0; b < 256; ++b) bytes[b] = std::string(1, static_cast<char>(b));
+  std::vector<AddedToken> specials = {{256, "<|endoftext|>", true}, {257, "<|pad|>", true}};
+  std::string path = temp_dir("vocab") + "/tokenizer.json";
+  Tokenizer::from_parts(bytes, {}, kCl100kPattern, specials).save(path);
+  TrainConfig c = tiny_config();
+  c.model.vocab = 0;
+  c.data.tokenizer = path;
+  Trainer t(c, quiet(""));
+  EXPECT_EQ(t.config().model.vocab, 384);  // 258 ids -> 3 x 128 embedding rows
+  EXPECT_EQ(t.config().data.eos_id, 256);
+  EXPECT_EQ(embedding_rows_for_vocab(100278), 100352);  // dolma2, as released
+  c.data.tokenizer = "";
+  c.data.train = temp_dir("vocab") + "/train.bin";  // a dataset gives no EOS
+  data::DatasetWriter writer({"a"}, 300);
+  std::vector<uint32_t> doc = {1, 2, 3};
+  writer.add(std::span<const uint32_t>(doc), 0);
+  writer.write(c.data.train);
+  try {
+    Trainer missing_eos(c, quiet(""));
+    ADD_FAILURE() << "a dataset run without a tokenizer or eos_id must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("data.tokenizer"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Trainer, ResumeContinuesBitExactly) {
