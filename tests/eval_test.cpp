@@ -302,9 +302,6 @@ TEST(DictionaryTask, ParsesTheLayoutsOfTheThreeDictionaries) {
        "Primum mobile [L., first movable] (Astron.) In the Ptolemaic system, the outermost of the revolving "
        "spheres; -- called also first mover.",
        "Primum mobile", "In the Ptolemaic system, the outermost of the revolving spheres"},
-      {"gcide sense: Index word: (Label) definition", "gcide/Contagious/0/3",
-       "Contagious: (Med.) Communicable by contact, by a virus, or by a bodily exhalation.", "Contagious",
-       "Communicable by contact, by a virus, or by a bodily exhalation."},
       {"gcide collocation: Index word: Collocation (Label), definition", "gcide/Ladies/0/15",
        "Ladies: Lady crab (Zool.), a handsomely spotted swimming crab [Obs.] common on sandy shores.",
        "Lady crab", "a handsomely spotted swimming crab common on sandy shores."},
@@ -336,6 +333,10 @@ TEST(DictionaryTask, CutsLongDefinitionsAtASentenceEnd) {
 TEST(DictionaryTask, SkipsEntriesThatMakePoorQuestions) {
   EXPECT_FALSE(
       parse_dictionary_entry("gcide/Spathose/0/0", "Spathose, a. (Min.) See Spathic."));  // reference
+  EXPECT_FALSE(parse_dictionary_entry("gcide/antacid/0/2",
+                                      "antacid: (Computers) a data storage device used to "
+                                      "temporarily store input or output data."))
+      << "a sense under its index word, which may not be the word defined";
   EXPECT_FALSE(
       parse_dictionary_entry("gcide/Dextronic/0/1", "Dextronic: Dextronic acid, a sirupy substance."))
       << "no domain label: the headword cannot be told from the definition";

@@ -112,9 +112,10 @@ std::optional<DictionaryEntry> parse_gcide(const std::string& id, const std::str
   if (!sense) {  // "Word, n. [etymology] (Label) definition" or "Word (pronunciation), a. (Label) ..."
     entry.headword = trim(body.substr(0, std::min({body.find(','), body.find(" ("), body.find(" [")})));
     entry.definition = after;
-  } else if (before.empty()) {  // "Index word: (Label) definition"
-    entry.headword = index_headword;
-    entry.definition = after;
+  } else if (before.empty()) {
+    // "Index word: (Label) definition": the index word is the dictd index's first headword of a combined
+    // entry, often not the word defined ("antacid: (Computers) a data storage device ..." defines buffer).
+    return std::nullopt;
   } else if (starts_with(after, ",")) {  // "Index word: Collocation (Label), definition"
     entry.headword = before;
     entry.definition = after;

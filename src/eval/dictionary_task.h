@@ -24,8 +24,10 @@ struct DictionaryEntry {
 inline constexpr size_t kMaxDefinitionBytes = 240;
 
 // The headword and definition of one corpus document, by its source (the id's first component):
-//   gcide   "Word, n. [etymology] (Label) definition" or "Index word: (Label) definition" or
-//           "Index word: Collocation (Label), definition" (the collocation is the headword);
+//   gcide   "Word, n. [etymology] (Label) definition" (an entry's head) or
+//           "Index word: Collocation (Label), definition" (a sense; the collocation is the headword);
+//           a sense "Index word: (Label) definition" is skipped: the corpus's index word is the dictd index's
+//           first headword of a combined entry, often not the word the sense defines;
 //   foldoc  "headword\n[aliases]\n\n   <category> definition";
 //   jargon  "headword\n part of speech\n\n    definition".
 // nullopt for other sources and for entries that make a poor question: no recognisable definition, a bare
