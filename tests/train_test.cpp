@@ -536,7 +536,16 @@ TEST(Trainer, SigkillAtAnyMomentLosesOnlyTheStepsSinceTheLastCheckpoint) {
   for (int round = 0; round < 4; ++round) {
     pid_t pid = 0;
     ASSERT_EQ(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, envp), 0);
-    std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 250));
+    // Wait for this round's first new checkpoint (however loaded the machine), then kill a random few
+    // milliseconds later: somewhere in a step or in the middle of writing or pruning checkpoints.
+    auto step_on_disk = [&] {
+      std::ifstream latest(out + "/checkpoints/latest");
+      std::string name;
+      return std::getline(latest, name) && name.size() > 5 ? std::atoll(name.c_str() + 5) : 0;
+    };
+    for (int waited = 0; step_on_disk() <= previous_step && waited < 60000; waited += 2)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 20000));
     ASSERT_EQ(::kill(pid, SIGKILL), 0);
     int status = 0;
     ASSERT_EQ(waitpid(pid, &status, 0), pid);
@@ -563,6 +572,8 @@ TEST(Trainer, SigkillAtAnyMomentLosesOnlyTheStepsSinceTheLastCheckpoint) {
   Trainer resumed(kill_config(), resume);
   EXPECT_EQ(resumed.step(), previous_step);
   resumed.run();
+  for (const auto& entry : fs::directory_iterator(out + "/checkpoints"))  // the next save cleared leftovers
+    EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos) << entry.path();
   TrainOptions straight_options = quiet(temp_dir("kill_straight"));
   straight_options.stop_after = previous_step + 2;
   TrainConfig straight_config = kill_config();

@@ -102,7 +102,10 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
   std::vector<fs::path> leftovers;
   for (const auto& entry : fs::directory_iterator(root)) {
     const std::string entry_name = entry.path().filename().string();
-    if (entry_name.rfind(kTempPrefix, 0) == 0 || (step_of(entry_name) >= 0 && !is_complete(entry.path())))
+    const bool temp_latest =
+        entry_name.rfind(std::string(kLatestFile) + ".tmp", 0) == 0;  // atomic_write_file's
+    if (entry_name.rfind(kTempPrefix, 0) == 0 || temp_latest ||
+        (step_of(entry_name) >= 0 && !is_complete(entry.path())))
       leftovers.push_back(entry.path());
   }
   for (const fs::path& leftover : leftovers) fs::remove_all(leftover);
