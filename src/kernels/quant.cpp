@@ -133,7 +133,7 @@ void dot_rows(float* y, int64_t ldy, const MatrixView& w, const typename Fmt::X*
     // The block's R rows are read as R interleaved streams, too short for the hardware prefetcher when rows
     // are short (512 columns of bf16 = 1 KiB): fetch the next block, in memory order, meanwhile.
     const int64_t ahead = (r / R + 1) * block;
-    for (int64_t b = ahead; b < std::min(total, ahead + block); b += 64) _mm_prefetch(bytes + b, _MM_HINT_T2);
+    for (int64_t b = ahead; b < std::min(total, ahead + block); b += 64) _mm_prefetch(bytes + b, _MM_HINT_T0);
     dot_block<Fmt, R, T>(y, ldy, data, w.scales, r, x, factor, C);
   }
   for (; r < w.rows; ++r) dot_block<Fmt, 1, T>(y, ldy, data, w.scales, r, x, factor, w.cols);
