@@ -15,6 +15,8 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/model.h"
+#include "train/config.h"
 
 namespace emo {
 namespace {
@@ -547,6 +549,59 @@ TEST_F(IoTest, ConfigValidationNamesTheInconsistency) {
   bad.num_experts = 0;
   EXPECT_ERROR_CONTAINS(bad.save(path("bad.json")), "num_experts must be positive");
   EXPECT_FALSE(fs::exists(path("bad.json")));  // save validates before writing
+}
+
+// Issue 2, bad input: impossible sizes are rejected when the file is read, by a message naming the file and
+// the field. config.json through ModelConfig::load and Model::load; the training configuration through
+// TrainConfig::load (the pool range lives there).
+TEST_F(IoTest, ImpossibleSizesAreRejectedAtLoadNamingTheField) {
+  auto expect_all = [](const std::string& message, const std::string& part, auto... more) {
+    EXPECT_FALSE(message.empty()) << "not rejected";
+    for (const std::string& p : {part, std::string(more)...})
+      EXPECT_NE(message.find(p), std::string::npos) << "'" << p << "' not in: " << message;
+  };
+  auto model_config_error = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = released_config();
+    edit(j);
+    fs::create_directories(path("model"));
+    write_bytes(path("model/config.json"), j.dump());
+    const std::string from_config = error_of([&] { ModelConfig::load(path("model/config.json")); });
+    // The model loader reads the same file first: no weights are touched.
+    EXPECT_EQ(error_of([&] { Model::load(path("model")); }), from_config);
+    return from_config;
+  };
+  const std::string config_json = path("model/config.json");
+  expect_all(model_config_error([](nlohmann::json& j) { j["num_attention_heads"] = 12; }),
+             "[config] " + config_json, "hidden_size 2048", "num_attention_heads 12");
+  expect_all(model_config_error([](nlohmann::json& j) { j["num_experts_per_tok"] = 129; }), config_json,
+             "num_experts_per_tok 129 exceeds num_experts 128");
+  expect_all(model_config_error([](nlohmann::json& j) { j["num_key_value_heads"] = 5; }), config_json,
+             "num_key_value_heads 5");
+
+  auto train_config_error = [&](const nlohmann::json& j) {
+    write_bytes(path("train.json"), j.dump());
+    return error_of([&] { TrainConfig::load(path("train.json")); });
+  };
+  const std::string train_json = path("train.json");
+  EXPECT_EQ(train_config_error({{"model", {{"d", 256}, {"heads", 4}}}}), "");
+  expect_all(train_config_error({{"model", {{"d", 250}, {"heads", 4}}}}), "[train-config] " + train_json,
+             "model.d 250", "model.heads 4");
+  expect_all(train_config_error({{"model", {{"experts", 8}, {"top_k", 9}}}}), train_json,
+             "model.top_k 9 exceeds model.experts 8");
+  expect_all(train_config_error({{"model", {{"top_k", 1}, {"shared_experts", 1}}}}), train_json,
+             "model.top_k 1 leaves no routed slot");
+  // The EMO pool range must lie inside [K, E] (0 = the default bound).
+  expect_all(train_config_error({{"routing", {{"pool_min", 2}}}}), train_json,
+             "routing.pool_min 2 is outside [model.top_k 4, model.experts 64]");
+  expect_all(train_config_error({{"routing", {{"pool_max", 65}}}}), train_json,
+             "routing.pool_max 65 is outside");
+  expect_all(train_config_error({{"routing", {{"pool_min", 40}, {"pool_max", 20}}}}), train_json,
+             "routing.pool_min 40 exceeds routing.pool_max 20");
+  expect_all(train_config_error({{"routing", {{"pool_eval", 0}}}}), train_json,
+             "routing.pool_eval must be positive");
+  EXPECT_EQ(train_config_error({{"routing", {{"pool_min", 4}, {"pool_max", 64}}}}), "");
+  // A dense model has no experts to check.
+  EXPECT_EQ(train_config_error({{"routing", {{"mode", "dense"}}}, {"model", {{"top_k", 99}}}}), "");
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <utility>
 
 #include "core/error.h"
 
@@ -37,6 +38,46 @@ void check_known_keys(const nlohmann::json& given, const nlohmann::json& known, 
   }
 }
 
+// Sizes that can never make a model, each problem naming its key: checked when a configuration is read
+// (from_json) and again by validate(). model.vocab 0 means "from the tokenizer or dataset", pool bounds 0
+// mean the defaults K and E.
+void check_sizes(const TrainConfig& c, const std::string& source) {
+  auto check = [&](bool ok, const std::string& problem) {
+    if (!ok) fail_file(kOp, source, problem);
+  };
+  using Named = std::initializer_list<std::pair<int64_t, const char*>>;
+  const ModelSize& m = c.model;
+  for (const auto& [value, key] : Named{{m.d, "model.d"},
+                                        {m.layers, "model.layers"},
+                                        {m.heads, "model.heads"},
+                                        {m.kv_heads, "model.kv_heads"},
+                                        {m.expert_width, "model.expert_width"},
+                                        {m.max_position, "model.max_position"}})
+    check(value > 0, cat(key, " must be positive, got ", value));
+  check(m.vocab >= 0, cat("model.vocab must be positive (or 0 for the tokenizer's), got ", m.vocab));
+  check(m.d % m.heads == 0, cat("model.d ", m.d, " is not a multiple of model.heads ", m.heads));
+  check(m.heads % m.kv_heads == 0,
+        cat("model.heads ", m.heads, " is not a multiple of model.kv_heads ", m.kv_heads));
+  check((m.d / m.heads) % 2 == 0,
+        cat("model.d / model.heads = head dim ", m.d / m.heads, " must be even for RoPE"));
+  if (c.routing.mode == "dense") return;
+  check(m.experts > 0, cat("model.experts must be positive, got ", m.experts));
+  check(m.shared_experts >= 0 && m.shared_experts < m.experts,
+        cat("model.shared_experts ", m.shared_experts, " must lie in [0, model.experts ", m.experts, ")"));
+  check(m.top_k <= m.experts, cat("model.top_k ", m.top_k, " exceeds model.experts ", m.experts));
+  check(m.top_k > m.shared_experts, cat("model.top_k ", m.top_k, " leaves no routed slot beside ",
+                                        "model.shared_experts ", m.shared_experts));
+  const RoutingConfig& r = c.routing;
+  for (const auto& [value, key] : Named{{r.pool_min, "routing.pool_min"}, {r.pool_max, "routing.pool_max"}})
+    check(value == 0 || (value >= m.top_k && value <= m.experts),
+          cat(key, " ", value, " is outside [model.top_k ", m.top_k, ", model.experts ", m.experts,
+              "] (0 = the default bound)"));
+  const int64_t pool_min = r.pool_min > 0 ? r.pool_min : m.top_k;
+  const int64_t pool_max = r.pool_max > 0 ? r.pool_max : m.experts;
+  check(pool_min <= pool_max, cat("routing.pool_min ", pool_min, " exceeds routing.pool_max ", pool_max));
+  check(r.pool_eval > 0, cat("routing.pool_eval must be positive, got ", r.pool_eval));
+}
+
 bool one_of(const std::string& value, std::initializer_list<const char*> allowed) {
   for (const char* a : allowed)
     if (value == a) return true;
@@ -55,21 +96,7 @@ void TrainConfig::validate(const std::string& source) const {
         cat("loss.lb_scope '", loss.lb_scope, "' is not global or micro_batch"));
   check(one_of(schedule.kind, {"cosine", "wsd", "anneal", "constant"}),
         cat("schedule.kind '", schedule.kind, "' is not cosine, wsd, anneal or constant"));
-  check(model.d > 0 && model.layers > 0 && model.heads > 0 && model.kv_heads > 0,
-        "model sizes must be positive");
-  check(model.d % model.heads == 0,
-        cat("model.d ", model.d, " is not a multiple of model.heads ", model.heads));
-  check(model.heads % model.kv_heads == 0,
-        cat("model.heads ", model.heads, " is not a multiple of model.kv_heads ", model.kv_heads));
-  if (routing.mode != "dense") {
-    check(model.top_k > model.shared_experts && model.top_k <= model.experts,
-          cat("model.top_k ", model.top_k, " must exceed shared_experts and not exceed experts ",
-              model.experts));
-    int64_t pool_min = routing.pool_min > 0 ? routing.pool_min : model.top_k;
-    int64_t pool_max = routing.pool_max > 0 ? routing.pool_max : model.experts;
-    check(pool_min <= pool_max && pool_max <= model.experts,
-          cat("routing pool range [", pool_min, ", ", pool_max, "] must lie within [K, E]"));
-  }
+  check_sizes(*this, source);
   check(batch.micro_batch_rows > 0 && batch.row_length > 1,
         "batch.micro_batch_rows and row_length must be positive");
   check(batch.global_batch_rows % batch.micro_batch_rows == 0,
@@ -151,6 +178,8 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& s
   } catch (const nlohmann::json::exception& e) {
     fail_file(kOp, source, cat("wrong value type: ", e.what()));
   }
+  // Impossible sizes are rejected here, at load; the rest of validate() waits for values filled in later.
+  check_sizes(c, source);
   return c;
 }
 
