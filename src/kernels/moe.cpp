@@ -3,14 +3,18 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <optional>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "core/thread_pool.h"
 #include "kernels/gemm.h"
 #include "kernels/swiglu.h"
 
 namespace emo {
 namespace {
+
+constexpr const char* kDispatchLabel = "experts: sort, gather, scatter";  // core/profile.h
 
 // Counting sort of the assignments by expert; within an expert, rows keep (token, slot) order.
 void sort_assignments(MoeCache& cache, const int32_t* ids) {
@@ -51,6 +55,7 @@ void moe_forward(float* out, MoeCache& cache, const float* x, const int32_t* ids
                  int64_t N, int64_t K, int64_t C, int64_t F, const std::vector<ExpertWeights>& experts) {
   const int64_t E = static_cast<int64_t>(experts.size());
   cache.N = N, cache.K = K, cache.E = E, cache.C = C, cache.F = F;
+  std::optional<profile::Scope> dispatch(std::in_place, kDispatchLabel);
   sort_assignments(cache, ids);
   const int64_t A = static_cast<int64_t>(cache.rows.size());
   cache.x_sorted.resize(A * C);
@@ -64,6 +69,7 @@ void moe_forward(float* out, MoeCache& cache, const float* x, const int32_t* ids
     for (int64_t a = begin; a < end; ++a)
       std::memcpy(&cache.x_sorted[a * C], x + (cache.rows[a] / K) * C, sizeof(float) * C);
   });
+  dispatch.reset();
 
   std::vector<int64_t> order = experts_by_load(cache);
   parallel_tasks(static_cast<int64_t>(order.size()), [&](int64_t task) {
@@ -82,6 +88,7 @@ void moe_forward(float* out, MoeCache& cache, const float* x, const int32_t* ids
   });
 
   // Scatter: out[n] = sum over used slots k (in slot order) of weights[n,k] * expert_out[position(n,k)].
+  EMO_PROFILE_SCOPE(kDispatchLabel);
   parallel_for(N, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       float* y = out + n * C;  // [C]
@@ -100,6 +107,13 @@ void moe_forward(float* out, MoeCache& cache, const float* x, const int32_t* ids
 void moe_backward(float* dx, float* dweights, const std::vector<ExpertGrads>& grads, const float* dout,
                   const int32_t* ids, const float* weights, const MoeCache& cache,
                   const std::vector<ExpertWeights>& experts) {
+  MoeScratch scratch;
+  moe_backward(dx, dweights, grads, dout, ids, weights, cache, experts, scratch);
+}
+
+void moe_backward(float* dx, float* dweights, const std::vector<ExpertGrads>& grads, const float* dout,
+                  const int32_t* ids, const float* weights, const MoeCache& cache,
+                  const std::vector<ExpertWeights>& experts, MoeScratch& scratch) {
   const int64_t N = cache.N, K = cache.K, C = cache.C, F = cache.F;
   const int64_t A = static_cast<int64_t>(cache.rows.size());
   EMO_CHECK(static_cast<int64_t>(experts.size()) == cache.E && static_cast<int64_t>(grads.size()) == cache.E,
@@ -108,7 +122,9 @@ void moe_backward(float* dx, float* dweights, const std::vector<ExpertGrads>& gr
   (void)ids;  // the cache's sorted order already holds the assignment
 
   // dweights[n,k] += dout[n] . expert_out[k];  d_eo[a] = weights[n,k] * dout[n]   ([A, C])
-  std::vector<float> d_eo(A * C);
+  std::optional<profile::Scope> dispatch(std::in_place, kDispatchLabel);
+  std::vector<float>& d_eo = scratch.d_eo;
+  d_eo.resize(A * C);
   parallel_for(A, 64, [&](int64_t begin, int64_t end) {
     for (int64_t a = begin; a < end; ++a) {
       const int64_t slot = cache.rows[a], n = slot / K;
@@ -124,7 +140,15 @@ void moe_backward(float* dx, float* dweights, const std::vector<ExpertGrads>& gr
     }
   });
 
-  std::vector<float> d_gate(A * F, 0.0f), d_up(A * F, 0.0f), dx_sorted(A * C);
+  dispatch.reset();
+  std::vector<float>& d_gate = scratch.d_gate;  // accumulated into by swiglu_backward: zeroed first
+  std::vector<float>& d_up = scratch.d_up;
+  d_gate.assign(A * F, 0.0f);
+  d_up.assign(A * F, 0.0f);
+  scratch.d_hidden.resize(A * F);
+  scratch.dx_sorted.resize(A * C);
+  float* const d_hidden_all = scratch.d_hidden.data();
+  float* const dx_sorted = scratch.dx_sorted.data();
   std::vector<int64_t> order = experts_by_load(cache);
   parallel_tasks(static_cast<int64_t>(order.size()), [&](int64_t task) {
     const int64_t e = order[task], start = cache.expert_offsets[e];
@@ -138,12 +162,12 @@ void moe_backward(float* dx, float* dweights, const std::vector<ExpertGrads>& gr
     const float* deo = &d_eo[start * C];             // [m, C]
     float* dgate = &d_gate[start * F];               // [m, F]
     float* dup = &d_up[start * F];                   // [m, F]
-    float* dxs = &dx_sorted[start * C];              // [m, C]
+    float* dxs = dx_sorted + start * C;              // [m, C]
+    float* dhidden = d_hidden_all + start * F;       // [m, F]
     // d_hidden[m,F] = d_eo[m,C] @ down[C,F]
-    std::vector<float> dhidden(m * F);
-    gemm_serial(false, false, m, F, C, 1.0f, deo, C, w.down, F, 0.0f, dhidden.data(), F);
+    gemm_serial(false, false, m, F, C, 1.0f, deo, C, w.down, F, 0.0f, dhidden, F);
     if (g.down) gemm_serial(true, false, C, F, m, 1.0f, deo, C, hidden, F, 1.0f, g.down, F);
-    swiglu_backward(dgate, dup, dhidden.data(), gate, up, m * F);
+    swiglu_backward(dgate, dup, dhidden, gate, up, m * F);
     if (g.gate) gemm_serial(true, false, F, C, m, 1.0f, dgate, F, xs, C, 1.0f, g.gate, C);
     if (g.up) gemm_serial(true, false, F, C, m, 1.0f, dup, F, xs, C, 1.0f, g.up, C);
     // dx_sorted[m,C] = d_gate @ gate_w[F,C] + d_up @ up_w[F,C]
@@ -152,13 +176,14 @@ void moe_backward(float* dx, float* dweights, const std::vector<ExpertGrads>& gr
   });
 
   // Scatter-add back to tokens, slots in order.
+  EMO_PROFILE_SCOPE(kDispatchLabel);
   parallel_for(N, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       float* d = dx + n * C;  // [C]
       for (int64_t k = 0; k < K; ++k) {
         int32_t pos = cache.position[n * K + k];
         if (pos < 0) continue;
-        const float* src = &dx_sorted[pos * C];  // [C]
+        const float* src = dx_sorted + pos * C;  // [C]
         for (int64_t c = 0; c < C; ++c) d[c] += src[c];
       }
     }

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
@@ -203,6 +204,7 @@ void ModelPasses::begin_forward(const Model& model, ForwardState& state, const B
   for (int64_t i = 0; i < N; ++i) state.positions[i] = static_cast<int32_t>(i % T);
   state.layers.resize(config_.num_hidden_layers);
   x.resize({N, C});
+  EMO_PROFILE_SCOPE("embedding");
   embedding_forward(x.data(), batch.tokens.data(), model.weights_->embed->value.data(), N, V, C);
 }
 
@@ -218,30 +220,51 @@ void ModelPasses::attention_block_forward(const Model& model, int64_t l, LayerSt
   const int32_t* doc_ids = routing.intra_document_attention ? state.batch.doc_ids.data() : nullptr;
 
   // Attention block: x += o(attention(rope(q), rope(k), v)) of RMSNorm(x)
-  s.input = x;
+  {
+    EMO_PROFILE_SCOPE("residual adds and copies");
+    s.input = x;
+  }
   s.attn_norm.resize({N, C});
   s.attn_rstd.resize({N});
-  rmsnorm_forward(s.attn_norm.data(), s.attn_rstd.data(), x.data(), lw.attn_norm->value.data(), N, C, eps);
+  {
+    EMO_PROFILE_SCOPE("norms");
+    rmsnorm_forward(s.attn_norm.data(), s.attn_rstd.data(), x.data(), lw.attn_norm->value.data(), N, C, eps);
+  }
   s.q.resize({N, H * hd});
   s.k.resize({N, Hkv * hd});
   s.v.resize({N, Hkv * hd});
-  linear_forward(s.q.data(), s.attn_norm.data(), lw.q->value.data(), N, C, H * hd);
-  linear_forward(s.k.data(), s.attn_norm.data(), lw.k->value.data(), N, C, Hkv * hd);
-  linear_forward(s.v.data(), s.attn_norm.data(), lw.v->value.data(), N, C, Hkv * hd);
-  rope_forward(s.q.data(), state.positions.data(), N, H, w.rope);
-  rope_forward(s.k.data(), state.positions.data(), N, Hkv, w.rope);
+  {
+    EMO_PROFILE_SCOPE("attention: q/k/v/o projections");
+    linear_forward(s.q.data(), s.attn_norm.data(), lw.q->value.data(), N, C, H * hd);
+    linear_forward(s.k.data(), s.attn_norm.data(), lw.k->value.data(), N, C, Hkv * hd);
+    linear_forward(s.v.data(), s.attn_norm.data(), lw.v->value.data(), N, C, Hkv * hd);
+  }
+  {
+    EMO_PROFILE_SCOPE("attention: RoPE");
+    rope_forward(s.q.data(), state.positions.data(), N, H, w.rope);
+    rope_forward(s.k.data(), state.positions.data(), N, Hkv, w.rope);
+  }
   s.probs.resize({B, H, T, T});
   s.attn_out.resize({N, H * hd});
-  attention_forward(s.attn_out.data(), s.probs.data(), s.q.data(), s.k.data(), s.v.data(), doc_ids,
-                    {B, T, H, Hkv, hd});
+  {
+    EMO_PROFILE_SCOPE("attention: scores, softmax, values");
+    attention_forward(s.attn_out.data(), s.probs.data(), s.q.data(), s.k.data(), s.v.data(), doc_ids,
+                      {B, T, H, Hkv, hd});
+  }
   branch.resize({N, C});
-  linear_forward(branch.data(), s.attn_out.data(), lw.o->value.data(), N, H * hd, C);
-  add_into(x, branch);
-
-  // The feed-forward block's input: RMSNorm(x)
-  s.mid = x;
+  {
+    EMO_PROFILE_SCOPE("attention: q/k/v/o projections");
+    linear_forward(branch.data(), s.attn_out.data(), lw.o->value.data(), N, H * hd, C);
+  }
+  {
+    EMO_PROFILE_SCOPE("residual adds and copies");
+    add_into(x, branch);
+    // The feed-forward block's input: RMSNorm(x)
+    s.mid = x;
+  }
   s.ffn_norm.resize({N, C});
   s.ffn_rstd.resize({N});
+  EMO_PROFILE_SCOPE("norms");
   rmsnorm_forward(s.ffn_norm.data(), s.ffn_rstd.data(), x.data(), lw.ffn_norm->value.data(), N, C, eps);
 }
 
@@ -264,7 +287,10 @@ void ModelPasses::run_forward(const Model& model, ForwardState& out, const Batch
     } else {
       dense_block_forward(model, l, s, branch);
     }
-    add_into(x, branch);
+    {
+      EMO_PROFILE_SCOPE("residual adds and copies");
+      add_into(x, branch);
+    }
     if (!keep) out.layers[l].routing = std::move(s.routing);
   }
   end_forward(model, out, x, keep);
@@ -275,14 +301,24 @@ void ModelPasses::end_forward(const Model& model, ForwardState& state, const Ten
   const Weights& w = *model.weights_;
   const int64_t N = x.dim(0), C = config_.hidden_size, V = config_.vocab_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  state.final_input = x;
+  {
+    EMO_PROFILE_SCOPE("residual adds and copies");
+    state.final_input = x;
+  }
   state.final_norm.resize({N, C});
   state.final_rstd.resize({N});
-  rmsnorm_forward(state.final_norm.data(), state.final_rstd.data(), x.data(), w.norm->value.data(), N, C,
-                  eps);
+  {
+    EMO_PROFILE_SCOPE("norms");
+    rmsnorm_forward(state.final_norm.data(), state.final_rstd.data(), x.data(), w.norm->value.data(), N, C,
+                    eps);
+  }
   state.logits.resize({N, V});
-  linear_forward(state.logits.data(), state.final_norm.data(), w.lm_head->value.data(), N, C, V);
+  {
+    EMO_PROFILE_SCOPE("LM head");
+    linear_forward(state.logits.data(), state.final_norm.data(), w.lm_head->value.data(), N, C, V);
+  }
   state.lse.resize({N});
+  EMO_PROFILE_SCOPE("cross-entropy + z-loss");
   state.ce = cross_entropy_forward(state.lse.data(), state.logits.data(), state.batch.targets.data(), N, V);
   if (!keep) {
     state.final_input = Tensor();
@@ -334,6 +370,7 @@ void Model::end_layers(ForwardState& state) const {
 
 void ModelPasses::router_forward(const Model& model, int64_t l, LayerState& s, const RoutingPolicy& policy,
                                  const RoutingContext& context) {
+  EMO_PROFILE_SCOPE("router (logits, routing, losses)");
   const ModelConfig& config_ = model.config_;
   const MoeLayout m = moe_layout(config_, l);
   const int64_t N = s.ffn_norm.dim(0), C = config_.hidden_size;
@@ -365,6 +402,7 @@ void ModelPasses::moe_block_forward(const Model& model, int64_t l, LayerState& s
       s.moe_weights[n * m.all_slots + m.slots + j] = 1.0f;
     }
   }
+  EMO_PROFILE_SCOPE("experts: matmuls + SwiGLU");
   moe_forward(out.data(), s.moe, s.ffn_norm.data(), s.moe_ids.data(), s.moe_weights.data(), N, m.all_slots, C,
               F, model.weights_->expert_weights(l));
 }
@@ -444,16 +482,23 @@ void ModelPasses::backward(Model& model, ForwardState& state, const LossWeights&
   // Output: CE + output z-loss, means over counted tokens.
   Tensor& dlogits = zeroed(w.buffers.dlogits, {N, V});  // [N, V]
   if (state.ce.count > 0) {
+    EMO_PROFILE_SCOPE("cross-entropy + z-loss");
     const float per_token = grad_scale / static_cast<float>(state.ce.count);
     cross_entropy_backward(dlogits.data(), state.logits.data(), state.lse.data(), state.batch.targets.data(),
                            N, V, per_token, per_token * static_cast<float>(weights.output_z));
   }
   Tensor& dnorm = zeroed(w.buffers.dnorm, {N, C});  // [N, C]
-  linear_backward(dnorm.data(), w.lm_head->grad.data(), dlogits.data(), state.final_norm.data(),
-                  w.lm_head->value.data(), N, C, V);
+  {
+    EMO_PROFILE_SCOPE("LM head");
+    linear_backward(dnorm.data(), w.lm_head->grad.data(), dlogits.data(), state.final_norm.data(),
+                    w.lm_head->value.data(), N, C, V);
+  }
   Tensor& dx = zeroed(w.buffers.dx, {N, C});  // [N, C] gradient of the residual stream
-  rmsnorm_backward(dx.data(), w.norm->grad.data(), dnorm.data(), state.final_input.data(),
-                   w.norm->value.data(), state.final_rstd.data(), N, C);
+  {
+    EMO_PROFILE_SCOPE("norms");
+    rmsnorm_backward(dx.data(), w.norm->grad.data(), dnorm.data(), state.final_input.data(),
+                     w.norm->value.data(), state.final_rstd.data(), N, C);
+  }
 
   std::vector<std::vector<double>> own;
   if (config_.is_moe() && !global_counts) own = model.expert_counts(state);
@@ -469,10 +514,14 @@ void ModelPasses::backward(Model& model, ForwardState& state, const LossWeights&
     else
       dense_block_backward(model, l, s, dx, dffn);
     const Weights::Layer& lw = w.layers[l];
-    rmsnorm_backward(dx.data(), lw.ffn_norm->grad.data(), dffn.data(), s.mid.data(),
-                     lw.ffn_norm->value.data(), s.ffn_rstd.data(), N, C);
+    {
+      EMO_PROFILE_SCOPE("norms");
+      rmsnorm_backward(dx.data(), lw.ffn_norm->grad.data(), dffn.data(), s.mid.data(),
+                       lw.ffn_norm->value.data(), s.ffn_rstd.data(), N, C);
+    }
     attention_block_backward(model, l, s, state, dx);
   }
+  EMO_PROFILE_SCOPE("embedding");
   embedding_backward(w.embed->grad.data(), dx.data(), state.batch.tokens.data(), N, V, C);
 }
 
@@ -484,8 +533,12 @@ void ModelPasses::moe_block_backward(Model& model, int64_t l, LayerState& s, con
   const MoeLayout m = moe_layout(config_, l);
   const int64_t N = dout.dim(0), C = config_.hidden_size;
   Tensor dweights({N, m.all_slots});  // [N, K]
-  moe_backward(dffn.data(), dweights.data(), w.expert_grads(l), dout.data(), s.moe_ids.data(),
-               s.moe_weights.data(), s.moe, w.expert_weights(l));
+  {
+    EMO_PROFILE_SCOPE("experts: matmuls + SwiGLU");
+    moe_backward(dffn.data(), dweights.data(), w.expert_grads(l), dout.data(), s.moe_ids.data(),
+                 s.moe_weights.data(), s.moe, w.expert_weights(l), w.buffers.moe);
+  }
+  EMO_PROFILE_SCOPE("router (logits, routing, losses)");
   Tensor droute({N, m.slots});  // [N, Kr] the routed slots' part (the shared weight is a constant 1)
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < m.slots; ++k) droute[n * m.slots + k] = dweights[n * m.all_slots + k];
@@ -524,22 +577,35 @@ void ModelPasses::attention_block_backward(Model& model, int64_t l, LayerState& 
   const int64_t H = config_.num_attention_heads, Hkv = config_.num_key_value_heads, hd = config_.head_dim();
   auto& buffers = model.weights_->buffers;
   Tensor& datt = zeroed(buffers.datt, {N, H * hd});  // [N, H*hd]
-  linear_backward(datt.data(), lw.o->grad.data(), dx.data(), s.attn_out.data(), lw.o->value.data(), N, H * hd,
-                  C);
+  {
+    EMO_PROFILE_SCOPE("attention: q/k/v/o projections");
+    linear_backward(datt.data(), lw.o->grad.data(), dx.data(), s.attn_out.data(), lw.o->value.data(), N,
+                    H * hd, C);
+  }
   Tensor& dq = zeroed(buffers.dq, {N, H * hd});    // [N, H*hd]
   Tensor& dk = zeroed(buffers.dk, {N, Hkv * hd});  // [N, Hkv*hd]
   Tensor& dv = zeroed(buffers.dv, {N, Hkv * hd});  // [N, Hkv*hd]
-  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), s.probs.data(), s.q.data(), s.k.data(),
-                     s.v.data(), {B, T, H, Hkv, hd});
-  rope_backward(dq.data(), state.positions.data(), N, H, model.weights_->rope);
-  rope_backward(dk.data(), state.positions.data(), N, Hkv, model.weights_->rope);
+  {
+    EMO_PROFILE_SCOPE("attention: scores, softmax, values");
+    attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), s.probs.data(), s.q.data(), s.k.data(),
+                       s.v.data(), {B, T, H, Hkv, hd});
+  }
+  {
+    EMO_PROFILE_SCOPE("attention: RoPE");
+    rope_backward(dq.data(), state.positions.data(), N, H, model.weights_->rope);
+    rope_backward(dk.data(), state.positions.data(), N, Hkv, model.weights_->rope);
+  }
   Tensor& dnorm = zeroed(buffers.dnorm, {N, C});  // [N, C]
-  linear_backward(dnorm.data(), lw.q->grad.data(), dq.data(), s.attn_norm.data(), lw.q->value.data(), N, C,
-                  H * hd);
-  linear_backward(dnorm.data(), lw.k->grad.data(), dk.data(), s.attn_norm.data(), lw.k->value.data(), N, C,
-                  Hkv * hd);
-  linear_backward(dnorm.data(), lw.v->grad.data(), dv.data(), s.attn_norm.data(), lw.v->value.data(), N, C,
-                  Hkv * hd);
+  {
+    EMO_PROFILE_SCOPE("attention: q/k/v/o projections");
+    linear_backward(dnorm.data(), lw.q->grad.data(), dq.data(), s.attn_norm.data(), lw.q->value.data(), N, C,
+                    H * hd);
+    linear_backward(dnorm.data(), lw.k->grad.data(), dk.data(), s.attn_norm.data(), lw.k->value.data(), N, C,
+                    Hkv * hd);
+    linear_backward(dnorm.data(), lw.v->grad.data(), dv.data(), s.attn_norm.data(), lw.v->value.data(), N, C,
+                    Hkv * hd);
+  }
+  EMO_PROFILE_SCOPE("norms");
   rmsnorm_backward(dx.data(), lw.attn_norm->grad.data(), dnorm.data(), s.input.data(),
                    lw.attn_norm->value.data(), s.attn_rstd.data(), N, C);
 }

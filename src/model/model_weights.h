@@ -37,6 +37,7 @@ struct Model::Weights {
   // Gradient buffers of the backward, kept between calls so repeated steps touch no fresh pages.
   struct BackwardBuffers {
     Tensor dlogits, dnorm, dx, dffn, datt, dq, dk, dv, dhidden, dgate, dup;
+    MoeScratch moe;  // the expert dispatch's backward
   } buffers;
 
   explicit Weights(const ModelConfig& config);
