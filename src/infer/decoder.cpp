@@ -21,6 +21,8 @@ namespace emo {
 namespace {
 
 constexpr const char* kOp = "generate";
+// Tokens whose expert work is gathered at once (bounds the dispatch scratch of a long prompt).
+constexpr int64_t kDispatchTokens = 32;
 
 float dot(const float* a, const float* b, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
@@ -154,8 +156,9 @@ void Decoder::attention(int64_t l) {
   p.attn.resize({N, H * hd});
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t group = H / Hkv;
-  // A (token, head) pair costs about 4 * positions * hd flops; chunks of at least ~64k flops.
-  const int64_t grain = std::max<int64_t>(1, 16384 / ((length_ + N) * hd));
+  // A (token, head) pair costs about 4 * positions * hd flops; chunks of at least ~1M flops (a decode step
+  // at a short context runs on this thread: waking the pool would cost more).
+  const int64_t grain = std::max<int64_t>(1, 262144 / ((length_ + N) * hd));
   parallel_for(N * H, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / H, h = i % H, kv = (h / group) * hd;
@@ -218,16 +221,28 @@ void Decoder::experts(int64_t l) {
   dispatch(l, K);
 }
 
-// Runs every used expert once on its gathered tokens, then adds the weighted outputs to the residual stream
-// in slot order (deterministic, independent of the threads).
+// Adds the experts' weighted outputs to the residual stream, the tokens in chunks of kDispatchTokens so the
+// scratch of a long prompt stays small (it counts in the resident memory).
 void Decoder::dispatch(int64_t l, int64_t K) {
+  DecoderPass& p = pass_;
+  p.branch.resize({p.N, weights_.config().hidden_size});
+  for (int64_t begin = 0; begin < p.N; begin += kDispatchTokens)
+    dispatch_chunk(l, K, begin, std::min(p.N, begin + kDispatchTokens));
+  add_into(p.x, p.branch);
+}
+
+// Tokens [n0, n1): runs every used expert once on its gathered tokens, then adds the weighted outputs to the
+// branch in slot order (deterministic, independent of the threads).
+void Decoder::dispatch_chunk(int64_t l, int64_t K, int64_t n0, int64_t n1) {
   const ModelConfig& config = weights_.config();
   DecoderPass& p = pass_;
-  const int64_t N = p.N, C = config.hidden_size, F = config.intermediate_size;
+  const int64_t N = n1 - n0, C = config.hidden_size, F = config.intermediate_size;
   const int64_t E = config.is_moe() ? config.experts_in_layer(l) : 1;
+  const int32_t* slot_expert = p.slot_expert.data() + n0 * K;  // [N, K]
+  const float* slot_weight = p.slot_weight.data() + n0 * K;    // [N, K]
   p.offsets.assign(E + 1, 0);
-  for (int32_t e : p.slot_expert)
-    if (e >= 0) ++p.offsets[e + 1];
+  for (int64_t i = 0; i < N * K; ++i)
+    if (slot_expert[i] >= 0) ++p.offsets[slot_expert[i] + 1];
   for (int64_t e = 0; e < E; ++e) p.offsets[e + 1] += p.offsets[e];
   const int64_t A = p.offsets[E];
   p.order.resize(A);
@@ -235,7 +250,7 @@ void Decoder::dispatch(int64_t l, int64_t K) {
   {
     std::vector<int64_t> fill(p.offsets.begin(), p.offsets.end() - 1);
     for (int64_t i = 0; i < N * K; ++i) {
-      const int32_t e = p.slot_expert[i];
+      const int32_t e = slot_expert[i];
       if (e < 0) continue;
       position[i] = static_cast<int32_t>(fill[e]);
       p.order[fill[e]++] = static_cast<int32_t>(i);
@@ -252,7 +267,7 @@ void Decoder::dispatch(int64_t l, int64_t K) {
   p.up.resize({A, F});
   p.out.resize({A, C});
   for (int64_t a = 0; a < A; ++a)
-    std::memcpy(p.gathered.data() + a * C, p.normed.data() + (p.order[a] / K) * C, sizeof(float) * C);
+    std::memcpy(p.gathered.data() + a * C, p.normed.data() + (n0 + p.order[a] / K) * C, sizeof(float) * C);
 
   auto run_expert = [&](int32_t e, bool serial) {
     const ExpertView& ex = weights_.expert(l, e);
@@ -274,11 +289,9 @@ void Decoder::dispatch(int64_t l, int64_t K) {
   else
     for (int32_t e : used) run_expert(e, false);
 
-  p.branch.resize({N, C});
   for (int64_t i = 0; i < N * K; ++i)
     if (position[i] >= 0)
-      axpy(p.branch.data() + (i / K) * C, p.slot_weight[i], p.out.data() + position[i] * C, C);
-  add_into(p.x, p.branch);
+      axpy(p.branch.data() + (n0 + i / K) * C, slot_weight[i], p.out.data() + position[i] * C, C);
 }
 
 const Tensor& Decoder::finish(bool all_logits) {

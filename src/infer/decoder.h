@@ -92,6 +92,7 @@ class Decoder {
  private:
   void check_chunk(const std::vector<int32_t>& tokens) const;
   void dispatch(int64_t l, int64_t K);
+  void dispatch_chunk(int64_t l, int64_t K, int64_t n0, int64_t n1);
 
   InferWeights& weights_;
   KvCache cache_;
