@@ -126,31 +126,33 @@ std::string heatmap_svg(const Heatmap& h) {
   EMO_CHECK(h.values.ndim() == 2 && h.values.dim(0) == static_cast<int64_t>(h.row_labels.size()), "figure",
             "heatmap of ", shape_str(h.values.shape()), " with ", h.row_labels.size(), " row labels");
   const int64_t rows = h.values.dim(0), cols = h.values.dim(1);
-  const double cell = std::clamp(640.0 / static_cast<double>(cols), 6.0, 34.0);
-  const double left = 120, top = 36, width = left + cols * cell + 90, height = top + rows * cell + 40;
+  // Cells as wide as fit in about 640 units, rows at least 16 high so that the row labels stay readable.
+  const double cell = std::clamp(640.0 / static_cast<double>(cols), 6.0, 34.0), row = std::max(cell, 16.0);
+  const double left = 120, top = 36, height = top + rows * row + 40;
+  const double width = std::max(left + cols * cell + 90, left + 7.0 * static_cast<double>(h.title.size()));
   double max = h.max;
   if (max <= 0)
     for (float v : h.values.vec()) max = std::max<double>(max, v);
   std::string svg = svg_open(width, height) + text_at(left, 20, h.title, 13);
   for (int64_t r = 0; r < rows; ++r) {
-    svg += text_at(left - 6, top + r * cell + cell / 2 + 4, h.row_labels[r], 11, "end");
+    svg += text_at(left - 6, top + r * row + row / 2 + 4, h.row_labels[r], 11, "end");
     for (int64_t c = 0; c < cols; ++c) {
-      const double v = h.values[r * cols + c], x = left + c * cell, y = top + r * cell;
+      const double v = h.values[r * cols + c], x = left + c * cell, y = top + r * row;
       svg += cat("<rect x=\"", number(x), "\" y=\"", number(y), "\" width=\"", number(cell), "\" height=\"",
-                 number(cell), "\" fill=\"", heat_colour(max > 0 ? v / max : 0), "\"/>\n");
+                 number(row), "\" fill=\"", heat_colour(max > 0 ? v / max : 0), "\"/>\n");
       if (h.numbers && cell >= 24)
-        svg += text_at(x + cell / 2, y + cell / 2 + 4, number(v, 2), 9, "middle",
+        svg += text_at(x + cell / 2, y + row / 2 + 4, number(v, 2), 9, "middle",
                        max > 0 && v / max > 0.55 ? " fill=\"white\"" : "");
     }
   }
-  svg += text_at(left + cols * cell / 2, top + rows * cell + 18, h.column_axis, 11, "middle");
+  svg += text_at(left + cols * cell / 2, top + rows * row + 18, h.column_axis, 11, "middle");
   // Colour bar.
   const double bar_x = left + cols * cell + 20;
   for (int i = 0; i < 20; ++i)
-    svg += cat("<rect x=\"", number(bar_x), "\" y=\"", number(top + (19 - i) * rows * cell / 20),
-               "\" width=\"12\" height=\"", number(rows * cell / 20 + 0.5), "\" fill=\"",
+    svg += cat("<rect x=\"", number(bar_x), "\" y=\"", number(top + (19 - i) * rows * row / 20),
+               "\" width=\"12\" height=\"", number(rows * row / 20 + 0.5), "\" fill=\"",
                heat_colour(i / 19.0), "\"/>\n");
-  svg += text_at(bar_x + 16, top + 8, number(max, 3), 10) + text_at(bar_x + 16, top + rows * cell, "0", 10);
+  svg += text_at(bar_x + 16, top + 8, number(max, 3), 10) + text_at(bar_x + 16, top + rows * row, "0", 10);
   return svg + "</svg>\n";
 }
 
@@ -188,7 +190,7 @@ std::string scatter_svg(const Scatter& s) {
 std::string bar_chart_svg(const BarChart& chart) {
   EMO_CHECK(chart.values.size() == chart.series.size(), "figure", chart.values.size(), " value rows for ",
             chart.series.size(), " series");
-  const double left = 56, top = 40, plot_w = std::max<double>(240, 70.0 * chart.groups.size()), plot_h = 240;
+  const double left = 56, top = 44, plot_w = std::max<double>(240, 70.0 * chart.groups.size()), plot_h = 240;
   const double width = left + plot_w + 20, height = top + plot_h + 46;
   double y_max = chart.y_max;
   for (const auto& row : chart.values)
@@ -217,9 +219,8 @@ std::string bar_chart_svg(const BarChart& chart) {
   svg += text_at(left + plot_w / 2, top + plot_h + 32, chart.x_label, 11, "middle");
   svg += text_at(14, top + plot_h / 2, chart.y_label, 11, "middle",
                  cat(" transform=\"rotate(-90 14 ", number(top + plot_h / 2), ")\""));
-  for (size_t s = 0; s < chart.series.size(); ++s)
-    svg += text_at(left + plot_w, 18 + 13 * s, chart.series[s], 11, "end",
-                   cat(" fill=\"", colours[s % 4], "\""));
+  for (size_t s = 0; s < chart.series.size(); ++s)  // legend under the title
+    svg += text_at(left + 110.0 * s, 32, chart.series[s], 11, "start", cat(" fill=\"", colours[s % 4], "\""));
   return svg + "</svg>\n";
 }
 
