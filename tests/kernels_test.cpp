@@ -366,6 +366,16 @@ TEST(Attention, LongRowsSpanSeveralQueryBlocks) {
   check_attention({1, 150, 2, 1, 2}, docs.data(), 66, 7);
 }
 
+TEST(Attention, DocumentMaskAcrossSeveralQueryBlocks) {
+  // Query blocks whose first document began earlier (keys from 50) or exactly at the block (keys from 64):
+  // the kernel skips the keys before that document, forward and backward.
+  std::vector<int32_t> docs(150);
+  for (int64_t t = 0; t < 150; ++t) docs[t] = t < 50 ? 0 : (t < 130 ? 1 : 2);
+  check_attention({1, 150, 2, 1, 2}, docs.data(), 66, 7);
+  for (int64_t t = 0; t < 150; ++t) docs[t] = t < 64 ? 0 : 1;
+  check_attention({1, 150, 2, 1, 2}, docs.data(), 67, 7);
+}
+
 TEST(Attention, NoAttentionAcrossDocuments) {
   const AttentionShape s{1, 6, 2, 1, 4};
   std::vector<int32_t> docs = {0, 0, 0, 1, 1, 1};

@@ -24,18 +24,43 @@ void check_shape(const AttentionShape& s) {
 // products skip most of the upper triangle (about (1 + 1/blocks)/2 of the full T x T work remains).
 constexpr int64_t kRowBlock = 64;
 
-// Turns the scaled scores of row t (in place, [T]) into probabilities over the keys s <= t of t's document;
-// every other entry becomes 0.
-void causal_softmax_row(float* row, int64_t t, int64_t T, const int32_t* docs) {
-  const int64_t n = t + 1;
+// Turns the scaled scores of row t (in place, [T]; only keys [begin, t] computed, begin <= the start of t's
+// document) into probabilities over the keys s <= t of t's document; every other entry becomes 0.
+void causal_softmax_row(float* row, int64_t begin, int64_t t, int64_t T, const int32_t* docs) {
+  const int64_t n = t + 1 - begin;
+  float* keys = row + begin;  // [n]
   if (docs) {
-    for (int64_t s = 0; s < t; ++s)
+    for (int64_t s = begin; s < t; ++s)
       if (docs[s] != docs[t]) row[s] = -std::numeric_limits<float>::infinity();  // exp gives exactly 0
   }
-  float max = vec::max_of(row, n);  // finite: s = t is always allowed
-  float sum = vec::exp_shifted_sum(row, row, max, n);
-  vec::scale_inplace(row, 1.0f / sum, n);
-  std::fill(row + n, row + T, 0.0f);
+  float max = vec::max_of(keys, n);  // finite: s = t is always allowed
+  float sum = vec::exp_shifted_sum(keys, keys, max, n);
+  vec::scale_inplace(keys, 1.0f / sum, n);
+  std::fill(row, row + begin, 0.0f);
+  std::fill(row + t + 1, row + T, 0.0f);
+}
+
+// First key any query of [t0, t1) may see: the start of t0's document (positions hold nondecreasing
+// document indices), or 0 without a document mask. Keys before it get probability exactly 0.
+int64_t first_key(const int32_t* docs, int64_t t0) {
+  if (!docs) return 0;
+  int64_t s = t0;
+  while (s > 0 && docs[s - 1] == docs[t0]) --s;
+  return s;
+}
+
+// First key with a nonzero probability in rows [t0, t1) of p ([T, T]); keys before it contribute exactly
+// nothing to the backward (every dS and P^T dout term there is a product with P = 0).
+int64_t first_used_key(const float* p, int64_t t0, int64_t t1, int64_t T) {
+  int64_t first = t0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const float* row = p + t * T;
+    int64_t s = 0;
+    while (s < first && row[s] == 0.0f) ++s;
+    first = std::min(first, s);
+    if (first == 0) break;
+  }
+  return first;
 }
 
 // Softmax backward of row t in place, scaled: ds[s] = scale * p[s] * (ds[s] - sum_s' p[s'] ds[s']), s <= t;
@@ -74,13 +99,14 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
     float* p = probs + (b * H + h) * T * T;                     // [T, T]
     const int32_t* docs = doc_ids ? doc_ids + b * T : nullptr;  // [T]
     for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
-      const int64_t t1 = std::min(T, t0 + kRowBlock), rows = t1 - t0;  // queries [t0,t1) see keys [0,t1)
-      float* p_blk = p + t0 * T;                                       // [rows, T]
-      gemm_serial(false, true, rows, t1, hd, scale, q_bh + t0 * H * hd, H * hd, k_bh, Hkv * hd, 0.0f, p_blk,
-                  T);
-      for (int64_t t = t0; t < t1; ++t) causal_softmax_row(p + t * T, t, T, docs);
-      gemm_serial(false, false, rows, hd, t1, 1.0f, p_blk, T, v_bh, Hkv * hd, 0.0f, out_bh + t0 * H * hd,
-                  H * hd);
+      // Queries [t0,t1) see keys [s0,t1): causal, and with a document mask nothing before t0's document.
+      const int64_t t1 = std::min(T, t0 + kRowBlock), rows = t1 - t0, s0 = first_key(docs, t0);
+      float* p_blk = p + t0 * T;  // [rows, T]
+      gemm_serial(false, true, rows, t1 - s0, hd, scale, q_bh + t0 * H * hd, H * hd, k_bh + s0 * Hkv * hd,
+                  Hkv * hd, 0.0f, p_blk + s0, T);
+      for (int64_t t = t0; t < t1; ++t) causal_softmax_row(p + t * T, s0, t, T, docs);
+      gemm_serial(false, false, rows, hd, t1 - s0, 1.0f, p_blk + s0, T, v_bh + s0 * Hkv * hd, Hkv * hd, 0.0f,
+                  out_bh + t0 * H * hd, H * hd);
     }
   });
 }
@@ -106,20 +132,26 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
       float* dq_bh = dq + b * T * H * hd + h * hd;            // [T, hd] row stride H*hd
       const float* p = probs + (b * H + h) * T * T;           // [T, T]
       for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
-        const int64_t t1 = std::min(T, t0 + kRowBlock), rows = t1 - t0;  // queries [t0,t1), keys [0,t1)
-        const float* p_blk = p + t0 * T;                                 // [rows, T]
-        const float* dout_blk = dout_bh + t0 * H * hd;                   // [rows, hd] row stride H*hd
-        float* ds = dscores.data();                                      // [rows, T]
-        // dv[0:t1] += P_blk^T @ dout_blk
-        gemm_serial(true, false, t1, hd, rows, 1.0f, p_blk, T, dout_blk, H * hd, 1.0f, dv_b, Hkv * hd);
-        // dP = dout_blk @ V[0:t1]^T, then the softmax backward (scaled): dS = scale * P * (dP - rowsum(P *
+        // Queries [t0,t1), keys [s0,t1): those before s0 have P = 0 in every row of the block.
+        const int64_t t1 = std::min(T, t0 + kRowBlock), rows = t1 - t0, s0 = first_used_key(p, t0, t1, T);
+        const int64_t keys = t1 - s0;
+        const float* p_blk = p + t0 * T + s0;           // [rows, keys] row stride T
+        const float* dout_blk = dout_bh + t0 * H * hd;  // [rows, hd] row stride H*hd
+        float* ds = dscores.data();                     // [rows, T], columns [s0, t1) used
+        // dv[s0:t1] += P_blk^T @ dout_blk
+        gemm_serial(true, false, keys, hd, rows, 1.0f, p_blk, T, dout_blk, H * hd, 1.0f, dv_b + s0 * Hkv * hd,
+                    Hkv * hd);
+        // dP = dout_blk @ V[s0:t1]^T, then the softmax backward (scaled): dS = scale * P * (dP - rowsum(P *
         // dP)).
-        gemm_serial(false, true, rows, t1, hd, 1.0f, dout_blk, H * hd, v_b, Hkv * hd, 0.0f, ds, T);
-        for (int64_t t = t0; t < t1; ++t) softmax_backward_row(ds + (t - t0) * T, p + t * T, t, T, scale);
-        // dq_blk += dS @ K[0:t1];  dk[0:t1] += dS^T @ Q_blk
-        gemm_serial(false, false, rows, hd, t1, 1.0f, ds, T, k_b, Hkv * hd, 1.0f, dq_bh + t0 * H * hd,
-                    H * hd);
-        gemm_serial(true, false, t1, hd, rows, 1.0f, ds, T, q_bh + t0 * H * hd, H * hd, 1.0f, dk_b, Hkv * hd);
+        gemm_serial(false, true, rows, keys, hd, 1.0f, dout_blk, H * hd, v_b + s0 * Hkv * hd, Hkv * hd, 0.0f,
+                    ds + s0, T);
+        for (int64_t t = t0; t < t1; ++t)
+          softmax_backward_row(ds + (t - t0) * T + s0, p + t * T + s0, t - s0, T - s0, scale);
+        // dq_blk += dS @ K[s0:t1];  dk[s0:t1] += dS^T @ Q_blk
+        gemm_serial(false, false, rows, hd, keys, 1.0f, ds + s0, T, k_b + s0 * Hkv * hd, Hkv * hd, 1.0f,
+                    dq_bh + t0 * H * hd, H * hd);
+        gemm_serial(true, false, keys, hd, rows, 1.0f, ds + s0, T, q_bh + t0 * H * hd, H * hd, 1.0f,
+                    dk_b + s0 * Hkv * hd, Hkv * hd);
       }
     }
   });
