@@ -7,7 +7,7 @@
 // of the two are printed side by side as a check that both run the same step).
 // Also: the model's matmul FLOP/s (forward + backward = 3x forward) and its fraction of OpenBLAS's sgemm rate
 // on the step's own shapes with 2 threads, measured in the same rounds; and a per-kernel breakdown of the
-// engine's step (core/profile.h). Ends with one JSON line.
+// engine's step (core/profile.h, over the timed steps themselves). Ends with one JSON line.
 //
 //   bench_train_step [--rounds N] [--threads N] [--no-torch] [--python PATH]     (default 7 rounds, 2
 //   threads)
@@ -124,14 +124,18 @@ void write_inputs(const std::string& path, const Batch& batch, const RoutingOpti
                     {{"eos_id", std::to_string(kEos)}, {"lr", std::to_string(kLearningRate)}});
 }
 
-// Matmul FLOPs of one forward (2 per multiply-add): projections, attention products over the causal
-// triangle (every key s <= t, as the engine computes them; intra-document masking saves nothing there),
-// router, experts (routed slots + shared), LM head. A training step is 3x this (backward = 2x forward).
-double forward_matmul_flops(const ModelConfig& c, int64_t B, int64_t T) {
-  const double N = static_cast<double>(B * T), C = static_cast<double>(c.hidden_size);
+// Matmul FLOPs of one forward (2 per multiply-add): projections, attention products over the (query, key)
+// pairs the model defines (causal and inside one document, intra-document attention), router, experts
+// (routed slots + shared), LM head. A training step is 3x this (backward = 2x forward).
+double forward_matmul_flops(const ModelConfig& c, const Batch& batch) {
+  const double N = static_cast<double>(batch.B * batch.T), C = static_cast<double>(c.hidden_size);
   const double hd = static_cast<double>(c.head_dim()), H = static_cast<double>(c.num_attention_heads);
   const double Hkv = static_cast<double>(c.num_key_value_heads), F = static_cast<double>(c.intermediate_size);
-  const double causal_pairs = static_cast<double>(B) * T * (T + 1) / 2.0;
+  double causal_pairs = 0;  // per query: the keys of its document up to itself
+  for (int64_t i = 0, start = 0; i < batch.B * batch.T; ++i) {
+    if (i % batch.T == 0 || batch.doc_ids[i] != batch.doc_ids[i - 1]) start = i;
+    causal_pairs += static_cast<double>(i - start + 1);
+  }
   double layer = 2 * N * C * hd * (2 * H + 2 * Hkv);                               // q, o and k, v
   layer += 2 * 2 * causal_pairs * H * hd;                                          // Q K^T and P V
   layer += 2 * N * C * static_cast<double>(c.num_experts - c.num_shared_experts);  // router
@@ -284,25 +288,20 @@ struct SgemmSet {
   }
 };
 
-// Per-label seconds of the engine's step, grouped as issue 2 asks, over `steps` profiled steps.
-nlohmann::json breakdown(EngineStep& engine, int steps, double* step_seconds) {
-  profile::reset();
-  profile::set_enabled(true);
-  Timer timer;
-  for (int s = 0; s < steps; ++s) engine.run();
-  *step_seconds = timer.seconds() / steps;
-  profile::set_enabled(false);
+// Per-label seconds per step of the profiled (timed) engine steps, whose mean is `step_seconds`.
+nlohmann::json breakdown(int steps, double step_seconds) {
   double accounted = 0;
   nlohmann::json rows = nlohmann::json::array();
-  std::printf("\nwhere the engine's step goes (%d profiled steps, %.3f s per step):\n", steps, *step_seconds);
+  std::printf("\nwhere the engine's step goes (the %d timed steps, mean %.3f s per step):\n", steps,
+              step_seconds);
   for (const auto& [label, total] : profile::totals()) {
     const double per_step = total / steps;
     accounted += per_step;
-    rows.push_back({{"kernel", label}, {"seconds", per_step}, {"share", per_step / *step_seconds}});
+    rows.push_back({{"kernel", label}, {"seconds", per_step}, {"share", per_step / step_seconds}});
   }
-  rows.push_back({{"kernel", "other (residual adds, copies, bookkeeping)"},
-                  {"seconds", *step_seconds - accounted},
-                  {"share", (*step_seconds - accounted) / *step_seconds}});
+  rows.push_back({{"kernel", "other (unlabelled: slot tables, buffer zeroing, bookkeeping)"},
+                  {"seconds", step_seconds - accounted},
+                  {"share", (step_seconds - accounted) / step_seconds}});
   std::sort(rows.begin(), rows.end(), [](const nlohmann::json& x, const nlohmann::json& y) {
     return x["seconds"].get<double>() > y["seconds"].get<double>();
   });
@@ -317,7 +316,7 @@ nlohmann::json breakdown(EngineStep& engine, int steps, double* step_seconds) {
 
 int main(int argc, char** argv) {
   using namespace emo;
-  int rounds = 7, threads = 2, profiled_steps = 3;
+  int rounds = 7, threads = 2;
   bool torch = true;
   std::string python = "/usr/bin/python3";
   std::string script = (fs::path(__FILE__).parent_path() / "train_step_torch.py").string();
@@ -347,7 +346,7 @@ int main(int argc, char** argv) {
   RoutingOptions routing = emo_routing(config, batch, 7);
   EngineStep engine(config, batch, routing);
   const int64_t tokens = batch.B * batch.T;
-  const double step_flops = 3 * forward_matmul_flops(config, batch.B, batch.T);
+  const double step_flops = 3 * forward_matmul_flops(config, batch);
   std::printf(
       "train step: d 256, 4 layers, 4 heads, 64 experts (63 routed + 1 shared) x 128, top 4, vocab 8192, "
       "%lld rows x %lld tokens, EMO pools + intra-document attention, %d threads; %.1f GFLOP of matmuls per "
@@ -371,18 +370,27 @@ int main(int argc, char** argv) {
   const double engine_first_loss = engine.run();
   const double torch_first_loss = twin ? twin->step().second : 0.0;
   sgemm.run();
-  std::vector<double> engine_s, torch_s, sgemm_gflops;
+  std::vector<double> engine_s, torch_s, sgemm_gflops, ratios;
+  // The timed engine steps are profiled (a scope costs well under a microsecond, a step holds ~300).
+  profile::reset();
+  profile::set_enabled(true);
   for (int r = 0; r < rounds; ++r) {
     Timer t;
     engine.run();
     engine_s.push_back(t.seconds());
     if (twin) torch_s.push_back(twin->step().first);
+    if (twin) ratios.push_back(torch_s.back() / engine_s.back());
+    profile::set_enabled(false);
     sgemm_gflops.push_back(sgemm.flops() / sgemm.seconds(3) * 1e-9);
-    std::printf("  round %d: engine %.3f s, torch %.3f s, sgemm %.1f GFLOP/s\n", r + 1, engine_s.back(),
-                twin ? torch_s.back() : 0.0, sgemm_gflops.back());
+    profile::set_enabled(true);
+    std::printf("  round %d: engine %.3f s, torch %.3f s (%.2fx), sgemm %.1f GFLOP/s\n", r + 1,
+                engine_s.back(), twin ? torch_s.back() : 0.0, twin ? ratios.back() : 0.0,
+                sgemm_gflops.back());
   }
-  double profiled_step_s = 0;
-  nlohmann::json kernels = breakdown(engine, profiled_steps, &profiled_step_s);
+  profile::set_enabled(false);
+  double mean_step_s = 0;
+  for (double s : engine_s) mean_step_s += s / static_cast<double>(engine_s.size());
+  nlohmann::json kernels = breakdown(rounds, mean_step_s);
   twin.reset();
   fs::remove_all(scratch);
 
@@ -392,8 +400,11 @@ int main(int argc, char** argv) {
   const double sgemm_rate = median(sgemm_gflops);
   std::printf("\nfirst-step loss: engine %.6f, torch %.6f (same weights, batch and pools)\n",
               engine_first_loss, torch_first_loss);
-  std::printf("engine %8.0f tok/s | torch %8.0f tok/s | ratio %.2fx (target >= 1.5x)\n", engine_tok_s,
-              torch_tok_s, torch_tok_s > 0 ? engine_tok_s / torch_tok_s : 0.0);
+  std::printf(
+      "engine %8.0f tok/s | torch %8.0f tok/s | ratio %.2fx of medians, %.2fx median of the rounds' ratios "
+      "(target >= 1.5x)\n",
+      engine_tok_s, torch_tok_s, torch_tok_s > 0 ? engine_tok_s / torch_tok_s : 0.0,
+      ratios.empty() ? 0.0 : median(ratios));
   std::printf(
       "engine model FLOP/s %.1f GFLOP/s = %.0f%% of OpenBLAS sgemm (%d threads, step shapes) %.1f "
       "GFLOP/s; torch %.1f GFLOP/s\n",
@@ -407,6 +418,7 @@ int main(int argc, char** argv) {
                          {"engine_tok_s", engine_tok_s},
                          {"torch_tok_s", torch_tok_s},
                          {"ratio", torch_tok_s > 0 ? engine_tok_s / torch_tok_s : 0.0},
+                         {"ratio_median_of_rounds", ratios.empty() ? 0.0 : median(ratios)},
                          {"engine_step_s", median(engine_s)},
                          {"torch_step_s", torch_s.empty() ? 0.0 : median(torch_s)},
                          {"engine_gflops", model_gflops},
@@ -414,7 +426,6 @@ int main(int argc, char** argv) {
                          {"fraction_of_sgemm", model_gflops / sgemm_rate},
                          {"first_loss_engine", engine_first_loss},
                          {"first_loss_torch", torch_first_loss},
-                         {"profiled_step_s", profiled_step_s},
                          {"breakdown", kernels}};
   std::printf("%s\n", line.dump().c_str());
   return 0;
