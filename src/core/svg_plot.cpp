@@ -16,8 +16,9 @@ std::string num(double v) {
 }
 
 std::string tick(double v) {
+  if (std::fabs(v) < 1e-9) v = 0;  // a tick reached by adding steps lands a rounding error away from zero
   char b[32];
-  std::snprintf(b, sizeof b, std::fabs(v) >= 100 ? "%.0f" : (std::fabs(v) >= 1 ? "%.3g" : "%.3g"), v);
+  std::snprintf(b, sizeof b, std::fabs(v) >= 100 ? "%.0f" : "%.3g", v);
   return b;
 }
 
@@ -80,7 +81,10 @@ std::string line_plot_svg(const LinePlot& plot) {
   if (plot.log2_x) {
     for (double e = std::ceil(xr.lo); e <= std::floor(xr.hi); e += 1) xticks.push_back(std::exp2(e));
   } else {
-    for (int i = 0; i <= 4; ++i) xticks.push_back(xr.lo + (xr.hi - xr.lo) * i / 4.0);
+    // About five ticks at multiples of 1, 2 or 5 times a power of ten.
+    const double raw = (xr.hi - xr.lo) / 5, power = std::pow(10.0, std::floor(std::log10(raw)));
+    const double step = raw / power < 2 ? 2 * power : (raw / power < 5 ? 5 * power : 10 * power);
+    for (double x = std::ceil(xr.lo / step) * step; x <= xr.hi; x += step) xticks.push_back(x);
   }
   for (double x : xticks)
     svg += cat("<line x1=\"", num(px(x)), "\" x2=\"", num(px(x)), "\" y1=\"", top, "\" y2=\"", H - bottom,
@@ -99,8 +103,9 @@ std::string line_plot_svg(const LinePlot& plot) {
     for (const auto& [x, y] : s.points) {
       if (!std::isfinite(y)) continue;
       path += cat(path.empty() ? "" : " ", num(px(x)), ",", num(py(y)));
-      svg += cat("<circle cx=\"", num(px(x)), "\" cy=\"", num(py(y)), "\" r=\"", s.line ? 3 : 6, "\" fill=\"",
-                 color, "\"/>\n");
+      if (s.markers)
+        svg += cat("<circle cx=\"", num(px(x)), "\" cy=\"", num(py(y)), "\" r=\"", s.line ? 3 : 6,
+                   "\" fill=\"", color, "\"/>\n");
     }
     if (s.line && !path.empty())
       svg += cat("<polyline fill=\"none\" stroke=\"", color, "\" stroke-width=\"2\"", dash, " points=\"",

@@ -13,7 +13,8 @@ struct PlotSeries {
   std::vector<std::pair<double, double>> points;  // (x, y), drawn in the order given
   std::string color;                              // "" = from the palette
   bool dashed = false;
-  bool line = true;  // false: markers only (a single reference point, e.g. the dense model)
+  bool line = true;     // false: markers only (a single reference point, e.g. the dense model)
+  bool markers = true;  // false: the line alone (long curves such as a training loss)
 };
 
 struct LinePlot {

@@ -195,6 +195,7 @@ std::string curves_svg(const ReportInputs& in) {
     std::ifstream metrics(fs::path(in.models[model]["run"].get<std::string>()) / "metrics.jsonl");
     PlotSeries s;
     s.name = model;
+    s.markers = false;
     std::vector<double> window;
     for (std::string line; std::getline(metrics, line);) {
       const auto j = nlohmann::json::parse(line, nullptr, false);
