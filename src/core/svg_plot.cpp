@@ -22,21 +22,6 @@ std::string tick(double v) {
   return b;
 }
 
-std::string escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '<')
-      out += "&lt;";
-    else if (c == '>')
-      out += "&gt;";
-    else if (c == '&')
-      out += "&amp;";
-    else
-      out += c;
-  }
-  return out;
-}
-
 struct Range {
   double lo = 1e300, hi = -1e300;
   void add(double v) { lo = std::min(lo, v), hi = std::max(hi, v); }
@@ -49,6 +34,23 @@ struct Range {
 };
 
 }  // namespace
+
+std::string xml_escape(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '&')
+      out += "&amp;";
+    else if (c == '"')
+      out += "&quot;";
+    else
+      out += c;
+  }
+  return out;
+}
 
 std::string line_plot_svg(const LinePlot& plot) {
   static const char* kPalette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
@@ -67,7 +69,7 @@ std::string line_plot_svg(const LinePlot& plot) {
                         "\" viewBox=\"0 0 ", W, " ", H, "\" font-family=\"sans-serif\" font-size=\"12\">\n",
                         "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
   svg += cat("<text x=\"", num(W / 2 - right / 2), "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">",
-             escape(plot.title), "</text>\n");
+             xml_escape(plot.title), "</text>\n");
   // Axes, grid and ticks: 5 ticks per axis, on the data scale (log2 ticks at powers of two).
   svg += cat("<rect x=\"", left, "\" y=\"", top, "\" width=\"", W - left - right, "\" height=\"",
              H - top - bottom, "\" fill=\"none\" stroke=\"#333\"/>\n");
@@ -91,9 +93,9 @@ std::string line_plot_svg(const LinePlot& plot) {
                "\" stroke=\"#eee\"/>\n<text x=\"", num(px(x)), "\" y=\"", H - bottom + 16,
                "\" text-anchor=\"middle\">", tick(x), "</text>\n");
   svg += cat("<text x=\"", num((left + W - right) / 2), "\" y=\"", H - 14, "\" text-anchor=\"middle\">",
-             escape(plot.x_label), "</text>\n<text x=\"16\" y=\"", num((top + H - bottom) / 2),
+             xml_escape(plot.x_label), "</text>\n<text x=\"16\" y=\"", num((top + H - bottom) / 2),
              "\" transform=\"rotate(-90 16 ", num((top + H - bottom) / 2), ")\" text-anchor=\"middle\">",
-             escape(plot.y_label), "</text>\n");
+             xml_escape(plot.y_label), "</text>\n");
   // Series and legend.
   for (size_t i = 0; i < plot.series.size(); ++i) {
     const PlotSeries& s = plot.series[i];
@@ -111,9 +113,10 @@ std::string line_plot_svg(const LinePlot& plot) {
       svg += cat("<polyline fill=\"none\" stroke=\"", color, "\" stroke-width=\"2\"", dash, " points=\"",
                  path, "\"/>\n");
     const double ly = top + 10 + 18 * static_cast<double>(i);
-    svg += cat("<line x1=\"", W - right + 12, "\" x2=\"", W - right + 36, "\" y1=\"", num(ly), "\" y2=\"",
-               num(ly), "\" stroke=\"", color, "\" stroke-width=\"", s.line ? 2 : 8, "\"", dash,
-               "/>\n<text x=\"", W - right + 42, "\" y=\"", num(ly + 4), "\">", escape(s.name), "</text>\n");
+    svg +=
+        cat("<line x1=\"", W - right + 12, "\" x2=\"", W - right + 36, "\" y1=\"", num(ly), "\" y2=\"",
+            num(ly), "\" stroke=\"", color, "\" stroke-width=\"", s.line ? 2 : 8, "\"", dash,
+            "/>\n<text x=\"", W - right + 42, "\" y=\"", num(ly + 4), "\">", xml_escape(s.name), "</text>\n");
   }
   return svg + "</svg>\n";
 }

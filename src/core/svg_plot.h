@@ -26,4 +26,7 @@ struct LinePlot {
 
 std::string line_plot_svg(const LinePlot& plot);
 
+// Text made safe inside SVG/XML text and attribute values (< > & ").
+std::string xml_escape(const std::string& text);
+
 }  // namespace emo

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "core/svg_plot.h"
+
 namespace emo {
 
 namespace {
@@ -24,23 +26,6 @@ std::string label(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.3g", v);
   return buf;
-}
-
-std::string xml_escape(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '<')
-      out += "&lt;";
-    else if (c == '>')
-      out += "&gt;";
-    else if (c == '&')
-      out += "&amp;";
-    else if (c == '"')
-      out += "&quot;";
-    else
-      out += c;
-  }
-  return out;
 }
 
 // Exponential moving average, the usual way to read a noisy training loss.
