@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/svg_plot.h"
 #include "data/dataset.h"
 #include "io/atomic_file.h"
 #include "select/examples.h"
@@ -106,50 +107,17 @@ std::string sweep_svg(const std::vector<SweepRow>& rows) {
     point.first += r.loss;
     point.second += 1;
   }
-  double lo = 1e300, hi = -1e300;
-  for (const auto& [name, points] : series)
-    for (const auto& [x, sum] : points) {
-      lo = std::min(lo, sum.first / sum.second);
-      hi = std::max(hi, sum.first / sum.second);
-    }
-  if (series.empty()) lo = 0, hi = 1;
-  if (hi - lo < 1e-9) lo -= 0.5, hi += 0.5;
-  const double W = 720, H = 440, left = 70, right = 220, top = 30, bottom = 50;
-  auto px = [&](double x) { return left + x * (W - left - right); };
-  auto py = [&](double y) { return top + (hi - y) / (hi - lo) * (H - top - bottom); };
-  static const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"};
-  std::string svg =
-      cat("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"", W, "\" height=\"", H,
-          "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" "
-          "fill=\"white\"/>\n");
-  svg += cat("<line x1=\"", left, "\" y1=\"", H - bottom, "\" x2=\"", W - right, "\" y2=\"", H - bottom,
-             "\" stroke=\"black\"/>\n<line x1=\"", left, "\" y1=\"", top, "\" x2=\"", left, "\" y2=\"",
-             H - bottom, "\" stroke=\"black\"/>\n");
-  for (int i = 0; i <= 4; ++i) {
-    const double x = i / 4.0, y = lo + (hi - lo) * i / 4.0;
-    svg += cat("<text x=\"", px(x), "\" y=\"", H - bottom + 18, "\" text-anchor=\"middle\">", fmt("%.2f", x),
-               "</text>\n<text x=\"", left - 8, "\" y=\"", py(y) + 4, "\" text-anchor=\"end\">",
-               fmt("%.3f", y), "</text>\n");
-  }
-  svg += cat("<text x=\"", (left + W - right) / 2, "\" y=\"", H - 10,
-             "\" text-anchor=\"middle\">fraction of experts kept (keep-k / E)</text>\n<text x=\"16\" y=\"",
-             (top + H - bottom) / 2, "\" transform=\"rotate(-90 16 ", (top + H - bottom) / 2,
-             ")\" text-anchor=\"middle\">held-out loss (mean over domains)</text>\n");
-  int index = 0;
+  LinePlot plot;
+  plot.title = "Held-out loss against experts kept";
+  plot.x_label = "fraction of experts kept (keep-k / E)";
+  plot.y_label = "held-out loss (mean over domains)";
   for (const auto& [name, points] : series) {
-    const char* color = colors[index % 7];
-    std::string path;
-    for (const auto& [x, sum] : points) {
-      path += cat(path.empty() ? "" : " ", fmt("%.1f", px(x)), ",", fmt("%.1f", py(sum.first / sum.second)));
-      svg += cat("<circle cx=\"", fmt("%.1f", px(x)), "\" cy=\"", fmt("%.1f", py(sum.first / sum.second)),
-                 "\" r=\"3\" fill=\"", color, "\"/>\n");
-    }
-    svg += cat("<polyline fill=\"none\" stroke=\"", color, "\" stroke-width=\"2\" points=\"", path, "\"/>\n");
-    svg += cat("<text x=\"", W - right + 10, "\" y=\"", top + 16 * index + 10, "\" fill=\"", color, "\">",
-               name, "</text>\n");
-    ++index;
+    PlotSeries line;
+    line.name = name;
+    for (const auto& [x, sum] : points) line.points.push_back({x, sum.first / sum.second});
+    plot.series.push_back(line);
   }
-  return svg + "</svg>\n";
+  return line_plot_svg(plot);
 }
 
 void write_sweep(const std::string& dir, const std::vector<SweepRow>& rows) {
