@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -33,10 +35,36 @@ TEST(ThreadPool, TasksRunOnceAndExceptionsPropagate) {
   std::vector<std::atomic<int>> hits(37);
   parallel_tasks(37, [&](int64_t t) { hits[t]++; });
   for (auto& h : hits) EXPECT_EQ(h.load(), 1);
-  EXPECT_THROW(parallel_tasks(8, [&](int64_t t) {
-                 if (t == 5) fail("test", "boom");
-               }),
+  EXPECT_THROW(parallel_tasks(8,
+                              [&](int64_t t) {
+                                if (t == 5) fail("test", "boom");
+                              }),
                Error);
+}
+
+// The pool hands tasks out through one counter shared by the workers and the caller: back-to-back jobs (no
+// worker asleep), jobs after the workers have gone to sleep, a resized pool and nested regions must each run
+// every task exactly once.
+TEST(ThreadPool, EveryTaskRunsOnceAcrossManyJobsSleepsAndResizes) {
+  const int threads = num_threads();
+  for (int pool_size : {4, 2, 3}) {
+    set_num_threads(pool_size);
+    for (int job = 0; job < 2000; ++job) {
+      const int64_t n = 1 + job % 13;
+      std::vector<std::atomic<int>> hits(n);
+      parallel_tasks(n, [&](int64_t t) { hits[t]++; });
+      for (auto& h : hits) ASSERT_EQ(h.load(), 1) << "job " << job << " pool " << pool_size;
+      if (job % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // workers block
+    }
+    std::atomic<int64_t> covered{0};
+    parallel_for(64, 1, [&](int64_t b, int64_t e) {
+      EXPECT_TRUE(in_parallel_region());
+      parallel_for(e - b, 1, [&](int64_t b2, int64_t e2) { covered += e2 - b2; });  // nested: serial
+    });
+    EXPECT_EQ(covered.load(), 64);
+    EXPECT_FALSE(in_parallel_region());
+  }
+  set_num_threads(threads);
 }
 
 TEST(Rng, ReproducibleAndRestorable) {

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "kernels/vec_math.h"
 
 namespace emo {
 
@@ -53,10 +54,9 @@ std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logit
 
 int32_t Sampler::next(const float* logits, int64_t V) {
   if (options_.temperature == 0.0) {
-    int32_t best = 0;
-    for (int64_t i = 1; i < V; ++i)
-      if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
-    return best;
+    // The first id holding the maximum (ties to the lower id); two vectorised passes beat one branchy one.
+    const float* best = std::find(logits, logits + V, vec::max_of(logits, V));
+    return best == logits + V ? 0 : static_cast<int32_t>(best - logits);  // not found: NaN logits
   }
   const auto candidates = distribution(logits, V);
   double u = rng_.uniform();

@@ -75,10 +75,19 @@ struct I8Format {
   using Acc = __m256i;
   static constexpr int64_t kStep = 16, kSegment = 4096;
   static float prepare(const float* x, int64_t C, int16_t* out) {
-    float max_abs = 0.0f;
-    for (int64_t c = 0; c < C; ++c) max_abs = std::max(max_abs, std::fabs(x[c]));
+    const float max_abs = vec::max_abs_of(x, C);
     const float scale = max_abs > 0.0f ? max_abs / 32767.0f : 1.0f;
-    for (int64_t c = 0; c < C; ++c) out[c] = static_cast<int16_t>(std::nearbyint(x[c] / scale));
+    const __m256 inverse = _mm256_set1_ps(1.0f / scale);
+    int64_t c = 0;
+    for (; c + 16 <= C; c += 16) {
+      // Rounded to nearest (MXCSR default); packs saturates a product that rounds past 32767.
+      const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + c), inverse));
+      const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + c + 8), inverse));
+      // packs interleaves 128-bit lanes (lo0-3 hi0-3 lo4-7 hi4-7): put them back in order.
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), packed);
+    }
+    for (; c < C; ++c) out[c] = static_cast<int16_t>(std::nearbyint(x[c] / scale));
     return scale;
   }
   static Acc zero() { return _mm256_setzero_si256(); }
@@ -102,13 +111,21 @@ void dot_block(float* y, int64_t ldy, const typename Fmt::Elem* w, const float* 
   const int64_t body = C - C % Fmt::kStep;
   for (int64_t segment = 0, end = 0; segment < body; segment = end) {
     end = body - segment > Fmt::kSegment ? segment + Fmt::kSegment : body;
+    // The r and t loops are unrolled so that the R*T accumulators live in registers (without it GCC -O2
+    // kept them in a stack array: a load-FMA-store chain per step, 3-4x slower on cache-resident weights).
     typename Fmt::Acc acc[R][T];
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
       for (int t = 0; t < T; ++t) acc[r][t] = Fmt::zero();
     for (int64_t c = segment; c < end; c += Fmt::kStep)
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
         for (int t = 0; t < T; ++t) acc[r][t] = Fmt::step(acc[r][t], rows[r] + c, x + t * C + c);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
       for (int t = 0; t < T; ++t) sum[r][t] += Fmt::reduce(acc[r][t]);
   }
   for (int r = 0; r < R; ++r) {
@@ -131,7 +148,9 @@ void dot_rows(float* y, int64_t ldy, const MatrixView& w, const typename Fmt::X*
   int64_t r = 0;
   for (; r + R <= w.rows; r += R) {
     // The block's R rows are read as R interleaved streams, too short for the hardware prefetcher when rows
-    // are short (512 columns of bf16 = 1 KiB): fetch the next block, in memory order, meanwhile.
+    // are short (512 columns of bf16 = 1 KiB): fetch the next block, in memory order, meanwhile. Measured on
+    // the 1.6 GB model (bench_infer): bf16 decode 0.92-0.99 of the bandwidth bound with this, 0.47 without
+    // software prefetch, 0.64 with one prefetch per row and step.
     const int64_t ahead = (r / R + 1) * block;
     for (int64_t b = ahead; b < std::min(total, ahead + block); b += 64) _mm_prefetch(bytes + b, _MM_HINT_T0);
     dot_block<Fmt, R, T>(y, ldy, data, w.scales, r, x, factor, C);

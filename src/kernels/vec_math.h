@@ -93,4 +93,18 @@ inline float max_of(const float* x, int64_t n) {
   return result;
 }
 
+// Maximum of |x[0..n)| (0 for n = 0).
+inline float max_abs_of(const float* x, int64_t n) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float result = _mm_cvtss_f32(h);
+  for (; i < n; ++i) result = std::fabs(x[i]) > result ? std::fabs(x[i]) : result;
+  return result;
+}
+
 }  // namespace emo::vec
