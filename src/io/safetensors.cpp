@@ -152,6 +152,10 @@ std::shared_ptr<const MappedFile> map_file(const std::string& path) {
       fail_file(kOp, path, "mmap failed: " + reason);
     }
     mapping->bytes = static_cast<const unsigned char*>(p);
+    // No read-around while the header is parsed: its page faults would otherwise read the first megabytes of
+    // tensor data into memory (measured: 2.5 MB of unused experts' int8 scales for a 12.5% run). Reset to
+    // the default policy once the header is read (SafetensorsFile::open).
+    ::madvise(p, mapping->size, MADV_RANDOM);
   }
   ::close(fd);  // the mapping keeps the file alive
   return mapping;
@@ -186,6 +190,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   }
   if (!header.is_object())
     fail_at(kOp, path, "header", "is " + json_kind(header) + ", expected a JSON object");
+
+  ::madvise(const_cast<unsigned char*>(bytes), file_size, MADV_NORMAL);
 
   std::vector<std::tuple<uint64_t, uint64_t, std::string>> spans;
   for (const auto& [name, entry] : header.items()) {
