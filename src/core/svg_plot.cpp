@@ -61,9 +61,12 @@ std::string line_plot_svg(const LinePlot& plot) {
     for (const auto& [x, y] : s.points)
       if (std::isfinite(y)) xr.add(fx(x)), yr.add(y);
   xr.pad(), yr.pad();
+  if (plot.y_range) yr.lo = plot.y_range->first, yr.hi = plot.y_range->second;
   const double W = plot.width, H = plot.height, left = 70, right = 230, top = 40, bottom = 55;
   auto px = [&](double x) { return left + (fx(x) - xr.lo) / (xr.hi - xr.lo) * (W - left - right); };
-  auto py = [&](double y) { return top + (yr.hi - y) / (yr.hi - yr.lo) * (H - top - bottom); };
+  auto py = [&](double y) {
+    return top + (yr.hi - std::clamp(y, yr.lo, yr.hi)) / (yr.hi - yr.lo) * (H - top - bottom);
+  };
 
   std::string svg = cat("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"", W, "\" height=\"", H,
                         "\" viewBox=\"0 0 ", W, " ", H, "\" font-family=\"sans-serif\" font-size=\"12\">\n",
@@ -110,8 +113,8 @@ std::string line_plot_svg(const LinePlot& plot) {
                    "\" fill=\"", color, "\"/>\n");
     }
     if (s.line && !path.empty())
-      svg += cat("<polyline fill=\"none\" stroke=\"", color, "\" stroke-width=\"2\"", dash, " points=\"",
-                 path, "\"/>\n");
+      svg += cat("<polyline fill=\"none\" stroke=\"", color, "\" stroke-width=\"", s.stroke_width, "\"", dash,
+                 " points=\"", path, "\"/>\n");
     const double ly = top + 10 + 18 * static_cast<double>(i);
     svg +=
         cat("<line x1=\"", W - right + 12, "\" x2=\"", W - right + 36, "\" y1=\"", num(ly), "\" y2=\"",
