@@ -15,6 +15,7 @@
 #include "data/packer.h"
 #include "data/process.h"
 #include "data/text_clean.h"
+#include "io/atomic_file.h"
 
 namespace fs = std::filesystem;
 using namespace emo::data;
@@ -338,7 +339,7 @@ TEST(CorpusSplit, CapSamplesEachDomainIndependentlyOfOrder) {
 
 TEST(CorpusSplit, BadJsonlNamesFileAndLine) {
   std::string path = temp_dir("bad_jsonl") + "/train.jsonl";
-  write_file_atomic(path, "{\"id\":\"a\",\"domain\":\"x\",\"source\":\"s\",\"text\":\"t\"}\n{\"id\":1}\n");
+  emo::atomic_write_file(path, "{\"id\":\"a\",\"domain\":\"x\",\"source\":\"s\",\"text\":\"t\"}\n{\"id\":1}\n");
   EXPECT_NE(error_message([&] { read_corpus_jsonl(path); }).find("train.jsonl: line 2"), std::string::npos);
 }
 
@@ -375,32 +376,32 @@ TEST(Dataset, TruncatedOrCorruptFilesAreNamedErrors) {
   std::string good = write_dataset(dir + "/good.bin", {4, 6});
   std::string bytes = read_file_bytes(good);
 
-  write_file_atomic(dir + "/truncated.bin", bytes.substr(0, bytes.size() - 4));
+  emo::atomic_write_file(dir + "/truncated.bin", bytes.substr(0, bytes.size() - 4));
   std::string message = error_message([&] { Dataset::open(dir + "/truncated.bin"); });
   EXPECT_NE(message.find("[dataset]"), std::string::npos) << message;
   EXPECT_NE(message.find("truncated.bin"), std::string::npos) << message;
   EXPECT_NE(message.find("truncated"), std::string::npos) << message;
 
-  write_file_atomic(dir + "/short.bin", bytes.substr(0, 10));
+  emo::atomic_write_file(dir + "/short.bin", bytes.substr(0, 10));
   EXPECT_NE(error_message([&] { Dataset::open(dir + "/short.bin"); }).find("shorter than the 64-byte header"),
             std::string::npos);
 
   std::string flipped = bytes;
   flipped[64 + 3 * 8 + 5] ^= 0x40;  // inside the tokens
-  write_file_atomic(dir + "/flipped.bin", flipped);
+  emo::atomic_write_file(dir + "/flipped.bin", flipped);
   EXPECT_NE(
       error_message([&] { Dataset::open(dir + "/flipped.bin"); }).find("flipped.bin: byte 64: corrupt data"),
       std::string::npos);
 
   std::string bad_magic = bytes;
   bad_magic[0] = 'X';
-  write_file_atomic(dir + "/magic.bin", bad_magic);
+  emo::atomic_write_file(dir + "/magic.bin", bad_magic);
   EXPECT_NE(error_message([&] { Dataset::open(dir + "/magic.bin"); }).find("not an emo dataset"),
             std::string::npos);
 
   std::string bad_header = bytes;
   bad_header[16] ^= 1;  // document count
-  write_file_atomic(dir + "/header.bin", bad_header);
+  emo::atomic_write_file(dir + "/header.bin", bad_header);
   EXPECT_NE(error_message([&] { Dataset::open(dir + "/header.bin"); }).find("corrupt header"),
             std::string::npos);
 

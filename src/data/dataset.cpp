@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace emo::data {
 namespace {
@@ -114,24 +115,15 @@ void DatasetWriter::write(const std::string& path) const {
   header.payload_crc32 = crc;
   header.header_crc32 = crc_update(0, &header, kHeaderCrcOffset);
 
-  std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) fail_file("dataset", temporary, std::strerror(errno));
-    auto put = [&](const void* data, uint64_t bytes) {
-      out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
-    };
-    put(&header, sizeof header);
-    put(offsets_.data(), offsets_.size() * 8);
-    put(tokens_.data(), tokens_.size() * 4);
-    put(kZeros, token_pad);
-    put(domain_ids_.data(), domain_ids_.size() * 4);
-    put(kZeros, domain_pad);
-    put(names.data(), names.size());
-    out.flush();
-    if (!out) fail_file("dataset", temporary, "write failed (disk full?)");
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) fail_file("dataset", path, std::strerror(errno));
+  AtomicFile out(path);
+  out.write(&header, sizeof header);
+  out.write(offsets_.data(), offsets_.size() * 8);
+  out.write(tokens_.data(), tokens_.size() * 4);
+  out.write(kZeros, token_pad);
+  out.write(domain_ids_.data(), domain_ids_.size() * 4);
+  out.write(kZeros, domain_pad);
+  out.write(names.data(), names.size());
+  out.commit();
 }
 
 Dataset Dataset::open(const std::string& path) {

@@ -91,18 +91,6 @@ std::string read_file_bytes(const std::string& path) {
   return bytes.str();
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) fail_file("write", temporary, std::strerror(errno));
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) fail_file("write", temporary, "write failed (disk full?)");
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) fail_file("write", path, std::strerror(errno));
-}
-
 namespace {
 
 struct DigestDeleter {

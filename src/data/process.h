@@ -13,8 +13,6 @@ std::string run_command(const std::vector<std::string>& argv);
 
 // Whole file as bytes; emo::Error naming the file when it cannot be read.
 std::string read_file_bytes(const std::string& path);
-// Writes bytes to path.tmp then renames it over path, so readers never see a partial file.
-void write_file_atomic(const std::string& path, const std::string& bytes);
 
 // Lower-case hex SHA-256 (OpenSSL) of bytes and of a file's content.
 std::string sha256_hex(const std::string& bytes);

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace emo {
 namespace {
@@ -138,16 +139,7 @@ void ExpertSubset::check(const ModelConfig& config, const std::string& source) c
 }
 
 void ExpertSubset::save(const std::string& path) const {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail_file("subset", path, "cannot open for writing");
-    out << to_json().dump(2) << "\n";
-    if (!out.flush()) fail_file("subset", path, "write failed");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) fail_file("subset", path, cat("cannot rename the temporary file: ", ec.message()));
+  atomic_write_file(path, to_json().dump(2) + "\n");
 }
 
 ExpertSubset ExpertSubset::load(const std::string& path, const ModelConfig& config) {

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/tokenizer_impl.h"
 
@@ -285,17 +286,7 @@ std::string Tokenizer::to_json_text() const {
 }
 
 void Tokenizer::save(const std::string& path) const {
-  std::string text = to_json_text();
-  std::string partial = path + ".partial";
-  {
-    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-    if (!out) fail_file("tokenizer", partial, "cannot create the file");
-    out << text;
-    if (!out.flush()) fail_file("tokenizer", partial, "write failed");
-  }
-  std::error_code error;
-  std::filesystem::rename(partial, path, error);  // atomic: readers never see half a file
-  if (error) fail_file("tokenizer", path, cat("cannot move the finished file into place: ", error.message()));
+  atomic_write_file(path, to_json_text());
 }
 
 }  // namespace emo

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/atomic_file.h"
 #include "model/forward_state.h"
 #include "tokenizer/tokenizer.h"
 #include "train/distributed.h"
@@ -186,7 +187,8 @@ void Trainer::setup() {
   }
   if (dist.is_root() && !options_.out_dir.empty()) {
     fs::create_directories(fs::path(options_.out_dir) / "checkpoints");
-    std::ofstream(fs::path(options_.out_dir) / "train_config.json") << config_.to_json().dump(2) << "\n";
+    atomic_write_file((fs::path(options_.out_dir) / "train_config.json").string(),
+                      config_.to_json().dump(2) + "\n");
     truncate_metrics_after(state_.step);
   }
 }
@@ -354,7 +356,7 @@ void Trainer::truncate_metrics_after(int64_t step) const {
     if (!j.is_discarded() && j.value("step", int64_t{0}) <= step) kept += line + "\n";
   }
   in.close();
-  std::ofstream(path, std::ios::trunc) << kept;
+  atomic_write_file(path.string(), kept);
 }
 
 void Trainer::write_loss_curve() const {
@@ -371,9 +373,10 @@ void Trainer::write_loss_curve() const {
       for (auto& [domain, value] : j["validation"].items())
         curve.validation[domain].emplace_back(step, value.get<double>());
   }
-  std::string svg = loss_curve_svg(curve);
-  std::ofstream(fs::path(options_.out_dir) / "loss_curve.svg") << svg;
-  if (!last_checkpoint_.empty()) std::ofstream(fs::path(last_checkpoint_) / "loss_curve.svg") << svg;
+  const std::string svg = loss_curve_svg(curve);
+  atomic_write_file((fs::path(options_.out_dir) / "loss_curve.svg").string(), svg);
+  if (!last_checkpoint_.empty())
+    atomic_write_file((fs::path(last_checkpoint_) / "loss_curve.svg").string(), svg);
 }
 
 int64_t Trainer::run() {
