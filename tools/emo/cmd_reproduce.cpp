@@ -23,7 +23,7 @@ EMO_COMMAND("reproduce",
             "The paper's headline at small scale: train EMO, standard MoE and dense, select, prune, evaluate",
             [](CLI::App& app) {
               auto args = std::make_shared<ReproduceArgs>();
-              app.add_option("--budget", args->budget, "quick (~10 min), standard (~1 h) or full")
+              app.add_option("--budget", args->budget, "quick (~13 min on 2 cores), standard (~1 h) or full")
                   ->check(CLI::IsMember({"quick", "standard", "full"}));
               app.add_option("--config", args->config,
                              "JSON with budget fields to override (sizes for --budget full)");
