@@ -78,8 +78,8 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// GB/s of summing a buffer far beyond the caches, split over the pool (best of `repeats`).
-double read_bandwidth(const std::vector<float>& buffer, int repeats) {
+// GB/s of summing a buffer far beyond the caches, split over the pool, once per repeat.
+std::vector<double> read_bandwidths(const std::vector<float>& buffer, int repeats) {
   const int64_t n = static_cast<int64_t>(buffer.size());
   std::vector<double> rates;
   for (int r = 0; r < repeats; ++r) {
@@ -102,7 +102,7 @@ double read_bandwidth(const std::vector<float>& buffer, int repeats) {
     rates.push_back(static_cast<double>(n) * 4 / t.seconds() / 1e9);
     if (total.load() < 0) std::printf(" ");  // keep the sums alive
   }
-  return *std::max_element(rates.begin(), rates.end());
+  return rates;
 }
 
 // Writes the model once (fp32, bf16, int8) into dir/<name>/{f32,bf16,int8}.
@@ -187,10 +187,12 @@ RunFigures measure(const std::string& dir, int64_t keep_k, int64_t steps, const 
     emo::Decoder d(*weights, kPromptTokens + steps + 1);
     emo::GenerateOptions options;
     options.max_new_tokens = steps + 1;
-    // The host's bandwidth drifts (28-42 GB/s between runs here): the bound is the best of 3 reads taken
-    // right before the decode it judges.
-    const double bandwidth = read_bandwidth(buffer, 3);
+    // The host's bandwidth drifts (27-59 GB/s between runs here, sometimes within one): the bound is the
+    // median of 6 reads taken around the decode it judges, 3 right before and 3 right after.
+    std::vector<double> reads = read_bandwidths(buffer, 3);
     emo::GenerateResult r = emo::generate(d, prompt, options);
+    for (double rate : read_bandwidths(buffer, 3)) reads.push_back(rate);
+    const double bandwidth = median(reads);
     // KV cache read per token at the mean position of the decode.
     f.bytes_per_token = weights->bytes_per_token(active) + d.cache().bytes_used(kPromptTokens + steps / 2);
     decode_rates.push_back(r.decode_tokens_per_second());
@@ -280,10 +282,11 @@ int main(int argc, char** argv) {
   std::printf("emo inference benchmark: %d threads, models in %s (absolute figures: a shared machine)\n",
               emo::num_threads(), dir.c_str());
   const std::vector<float> buffer(static_cast<size_t>(1) << 26, 1.0f);  // 256 MiB, far beyond the caches
-  const double bandwidth = read_bandwidth(buffer, quick ? 2 : 5);
+  const std::vector<double> start_reads = read_bandwidths(buffer, quick ? 2 : 5);
+  const double bandwidth = *std::max_element(start_reads.begin(), start_reads.end());
   std::printf(
       "memory bandwidth (parallel read of 256 MiB, best of 5): %.1f GB/s; each decode figure below is\n"
-      "the median of 5 rounds, each beside the best of 3 bandwidth reads just before it\n\n",
+      "the median of 5 rounds, each beside the median of 6 bandwidth reads around it (3 before, 3 after)\n\n",
       bandwidth);
 
   std::vector<std::pair<std::string, emo::ModelConfig>> models = {{"reference", reference_config()}};

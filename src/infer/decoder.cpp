@@ -156,9 +156,9 @@ void Decoder::attention(int64_t l) {
   p.attn.resize({N, H * hd});
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t group = H / Hkv;
-  // A (token, head) pair costs about 4 * positions * hd flops; chunks of at least ~1M flops (a decode step
-  // at a short context runs on this thread: waking the pool would cost more).
-  const int64_t grain = std::max<int64_t>(1, 262144 / ((length_ + N) * hd));
+  // A (token, head) pair costs about 4 * positions * hd flops; chunks of at least ~64k flops (a few
+  // microseconds, against 0.1-0.4 us to hand a chunk to a polling worker).
+  const int64_t grain = std::max<int64_t>(1, 16384 / ((length_ + N) * hd));
   parallel_for(N * H, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / H, h = i % H, kv = (h / group) * hd;
@@ -279,10 +279,10 @@ void Decoder::dispatch_chunk(int64_t l, int64_t K, int64_t n0, int64_t n1) {
     product(p.out.data() + begin * C, p.gate.data() + begin * F, n, ex.down);
   };
   // Enough experts: one expert per task (the lesson of docs/machine.md); else split each expert's rows.
-  // A single token through small experts runs on this thread (waking the pool would cost more).
+  // A single token through tiny experts runs on this thread (handing them out would cost more).
   int64_t work_bytes = 0;
   for (int32_t e : used) work_bytes += weights_.expert(l, e).gate.nbytes() * 3;
-  if (N == 1 && work_bytes < 256 * 1024)
+  if (N == 1 && work_bytes < 16 * 1024)
     for (int32_t e : used) run_expert(e, true);
   else if (static_cast<int64_t>(used.size()) >= num_threads())
     parallel_tasks(static_cast<int64_t>(used.size()), [&](int64_t i) { run_expert(used[i], true); });
