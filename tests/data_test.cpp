@@ -339,7 +339,8 @@ TEST(CorpusSplit, CapSamplesEachDomainIndependentlyOfOrder) {
 
 TEST(CorpusSplit, BadJsonlNamesFileAndLine) {
   std::string path = temp_dir("bad_jsonl") + "/train.jsonl";
-  emo::atomic_write_file(path, "{\"id\":\"a\",\"domain\":\"x\",\"source\":\"s\",\"text\":\"t\"}\n{\"id\":1}\n");
+  emo::atomic_write_file(path,
+                         "{\"id\":\"a\",\"domain\":\"x\",\"source\":\"s\",\"text\":\"t\"}\n{\"id\":1}\n");
   EXPECT_NE(error_message([&] { read_corpus_jsonl(path); }).find("train.jsonl: line 2"), std::string::npos);
 }
 

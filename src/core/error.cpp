@@ -2,7 +2,9 @@
 
 namespace emo {
 
-void fail(const std::string& op, const std::string& message) { throw Error("[" + op + "] " + message); }
+void fail(const std::string& op, const std::string& message) {
+  throw Error("[" + op + "] " + message);
+}
 
 void fail_file(const std::string& op, const std::string& file, const std::string& message) {
   throw Error("[" + op + "] " + file + ": " + message);

@@ -34,7 +34,7 @@ std::string cat(const Parts&... parts) {
 }  // namespace emo
 
 // Checks an invariant that bad input can break; throws emo::Error("[op] message") when it does not hold.
-#define EMO_CHECK(cond, op, ...)                           \
-  do {                                                     \
+#define EMO_CHECK(cond, op, ...)                             \
+  do {                                                       \
     if (!(cond)) ::emo::fail((op), ::emo::cat(__VA_ARGS__)); \
   } while (0)

@@ -259,8 +259,9 @@ ReproduceModels train_models(const ReproduceOptions& options, const ReproduceDat
     Trainer trainer(config, train);
     // A signal stops training with a checkpoint; the pipeline stops there too and a rerun resumes.
     const int64_t reached = trainer.run();
-    EMO_CHECK(reached >= config.total_steps(), "reproduce", "training of the ", mode, " model stopped at step ",
-              reached, " of ", config.total_steps(), " (", dir, "); run the same command again to resume");
+    EMO_CHECK(reached >= config.total_steps(), "reproduce", "training of the ", mode,
+              " model stopped at step ", reached, " of ", config.total_steps(), " (", dir,
+              "); run the same command again to resume");
   }
   return runs;
 }

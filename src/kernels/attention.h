@@ -16,7 +16,7 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
                        const int32_t* doc_ids, const AttentionShape& shape);
 
 // dq[B,T,H,hd], dk, dv[B,T,Hkv,hd] += gradients from dout[B,T,H,hd].
-void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs, const float* q,
-                        const float* k, const float* v, const AttentionShape& shape);
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs,
+                        const float* q, const float* k, const float* v, const AttentionShape& shape);
 
 }  // namespace emo

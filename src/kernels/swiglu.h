@@ -8,6 +8,7 @@ namespace emo {
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
 
 // dgate[n] += dout * up * silu'(gate);  dup[n] += dout * silu(gate).
-void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                     int64_t n);
 
 }  // namespace emo

@@ -8,26 +8,40 @@ namespace emo {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::kF32: return 4;
-    case DType::kBF16: return 2;
-    case DType::kF16: return 2;
-    case DType::kI8: return 1;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
-    case DType::kU8: return 1;
+    case DType::kF32:
+      return 4;
+    case DType::kBF16:
+      return 2;
+    case DType::kF16:
+      return 2;
+    case DType::kI8:
+      return 1;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
+    case DType::kU8:
+      return 1;
   }
   return 0;
 }
 
 std::string dtype_name(DType t) {
   switch (t) {
-    case DType::kF32: return "F32";
-    case DType::kBF16: return "BF16";
-    case DType::kF16: return "F16";
-    case DType::kI8: return "I8";
-    case DType::kI32: return "I32";
-    case DType::kI64: return "I64";
-    case DType::kU8: return "U8";
+    case DType::kF32:
+      return "F32";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kF16:
+      return "F16";
+    case DType::kI8:
+      return "I8";
+    case DType::kI32:
+      return "I32";
+    case DType::kI64:
+      return "I64";
+    case DType::kU8:
+      return "U8";
   }
   return "?";
 }
@@ -43,11 +57,15 @@ DType dtype_from_name(const std::string& name) {
   fail("dtype", "unknown dtype '" + name + "' (supported: F32, BF16, F16, I8, I32, I64, U8)");
 }
 
-float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+float f16_to_f32(uint16_t h) {
+  return _cvtsh_ss(h);
+}
 
 void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
   switch (from) {
-    case DType::kF32: std::memcpy(dst, src, n * 4); return;
+    case DType::kF32:
+      std::memcpy(dst, src, n * 4);
+      return;
     case DType::kBF16: {
       const uint16_t* s = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
@@ -58,13 +76,16 @@ void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
       return;
     }
-    default: fail("dtype", "cannot convert " + dtype_name(from) + " to F32");
+    default:
+      fail("dtype", "cannot convert " + dtype_name(from) + " to F32");
   }
 }
 
 void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
   switch (to) {
-    case DType::kF32: std::memcpy(dst, src, n * 4); return;
+    case DType::kF32:
+      std::memcpy(dst, src, n * 4);
+      return;
     case DType::kBF16: {
       uint16_t* d = static_cast<uint16_t*>(dst);
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
@@ -75,7 +96,8 @@ void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) d[i] = _cvtss_sh(src[i], 0);
       return;
     }
-    default: fail("dtype", "cannot convert F32 to " + dtype_name(to));
+    default:
+      fail("dtype", "cannot convert F32 to " + dtype_name(to));
   }
 }
 

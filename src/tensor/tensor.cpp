@@ -23,7 +23,9 @@ Tensor::Tensor(Shape shape, std::vector<float> data) : shape_(std::move(shape)),
             " holds ", numel(shape_), " elements but the data has ", data_.size());
 }
 
-void Tensor::zero() { std::fill(data_.begin(), data_.end(), 0.0f); }
+void Tensor::zero() {
+  std::fill(data_.begin(), data_.end(), 0.0f);
+}
 
 void Tensor::resize(Shape shape) {
   shape_ = std::move(shape);
