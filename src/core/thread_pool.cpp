@@ -1,6 +1,8 @@
 #include "core/thread_pool.h"
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -35,13 +37,20 @@ int default_threads() {
 // this sleeps, so a waiting pool does not keep a core busy.
 constexpr auto kSpin = std::chrono::microseconds(100);
 
+// A hint to the CPU that this thread is spinning (frees the core's resources for its sibling thread).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
 // Polls until done() or kSpin has passed; returns done().
 template <class Done>
 bool spin_until(Done done) {
   const auto deadline = std::chrono::steady_clock::now() + kSpin;
   for (int i = 1;; ++i) {
     if (done()) return true;
-    _mm_pause();
+    cpu_relax();
     if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) return done();
   }
 }
@@ -106,7 +115,7 @@ class Pool {
       int64_t t = -1;
       while (seen >> 32 == job) {
         if (seen & kClosed) {  // being described: a few stores away
-          _mm_pause();
+          cpu_relax();
           seen = counter_.load();
           continue;
         }
