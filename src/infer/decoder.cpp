@@ -23,6 +23,9 @@ namespace {
 constexpr const char* kOp = "generate";
 // Tokens whose expert work is gathered at once (bounds the dispatch scratch of a long prompt).
 constexpr int64_t kDispatchTokens = 32;
+// Below this many bytes of expert weights a single token's experts run on the calling thread (handing them
+// out would cost more than their products).
+constexpr int64_t kSerialExpertBytes = 16 * 1024;
 
 float dot(const float* a, const float* b, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
@@ -279,10 +282,9 @@ void Decoder::dispatch_chunk(int64_t l, int64_t K, int64_t n0, int64_t n1) {
     product(p.out.data() + begin * C, p.gate.data() + begin * F, n, ex.down);
   };
   // Enough experts: one expert per task (the lesson of docs/machine.md); else split each expert's rows.
-  // A single token through tiny experts runs on this thread (handing them out would cost more).
   int64_t work_bytes = 0;
   for (int32_t e : used) work_bytes += weights_.expert(l, e).gate.nbytes() * 3;
-  if (N == 1 && work_bytes < 16 * 1024)
+  if (N == 1 && work_bytes < kSerialExpertBytes)
     for (int32_t e : used) run_expert(e, true);
   else if (static_cast<int64_t>(used.size()) >= num_threads())
     parallel_tasks(static_cast<int64_t>(used.size()), [&](int64_t i) { run_expert(used[i], true); });

@@ -78,7 +78,8 @@ struct I8Format {
   static float prepare(const float* x, int64_t C, int16_t* out) {
     const float max_abs = vec::max_abs_of(x, C);
     const float scale = max_abs > 0.0f ? max_abs / 32767.0f : 1.0f;
-    const __m256 inverse = _mm256_set1_ps(1.0f / scale);
+    const float inverse_scale = 1.0f / scale;
+    const __m256 inverse = _mm256_set1_ps(inverse_scale);
     int64_t c = 0;
     for (; c + 16 <= C; c += 16) {
       // Rounded to nearest (MXCSR default); packs saturates a product that rounds past 32767.
@@ -88,7 +89,8 @@ struct I8Format {
       const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), packed);
     }
-    for (; c < C; ++c) out[c] = static_cast<int16_t>(std::nearbyint(x[c] / scale));
+    for (; c < C; ++c)  // as the vector loop: x times the inverse, rounded to nearest even
+      out[c] = static_cast<int16_t>(std::clamp(std::nearbyint(x[c] * inverse_scale), -32768.0f, 32767.0f));
     return scale;
   }
   static Acc zero() { return _mm256_setzero_si256(); }
