@@ -1,4 +1,4 @@
-// Inference speed and memory (issue 7), each figure beside its physical bound measured in the same run:
+// Inference speed and memory, each figure beside its physical bound measured in the same run:
 //   - decode: batch-1 tokens/s against memory bandwidth (parallel reads of a 256 MiB buffer around the
 //     decode) / bytes one token reads (every non-expert matrix, the embedding row, the experts it uses);
 //   - prompt: tokens/s of a 128-token prompt against the rate of OpenBLAS sgemm replaying the same matrix
@@ -13,8 +13,9 @@
 //   bench_infer [--quick] [--dir DIR] [--steps N]
 // With --released DIR: the released Emo_1b14b_1T's shapes instead (13.57B parameters in bf16, random values,
 // 27 GB written once into DIR, about a minute), run at keep-16 from a cold page cache: peak resident memory
-// beside the kept weights + KV cache (the issue's "27 GB model in about 5 GB") and decode beside its bound.
-// Ends with one JSON line. Targets: decode >= 60% of the bound; peak RSS within 15% of kept weights + KV.
+// beside the kept weights + KV cache (the target: "the 27 GB model in about 5 GB") and decode beside its
+// bound. Ends with one JSON line. Targets: decode >= 60% of the bound; peak RSS within 15% of kept weights +
+// KV.
 #include <fcntl.h>
 #include <immintrin.h>
 #include <spawn.h>
@@ -271,7 +272,7 @@ int resident_child(const std::string& dir, int64_t keep_k, int64_t steps) {
   return 0;
 }
 
-// The released Emo_1b14b_1T's shapes (../shared/docs/emo.md §1-2: d 2048, 16 layers, 16 heads, 128 experts of
+// The released Emo_1b14b_1T's shapes (docs/emo.md §1-2: d 2048, 16 layers, 16 heads, 128 experts of
 // width 1024, top 8 with the shared one, vocab 100352; 13.57B parameters) in bf16, random values: 27 GB in
 // 5 GB shards. Weights of one shape share one random block (the values do not matter for memory and speed;
 // routers are distinct, so the prompt still picks different experts per layer).
@@ -327,7 +328,7 @@ void ensure_released_shape(const std::string& dir) {
 }
 
 // The released shapes at keep-16 (16 of 128 experts per layer chosen from the prompt): peak resident memory
-// beside the kept weights + KV cache, and decode speed beside the bandwidth bound. The issue's target: the
+// beside the kept weights + KV cache, and decode speed beside the bandwidth bound. The target: the
 // 27 GB model in about 5 GB.
 int released_run(const char* self, const std::string& dir, int64_t steps, const std::vector<float>& buffer) {
   ensure_released_shape(dir);

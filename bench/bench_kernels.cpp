@@ -22,7 +22,8 @@
 namespace emo {
 namespace {
 
-// From /work/shared/docs/machine.md (register-only FMA loop, fp32): per core and for the whole machine.
+// The fp32 FMA peak of the 2-core AMD EPYC this project measures on (a register-only FMA loop): per core and
+// for the whole machine.
 constexpr double kPeakGflopsPerCore = 100.0;
 constexpr double kPeakGflopsMachine = 200.0;
 

@@ -1,4 +1,4 @@
-// End-to-end training throughput on the engine's reference configuration (issue 2: d 256, 4 layers, 4 heads,
+// End-to-end training throughput on the engine's reference configuration (d 256, 4 layers, 4 heads,
 // 64 experts = 63 routed + 1 shared of width 128, top 4, vocab 8192, rows of 512 tokens, batch 8, EMO
 // routing), here as a global batch of 8 rows in 2 micro-batches of 4 (gradient accumulation; 1 micro-batch
 // per rank under 2 MPI ranks).

@@ -1,5 +1,5 @@
 // Tokens per second of one full training step (forward, backward, AdamW) of the engine on the reference
-// configuration of issue 2 (d 256, 4 layers, 4 heads, 64 experts = 63 routed + 1 shared of width 128, top 4,
+// configuration (d 256, 4 layers, 4 heads, 64 experts = 63 routed + 1 shared of width 128, top 4,
 // vocab 8192, rows of 512 tokens, batch 8 = one micro-batch of 4096 tokens, EMO pool routing with
 // intra-document attention, 2 threads), beside the same step of a PyTorch twin (bench/train_step_torch.py:
 // float32, 2 threads, tokens sorted by expert and one matmul per expert, vectorised EMO pools, torch AdamW)

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """train_step_torch.py -- the PyTorch side of bench_train_step: one EMO training step in float32.
 
-A competent PyTorch implementation of the same step as the engine (../shared/docs/emo.md sections 1, 3, 4),
+A competent PyTorch implementation of the same step as the engine (docs/emo.md sections 1, 3, 4),
 written for speed rather than as a specification (that is tests/reference/emo_torch.py, whose safetensors
 reader it reuses):
   * experts stacked per layer ([E, F, d] gate/up, [E, d, F] down) and unbound into views, so the backward

@@ -1,4 +1,4 @@
-// emo reproduce (issue 6): the budget presets and their validation, the report's headline figures and targets
+// emo reproduce: the budget presets and their validation, the report's headline figures and targets
 // from known cells, and the whole pipeline at a tiny size on a hand-made dataset (trains three models, scores
 // the grid, writes the report; a rerun reuses every stage).
 #include <gtest/gtest.h>

@@ -403,7 +403,7 @@ with open(sys.argv[1], "wb") as out:
 
 // ------------------------------------------------------------------------------------------ config.json
 
-// The released Emo_1b14b_1T configuration (../shared/docs/emo.md §1-2) plus keys emo does not interpret.
+// The released Emo_1b14b_1T configuration (docs/emo.md §1-2) plus keys emo does not interpret.
 nlohmann::json released_config() {
   return nlohmann::json::parse(R"({
     "architectures": ["EmoForCausalLM"], "model_type": "emo", "vocab_size": 100352, "hidden_size": 2048,
@@ -551,7 +551,7 @@ TEST_F(IoTest, ConfigValidationNamesTheInconsistency) {
   EXPECT_FALSE(fs::exists(path("bad.json")));  // save validates before writing
 }
 
-// Issue 2, bad input: impossible sizes are rejected when the file is read, by a message naming the file and
+// Bad input: impossible sizes are rejected when the file is read, by a message naming the file and
 // the field. config.json through ModelConfig::load and Model::load; the training configuration through
 // TrainConfig::load (the pool range lives there).
 TEST_F(IoTest, ImpossibleSizesAreRejectedAtLoadNamingTheField) {

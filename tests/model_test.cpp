@@ -1,4 +1,4 @@
-// The decoder of ../shared/docs/emo.md §1, §3, §4: whole-model gradients against finite differences (EMO,
+// The decoder of docs/emo.md §1, §3, §4: whole-model gradients against finite differences (EMO,
 // standard MoE, dense), the routing rules, the losses, and checkpoint round trips.
 #include "model/model.h"
 

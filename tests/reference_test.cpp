@@ -1,4 +1,4 @@
-// The C++ engine against an independent PyTorch implementation of ../shared/docs/emo.md §1, §3, §4
+// The C++ engine against an independent PyTorch implementation of docs/emo.md §1, §3, §4
 // (tests/reference/emo_torch.py, "the twin", float64): logits, every loss term, every parameter gradient and
 // the chosen experts, for EMO training and evaluation, the standard MoE, subset routing, the dense variant
 // and bf16 weights. Skipped when /usr/bin/python3 or its torch is missing.

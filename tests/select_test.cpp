@@ -1,4 +1,4 @@
-// Selective expert use (../shared/docs/emo.md §5): the subset file and its validation, the selection methods
+// Selective expert use (docs/emo.md §5): the subset file and its validation, the selection methods
 // (deterministic, one example enough), and pruning (a pruned checkpoint gives the logits of subset routing).
 #include <gtest/gtest.h>
 

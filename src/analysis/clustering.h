@@ -1,4 +1,4 @@
-// The token clustering of the EMO paper's analysis (../shared/docs/emo.md §6): PCA of the router vectors to a
+// The token clustering of the EMO paper's analysis (docs/emo.md §6): PCA of the router vectors to a
 // share of their variance (Eigen's symmetric eigensolver on the covariance, in double precision), L2
 // normalisation, then spherical k-means (cosine similarity, k-means++ seeding, seeded restarts).
 // Matrices are row-major Tensors: n = points (tokens or documents), D = features, k = components or clusters.

@@ -1,4 +1,4 @@
-// The sizes of one `emo reproduce` run (issue 6): model, training tokens and evaluation effort, by budget.
+// The sizes of one `emo reproduce` run: model, training tokens and evaluation effort, by budget.
 //   quick     the README's main job: about 10 minutes on a 2-core machine, shows the direction of the effect
 //   standard  about an hour on 2 cores: ~1M active parameters, 64 experts with 4 active (shared included),
 //             as the release's 8 of 128

@@ -297,7 +297,7 @@ nlohmann::json write_report(const std::string& out_dir, const ReportInputs& in) 
       "the loss is the mean held-out cross-entropy (nats/token) over the test documents of ",
       in.domains.size(), " domains, and in brackets its increase over the model's own full version.\n\n");
   md += "![quality against experts kept](quality.svg)\n\n" + main_table(in);
-  md += cat("\n## Targets (issue 6; stated for the standard budget) at ", pct(0.125), " of the experts\n\n");
+  md += cat("\n## Targets (stated for the standard budget) at ", pct(0.125), " of the experts\n\n");
   md += cat("- EMO's increase ", fmt("%+.4f", t["emo_increase_1doc"].get<double>()),
             " vs the standard MoE's ", fmt("%+.4f", t["standard_increase_1doc"].get<double>()), " (ratio ",
             fmt("%.3f", t["emo_over_standard_increase"].get<double>()),

@@ -44,7 +44,7 @@ double mean_loss(const std::vector<Cell>& cells, const std::vector<std::string>&
                  const std::string& model, const std::string& method, int64_t examples, int64_t keep_k);
 
 // Writes results.json, results.md and quality.svg into out_dir; returns the summary (headline figures and
-// the targets of issue 6 with whether each is met).
+// the reproduction targets with whether each is met).
 nlohmann::json write_report(const std::string& out_dir, const ReportInputs& inputs);
 
 }  // namespace emo

@@ -1,4 +1,4 @@
-// `emo reproduce` (issue 6): the paper's headline at small scale. On the built-in corpus an EMO model, a
+// `emo reproduce`: the paper's headline at small scale. On the built-in corpus an EMO model, a
 // standard MoE and a memory-matched dense model are trained on identical data, data order, seed and token
 // count; then for every domain experts are selected from ONE validation document (and from eight) at several
 // keep-k, with the layerwise method and the random control, and each subset is scored on the domain's test

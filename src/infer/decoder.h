@@ -1,4 +1,4 @@
-// The inference decoder of ../shared/docs/emo.md §1 over InferWeights: one sequence, a KV cache, tokens fed
+// The inference decoder of docs/emo.md §1 over InferWeights: one sequence, a KV cache, tokens fed
 // in chunks (the prompt at once, then one token per step). Separate from the training engine (src/model):
 // no saved activations, weights used in their stored format, attention over the cache.
 //

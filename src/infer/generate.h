@@ -1,5 +1,5 @@
 // Text generation with the inference decoder, and expert selection done by the inference engine itself
-// (layerwise, ../shared/docs/emo.md §5): a layer's experts are chosen from the routing probabilities of the
+// (layerwise, docs/emo.md §5): a layer's experts are chosen from the routing probabilities of the
 // calibration tokens at that layer (earlier layers already restricted), and only the chosen experts are
 // ever loaded.
 #pragma once

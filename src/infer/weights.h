@@ -4,7 +4,7 @@
 // buffers).
 //
 // Experts are loaded per (layer, expert) only when first needed: a layer can be restricted to a kept subset
-// of its routed experts (subset routing, ../shared/docs/emo.md §1), and then no byte of the other experts
+// of its routed experts (subset routing, docs/emo.md §1), and then no byte of the other experts
 // is read, so the resident memory follows the subset. "Loading" an expert = resolving its views, converting
 // it if needed and asking the kernel to read its pages ahead (MADV_WILLNEED); the bookkeeping records which
 // experts were loaded. The header of every tensor is checked at open, so a bad checkpoint fails before any
@@ -47,7 +47,7 @@ struct MemoryRange {
 class InferWeights {
  public:
   // Opens MODEL (directory with config.json and model.safetensors or shards). Throws emo::Error for a model
-  // that is not an EMO / OLMoE-style decoder of ../shared/docs/emo.md §2, a missing or unexpected tensor, a
+  // that is not an EMO / OLMoE-style decoder of docs/emo.md §2, a missing or unexpected tensor, a
   // wrong shape or an unsupported dtype, naming the tensor.
   static std::unique_ptr<InferWeights> open(const std::string& dir);
   ~InferWeights();

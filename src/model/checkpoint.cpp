@@ -1,4 +1,4 @@
-// Checkpoint I/O in the Hugging Face layout (../shared/docs/emo.md §2): config.json plus model.safetensors,
+// Checkpoint I/O in the Hugging Face layout (docs/emo.md §2): config.json plus model.safetensors,
 // or shards model-0000N-of-0000M.safetensors with model.safetensors.index.json. fp32, bf16 and f16 load; fp32
 // and bf16 save.
 #include <filesystem>

@@ -1,4 +1,4 @@
-// config.json of ../shared/docs/emo.md §2 <-> ModelConfig.
+// config.json of docs/emo.md §2 <-> ModelConfig.
 #include "model/config.h"
 
 #include <algorithm>

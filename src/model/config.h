@@ -1,4 +1,4 @@
-// Model configuration, read from and written to the Hugging Face config.json of ../shared/docs/emo.md §2.
+// Model configuration, read from and written to the Hugging Face config.json of docs/emo.md §2.
 #pragma once
 
 #include <cstdint>

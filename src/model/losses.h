@@ -1,4 +1,4 @@
-// The router's auxiliary losses of one MoE layer (../shared/docs/emo.md §4). The output cross-entropy and
+// The router's auxiliary losses of one MoE layer (docs/emo.md §4). The output cross-entropy and
 // z-loss are the kernels' (kernels/softmax.h); Model::loss combines all terms.
 #pragma once
 

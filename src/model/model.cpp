@@ -1,4 +1,4 @@
-// The decoder of ../shared/docs/emo.md §1 wired from the kernels, llm.c style: the forward keeps what each
+// The decoder of docs/emo.md §1 wired from the kernels, llm.c style: the forward keeps what each
 // kernel's backward needs, the backward calls the kernels' backward in reverse order.
 // Legend: B = rows, T = row length, N = B*T, C = width, V = vocab, H/Hkv = query/kv heads, hd = head dim,
 // F = MLP width, E = experts of a layer, Er = routed experts, Kr = routed slots, K = Kr + shared slots.

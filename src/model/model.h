@@ -1,5 +1,5 @@
 // The EMO / standard-MoE / dense decoder: parameters, the forward pass that keeps what the backward needs,
-// the backward, and the loss terms of ../shared/docs/emo.md §4. Routing policies live in model/routing.h.
+// the backward, and the loss terms of docs/emo.md §4. Routing policies live in model/routing.h.
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// The parameters of a Model, one Tensor per Hugging Face tensor name (../shared/docs/emo.md §2), in
+// The parameters of a Model, one Tensor per Hugging Face tensor name (docs/emo.md §2), in
 // checkpoint order, with per-layer pointers for the forward and backward. Private to src/model.
 #pragma once
 

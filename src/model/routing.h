@@ -1,4 +1,4 @@
-// Routing of one MoE layer (../shared/docs/emo.md §1, §3): one shared routing core and three policies that
+// Routing of one MoE layer (docs/emo.md §1, §3): one shared routing core and three policies that
 // only decide WHICH routed experts each token may choose:
 //   standard  every routed expert (softmax over all routed experts, top K_r, raw weights),
 //   EMO pool  per document segment the top-d experts by summed probability mass (d drawn per segment/layer),

@@ -1,4 +1,4 @@
-// Calibration examples for expert selection (../shared/docs/emo.md §5): the token sequences whose routing
+// Calibration examples for expert selection (docs/emo.md §5): the token sequences whose routing
 // statistics choose the experts. One example is enough.
 //   plain text file   the whole file is one example
 //   JSONL (.jsonl)    one example per line: {"text": ...} or {"context": ..., "answer": ...} (context +

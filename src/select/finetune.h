@@ -1,4 +1,4 @@
-// Short fine-tuning of a pruned model on task examples (../shared/docs/emo.md §5, the release's recipe:
+// Short fine-tuning of a pruned model on task examples (docs/emo.md §5, the release's recipe:
 // 1 epoch, lr 5e-5, batch 32): the loss is the cross-entropy of the ANSWER only, the tokens after the last
 // occurrence of a marker ("Answer:" by default) in each example. AdamW (train/adamw.h) with a constant
 // learning rate, gradients clipped to a global norm; no auxiliary router losses. By default only the experts

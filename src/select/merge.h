@@ -1,4 +1,4 @@
-// Merging a (fine-tuned) pruned model back into its parent (../shared/docs/emo.md §5): the pruned model's
+// Merging a (fine-tuned) pruned model back into its parent (docs/emo.md §5): the pruned model's
 // experts and router rows are written into the parent at their ORIGINAL indices, read from the pruned model's
 // pruning_metadata.json ("kept_original_indices": per layer, pruned order). Every other tensor of the output
 // is the parent's, unchanged (attention, norms, embeddings, dropped experts).

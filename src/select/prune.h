@@ -1,4 +1,4 @@
-// Pruning (../shared/docs/emo.md §5): a smaller model that keeps only a subset's experts, in the same Hugging
+// Pruning (docs/emo.md §5): a smaller model that keeps only a subset's experts, in the same Hugging
 // Face layout. Per MoE layer the router rows and the experts are taken in the reference's order: the kept
 // routed experts ascending by original index, then the shared expert(s) last; num_experts = keep_k and
 // num_experts_per_tok = min(K, keep_k). Routing the pruned model is then exactly subset routing of the full

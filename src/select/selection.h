@@ -1,4 +1,4 @@
-// Expert selection from a few examples (../shared/docs/emo.md §5). Every method keeps, per MoE layer, the
+// Expert selection from a few examples (docs/emo.md §5). Every method keeps, per MoE layer, the
 // top keep_k - n_s routed experts by a per-expert score plus the shared expert(s):
 //   layerwise  (default) for l = 0..L-1: run the examples with layers 0..l-1 already restricted to their
 //              chosen subsets, score = a_{l,e}, the mean over the examples' tokens of the routed softmax

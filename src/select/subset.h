@@ -1,4 +1,4 @@
-// The expert subset file: which experts of each MoE layer a task keeps (../shared/docs/emo.md §5), made by
+// The expert subset file: which experts of each MoE layer a task keeps (docs/emo.md §5), made by
 // `emo select`, read by `emo prune`, `emo eval --subset` and subset routing. JSON (docs/formats):
 //   {
 //     "format": "emo-expert-subset", "version": 1,

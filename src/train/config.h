@@ -1,6 +1,6 @@
 // The configuration of one training run, as data: read from a JSON file, overridden from the command line
 // ("optimizer.lr=1e-3"), written beside every checkpoint so a run can be resumed and reproduced.
-// Defaults follow ../shared/docs/emo.md §4 (the released recipe).
+// Defaults follow docs/emo.md §4 (the released recipe).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Learning-rate schedules (../shared/docs/emo.md §4): linear warmup then cosine to a floor (the released
+// Learning-rate schedules (docs/emo.md §4): linear warmup then cosine to a floor (the released
 // recipe); warmup-stable-decay; a final linear anneal started from a checkpoint; constant.
 #pragma once
 

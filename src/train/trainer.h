@@ -1,4 +1,4 @@
-// The training loop of ../shared/docs/emo.md §3-4. One optimizer step:
+// The training loop of docs/emo.md §3-4. One optimizer step:
 //   1. each rank takes its contiguous share of the global batch, splits it into micro-batches and runs
 //      the forward of each, keeping every state;
 //   2. load-balancing counts: summed over the step's micro-batches and all-reduced over ranks ("global", the
