@@ -7,6 +7,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -37,12 +39,16 @@ inline std::string_view as_text(const uint8_t* data, size_t size) {
   return {reinterpret_cast<const char*>(data), size};
 }
 
-// Runs `parse`; emo::Error (a clean rejection) is swallowed, anything else propagates.
+// Runs `parse`; emo::Error (a clean rejection) is swallowed, anything else propagates. With EMO_FUZZ_VERBOSE
+// set, says whether the input was accepted or the message it was rejected with.
 template <typename Parse>
 int run_parser(Parse&& parse) {
+  static const bool verbose = std::getenv("EMO_FUZZ_VERBOSE") != nullptr;
   try {
     parse();
-  } catch (const emo::Error&) {
+    if (verbose) std::fprintf(stderr, "accepted\n");
+  } catch (const emo::Error& error) {
+    if (verbose) std::fprintf(stderr, "rejected: %s\n", error.what());
   }
   return 0;
 }

@@ -9,8 +9,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto file = emo::SafetensorsFile::open(path);
     for (const auto& [name, info] : file.tensors()) {
       if (info.nbytes > (size_t{1} << 24)) continue;  // the fp32 copy, not the parser, would be large
-      const bool floating = info.dtype == emo::DType::kF32 || info.dtype == emo::DType::kBF16 ||
-                            info.dtype == emo::DType::kF16;
+      const bool floating =
+          info.dtype == emo::DType::kF32 || info.dtype == emo::DType::kBF16 || info.dtype == emo::DType::kF16;
       if (floating) file.read_fp32(name);
     }
   });

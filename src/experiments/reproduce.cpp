@@ -278,8 +278,9 @@ void score_cells(const ReproduceOptions& options, const ReproduceData& data, con
   int64_t done = 0;
   DomainScorer scorer{b, test_set, store, progress, done};
 
-  for (const auto& [name, dir] : {std::pair{"emo", models.emo}, std::pair{"standard", models.standard}}) {
-    auto model = load_final(dir);
+  for (const auto& model_entry : {std::pair{"emo", models.emo}, std::pair{"standard", models.standard}}) {
+    const std::string name = model_entry.first;  // not a structured binding: lambdas below capture it
+    auto model = load_final(model_entry.second);
     const int64_t E = model->config().num_experts;
     for (size_t di = 0; di < domains.size(); ++di) {
       const std::string& domain = domains[di];

@@ -86,7 +86,9 @@ void softmax_backward_row(float* ds, const float* p, int64_t t, int64_t T, float
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
                        const int32_t* doc_ids, const AttentionShape& shape) {
   check_shape(shape);
-  const auto [B, T, H, Hkv, hd] = shape;
+  // Plain copies, not a structured binding: the lambda below captures them (clang 14 cannot capture
+  // bindings).
+  const int64_t B = shape.B, T = shape.T, H = shape.H, Hkv = shape.Hkv, hd = shape.hd;
   const int64_t group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   // One task per (batch row, query head): scores by one GEMM, masked softmax per row, then P @ V.
@@ -114,7 +116,9 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs,
                         const float* q, const float* k, const float* v, const AttentionShape& shape) {
   check_shape(shape);
-  const auto [B, T, H, Hkv, hd] = shape;
+  // Plain copies, not a structured binding: the lambda below captures them (clang 14 cannot capture
+  // bindings).
+  const int64_t B = shape.B, T = shape.T, H = shape.H, Hkv = shape.Hkv, hd = shape.hd;
   const int64_t group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   // One task per (batch row, kv head): the query heads of a group all write the same dk, dv, so they run

@@ -39,7 +39,7 @@ std::function<int()> setup_corpus(CLI::App& app) {
   tokenize->add_option("--tokenizer", args->tokenize.tokenizer_path, "tokenizer.json")->required();
   tokenize->add_option("--split", args->tokenize.split, "train, validation or test")->capture_default_str();
   tokenize->add_option("--out", args->tokenize.out_path, "Output file (default: <corpus>/<split>.bin)");
-  return [args, build, tokenize] {
+  return [args, build] {
     if (build->parsed()) {
       if (!args->build_tokenizer.empty()) {
         auto tokenizer = std::make_shared<emo::Tokenizer>(emo::Tokenizer::load(args->build_tokenizer));
