@@ -67,6 +67,8 @@ McTask load_mc_task(const std::string& path) {
       j = nlohmann::json::parse(line);
     } catch (const nlohmann::json::parse_error& e) {
       fail_at("tasks", path, cat("line ", line_no, ", byte ", e.byte), "invalid JSON");
+    } catch (const nlohmann::json::out_of_range& e) {  // a number past double's range
+      fail_at("tasks", path, cat("line ", line_no), cat("invalid JSON: ", e.what()));
     }
     McQuestion q = parse_question(j, path, line_no);
     if (j.value("fewshot", false))

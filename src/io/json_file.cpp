@@ -47,6 +47,8 @@ nlohmann::json parse_json(const std::string& text, const std::string& source) {
     // nlohmann reports the byte just past the offending token; point at the token itself.
     size_t byte = e.byte > 0 ? e.byte - 1 : 0;
     fail_at(kOp, source, line_column(text, byte), parse_problem(e.what()));
+  } catch (const nlohmann::json::out_of_range& e) {  // a number past double's range: "1E400"
+    fail_file(kOp, source, parse_problem(e.what()));
   }
 }
 

@@ -187,6 +187,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     header = nlohmann::json::parse(bytes + 8, bytes + data_start);
   } catch (const nlohmann::json::parse_error& e) {
     fail_at(kOp, path, cat("header byte ", 8 + (e.byte > 0 ? e.byte - 1 : 0)), cat("bad JSON: ", e.what()));
+  } catch (const nlohmann::json::out_of_range& e) {  // a number past double's range
+    fail_at(kOp, path, "header", cat("bad JSON: ", e.what()));
   }
   if (!header.is_object())
     fail_at(kOp, path, "header", "is " + json_kind(header) + ", expected a JSON object");

@@ -150,6 +150,8 @@ ExpertSubset ExpertSubset::load(const std::string& path, const ModelConfig& conf
     j = nlohmann::json::parse(in);
   } catch (const nlohmann::json::parse_error& e) {
     fail_at("subset", path, cat("byte ", e.byte), "invalid JSON");
+  } catch (const nlohmann::json::out_of_range& e) {  // a number past double's range
+    fail_file("subset", path, cat("invalid JSON: ", e.what()));
   }
   ExpertSubset s = from_json(j, path);
   s.check(config, path);

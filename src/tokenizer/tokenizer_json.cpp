@@ -218,6 +218,8 @@ Tokenizer Tokenizer::from_json_text(std::string_view json_text, const std::strin
     size_t colon = what.find(": ");
     fail_at("tokenizer", source, cat("byte ", e.byte),
             cat("not valid JSON (", colon == std::string::npos ? what : what.substr(colon + 2), ")"));
+  } catch (const json::out_of_range& e) {  // a number past double's range: "5E982"
+    fail_file("tokenizer", source, cat("not valid JSON (", e.what(), ")"));
   }
   auto impl = std::make_shared<Impl>();
   Reader{source}.read(root, impl.get());

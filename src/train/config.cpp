@@ -191,6 +191,8 @@ TrainConfig TrainConfig::load(const std::string& path) {
     j = nlohmann::json::parse(in);
   } catch (const nlohmann::json::parse_error& e) {
     fail_at(kOp, path, cat("byte ", e.byte), e.what());
+  } catch (const nlohmann::json::out_of_range& e) {  // a number past double's range
+    fail_file(kOp, path, e.what());
   }
   return from_json(j, path);
 }
