@@ -163,6 +163,25 @@ TEST(InferLogits, Int8CheckpointEqualsTheTrainingForwardOfItsDequantisedWeights)
   expect_close(infer_logits(dir / "q", tokens), reference_logits(*model, tokens, eval_routing()), 2e-5);
 }
 
+// eval, select and analyze load every checkpoint through load_model_dequantized: fp32 and bf16 give the
+// weights Model::load gives, int8 (which Model::load refuses) its dequantised weights.
+TEST(InferLogits, EveryDtypeLoadsThroughTheOneEvaluationPath) {
+  TempDir dir;
+  random_model(tiny_config(), 7)->save(dir / "m");
+  quantize_checkpoint(dir / "m", dir / "b", DType::kBF16);
+  quantize_checkpoint(dir / "m", dir / "q", DType::kI8);
+  for (const char* name : {"m", "b"}) {
+    auto direct = Model::load(dir / name);
+    auto dequantized = load_model_dequantized(dir / name);
+    for (const std::string& tensor : direct->param_names())
+      EXPECT_EQ(direct->weight(tensor).vec(), dequantized->weight(tensor).vec()) << name << " " << tensor;
+  }
+  EXPECT_THROW(Model::load(dir / "q"), Error);
+  auto int8 = load_model_dequantized(dir / "q");
+  const auto tokens = some_tokens(12);
+  expect_close(infer_logits(dir / "q", tokens), reference_logits(*int8, tokens, eval_routing()), 2e-5);
+}
+
 TEST(InferLogits, Bf16QuantizeWritesWhatTheTrainingEngineLoads) {
   TempDir dir;
   random_model(tiny_config(), 6)->save(dir / "m");

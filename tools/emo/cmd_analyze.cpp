@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "data/dataset.h"
+#include "infer/quantize.h"
 
 namespace {
 
@@ -79,7 +80,7 @@ std::function<int()> setup_analyze(CLI::App& app) {
     const int64_t domains = static_cast<int64_t>(dataset.domain_names().size());
     for (const auto& [path, name] : {std::pair{o->model, o->name}, std::pair{o->compare, o->compare_name}}) {
       if (path.empty()) continue;
-      const auto model = emo::Model::load(path);
+      const auto model = emo::load_model_dequantized(path);
       models.push_back(
           emo::analysis::analyze_model(*model, model_name(path, name), path, sample, domains, o->analysis));
     }

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "eval/evaluate.h"
+#include "infer/quantize.h"
 #include "io/json_file.h"
 #include "select/subset.h"
 
@@ -48,7 +49,7 @@ std::function<int()> setup_eval(CLI::App& app) {
   app.add_option("--json", o->json, "Write the results as JSON to this file");
   return [o] {
     o->request.perplexity.intra_document_attention = !o->cross_document;
-    auto model = emo::Model::load(o->model);
+    auto model = emo::load_model_dequantized(o->model);
     emo::RoutingOptions routing;
     routing.training = false;
     if (!o->subset.empty()) routing = emo::ExpertSubset::load(o->subset, model->config()).routing_options();

@@ -6,6 +6,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "infer/quantize.h"
 #include "select/examples.h"
 #include "select/selection.h"
 
@@ -35,7 +36,7 @@ std::function<int()> setup_select(CLI::App& app) {
     if (o->examples.empty() == o->data.empty())
       emo::fail("select", "give either --examples FILE or --data SPLIT --domain D [--documents N]");
     emo::SelectionOptions options{o->keep_k, emo::parse_selection_method(o->method), o->seed};
-    auto model = emo::Model::load(o->model);
+    auto model = emo::load_model_dequantized(o->model);
     emo::Examples examples;
     if (!o->examples.empty()) {
       const std::string path =
