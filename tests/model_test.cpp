@@ -465,8 +465,13 @@ TEST(Model, IntraDocumentAttentionIsolatesTheDocumentsOfARow) {
   auto a = model->forward(batch, isolated);
   auto b = model->forward(changed, isolated);
   const int64_t V = 32;
+  // Not bit-identical: the changed token routes elsewhere, so the experts' token groups change size, and
+  // OpenBLAS's rounding of a row depends on the size of the product (on some CPUs). A leak across the EOS
+  // would move the logits by far more than this.
   for (int64_t t = 3; t < 24; ++t)  // every later position of row 0, and row 1
-    for (int64_t v = 0; v < V; ++v) ASSERT_EQ(a->logits[t * V + v], b->logits[t * V + v]) << "position " << t;
+    for (int64_t v = 0; v < V; ++v)
+      ASSERT_NEAR(a->logits[t * V + v], b->logits[t * V + v], 1e-5 * (1 + std::abs(a->logits[t * V + v])))
+          << "position " << t;
   auto c = model->forward(batch, RoutingOptions{});
   auto d = model->forward(changed, RoutingOptions{});
   EXPECT_NE(c->logits[5 * V], d->logits[5 * V]);  // plain causal attention sees across the EOS

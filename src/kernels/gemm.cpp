@@ -14,6 +14,10 @@ namespace {
 constexpr int64_t kParallelMinMacs = int64_t{1} << 20;
 // Split points are rounded to this many rows/columns so every piece keeps whole BLAS micro-tiles.
 constexpr int64_t kSplitAlign = 16;
+// A large product is always cut into this many pieces, whatever the thread count: OpenBLAS's result for a row
+// depends on the M of the call (on some CPUs it picks other kernels for other sizes), so a split that
+// followed the thread count would make 1 and 2 threads round differently.
+constexpr int64_t kGemmPieces = 2;
 
 }  // namespace
 
@@ -35,15 +39,15 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   blas_init();
-  int64_t threads = num_threads();
-  if (threads == 1 || in_parallel_region() || M * N * std::max<int64_t>(K, 1) < kParallelMinMacs) {
+  if (in_parallel_region() || M * N * std::max<int64_t>(K, 1) < kParallelMinMacs) {
     gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  // Split the longer of M and N into one piece per thread; each piece is an independent sub-product.
+  // Split the longer of M and N into kGemmPieces; each piece is an independent sub-product, run by whichever
+  // thread is free (one thread runs them in turn).
   bool split_m = M >= N;
   int64_t extent = split_m ? M : N;
-  int64_t pieces = std::min<int64_t>(threads, std::max<int64_t>(1, extent / kSplitAlign));
+  int64_t pieces = std::min<int64_t>(kGemmPieces, std::max<int64_t>(1, extent / kSplitAlign));
   auto boundary = [&](int64_t p) {
     if (p == pieces) return extent;
     return std::min(extent, (extent * p / pieces + kSplitAlign / 2) / kSplitAlign * kSplitAlign);
