@@ -6,12 +6,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
+#include <vector>
 
 #include "core/error.h"
 
@@ -106,19 +110,55 @@ std::string to_hex(const unsigned char* digest, unsigned length) {
 
 }  // namespace
 
-std::string sha256_hex(const std::string& bytes) {
+namespace {
+
+// Digest of the chunks `feed` hands to `add`.
+std::string digest_hex(const EVP_MD* md,
+                       const std::function<void(const std::function<void(const void*, size_t)>&)>& feed) {
   std::unique_ptr<EVP_MD_CTX, DigestDeleter> context(EVP_MD_CTX_new());
+  if (!context || EVP_DigestInit_ex(context.get(), md, nullptr) != 1) fail("digest", "OpenSSL digest failed");
+  feed([&](const void* data, size_t size) {
+    if (EVP_DigestUpdate(context.get(), data, size) != 1) fail("digest", "OpenSSL digest failed");
+  });
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned length = 0;
-  if (!context || EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr) != 1 ||
-      EVP_DigestUpdate(context.get(), bytes.data(), bytes.size()) != 1 ||
-      EVP_DigestFinal_ex(context.get(), digest, &length) != 1)
-    fail("sha256", "OpenSSL digest failed");
+  if (EVP_DigestFinal_ex(context.get(), digest, &length) != 1) fail("digest", "OpenSSL digest failed");
   return to_hex(digest, length);
 }
 
+}  // namespace
+
+std::string sha256_hex(const std::string& bytes) {
+  return digest_hex(EVP_sha256(), [&](const auto& add) { add(bytes.data(), bytes.size()); });
+}
+
 std::string sha256_file_hex(const std::string& path) {
-  return sha256_hex(read_file_bytes(path));
+  return sha256_file_range_hex(path, 0, static_cast<uint64_t>(std::filesystem::file_size(path)));
+}
+
+std::string sha256_file_range_hex(const std::string& path, uint64_t offset, uint64_t length) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail_file("read", path, std::strerror(errno));
+  in.seekg(static_cast<std::streamoff>(offset));
+  return digest_hex(EVP_sha256(), [&](const auto& add) {
+    std::vector<char> chunk(1 << 20);
+    for (uint64_t left = length; left > 0;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(left, chunk.size()));
+      if (!in.read(chunk.data(), static_cast<std::streamsize>(n)))
+        fail_file("read", path,
+                  cat("byte ", offset + length - left, ": the file ends before byte ", offset + length));
+      add(chunk.data(), n);
+      left -= n;
+    }
+  });
+}
+
+std::string git_blob_sha1_hex(const std::string& bytes) {
+  const std::string prefix = cat("blob ", bytes.size(), std::string(1, '\0'));
+  return digest_hex(EVP_sha1(), [&](const auto& add) {
+    add(prefix.data(), prefix.size());
+    add(bytes.data(), bytes.size());
+  });
 }
 
 }  // namespace emo::data
