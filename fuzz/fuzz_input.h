@@ -20,12 +20,19 @@ namespace emo::fuzz {
 
 // /tmp/emo-fuzz-<pid>/: one per process, so parallel fuzzing jobs never share a file.
 inline const std::filesystem::path& scratch_dir() {
-  static const std::filesystem::path dir = [] {
-    auto path = std::filesystem::temp_directory_path() / ("emo-fuzz-" + std::to_string(getpid()));
-    std::filesystem::create_directories(path);
+  // Never freed: the exit handler below runs after static destructors of objects made before it.
+  static const std::filesystem::path* dir = [] {
+    auto* path = new std::filesystem::path(std::filesystem::temp_directory_path() /
+                                           ("emo-fuzz-" + std::to_string(getpid())));
+    std::filesystem::create_directories(*path);
+    // The directory is this process's own: removed at a normal exit (a crash leaves it for inspection).
+    std::atexit([] {
+      std::error_code ignored;
+      std::filesystem::remove_all(*dir, ignored);
+    });
     return path;
   }();
-  return dir;
+  return *dir;
 }
 
 inline std::string write_input(const std::string& name, const uint8_t* data, size_t size) {
