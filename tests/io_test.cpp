@@ -127,6 +127,19 @@ TEST_F(IoTest, JsonParseErrorNamesFileLineAndColumn) {
   EXPECT_ERROR_CONTAINS(read_json_file(path("absent.json")), "absent.json", "cannot open");
 }
 
+TEST_F(IoTest, JsonErrorsOfEveryKindAreEmoErrorsInTheCallersName) {
+  // A number past double's range is nlohmann's out_of_range, not a parse_error: still an emo::Error.
+  write_bytes(path("state.json"), "{\"step\": 5E982}");
+  EXPECT_ERROR_CONTAINS(read_json_file(path("state.json"), "checkpoint"),
+                        "[checkpoint] " + path("state.json") + ": not valid JSON");
+  EXPECT_ERROR_CONTAINS(read_json_file(path("absent.json"), "subset"), "[subset] ", "cannot open");
+  // One line of a JSONL file: the line, and the column inside it.
+  EXPECT_ERROR_CONTAINS(parse_json("{\"a\": ]", "tasks.jsonl", "tasks", 7),
+                        "[tasks] tasks.jsonl: line 7, column 7: not valid JSON");
+  EXPECT_ERROR_CONTAINS(parse_json("[1E400]", "tasks.jsonl", "tasks", 2),
+                        "[tasks] tasks.jsonl: line 2: not valid JSON");
+}
+
 TEST_F(IoTest, JsonTypedGettersNameTheKeyAndTheFile) {
   const nlohmann::json j = {{"n", 3}, {"s", "x"}, {"list", {1, 2}}, {"null", nullptr}};
   EXPECT_EQ(json_get<int64_t>(j, "n", "c.json"), 3);

@@ -17,6 +17,7 @@
 #include "data/process.h"
 #include "data/text_clean.h"
 #include "io/atomic_file.h"
+#include "io/json_file.h"
 
 namespace emo::data {
 namespace fs = std::filesystem;
@@ -57,15 +58,6 @@ std::vector<fs::path> sorted_files(const fs::path& dir, const std::string& exten
     if (entry.is_regular_file() && entry.path().extension() == extension) files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   return files;
-}
-
-nlohmann::json read_json_file(const std::string& path) {
-  std::string text = read_file_bytes(path);
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail_file("corpus", path, cat("bad JSON: ", e.what()));
-  }
 }
 
 void add(std::vector<Document>& out, std::string id, std::string domain, const std::string& source,

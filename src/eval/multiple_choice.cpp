@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "core/rng.h"
 #include "io/atomic_file.h"
+#include "io/json_file.h"
 #include "model/forward_state.h"
 
 namespace emo {
@@ -62,14 +63,7 @@ McTask load_mc_task(const std::string& path) {
   std::string line;
   for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      fail_at("tasks", path, cat("line ", line_no, ", byte ", e.byte), "invalid JSON");
-    } catch (const nlohmann::json::out_of_range& e) {  // a number past double's range
-      fail_at("tasks", path, cat("line ", line_no), cat("invalid JSON: ", e.what()));
-    }
+    const nlohmann::json j = parse_json(line, path, "tasks", line_no);
     McQuestion q = parse_question(j, path, line_no);
     if (j.value("fewshot", false))
       task.fewshot.push_back(std::move(q));

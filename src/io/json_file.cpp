@@ -13,7 +13,7 @@ namespace {
 constexpr const char* kOp = "json";
 
 // "line 3, column 7" of a byte offset (1-based, as editors count).
-std::string line_column(const std::string& text, size_t byte) {
+std::string line_column(std::string_view text, size_t byte) {
   size_t line = 1, column = 1;
   for (size_t i = 0; i < byte && i < text.size(); ++i) {
     if (text[i] == '\n') {
@@ -40,25 +40,29 @@ std::string parse_problem(const std::string& what) {
 
 }  // namespace
 
-nlohmann::json parse_json(const std::string& text, const std::string& source) {
+nlohmann::json parse_json(std::string_view text, const std::string& source, const std::string& op,
+                          int64_t line) {
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     // nlohmann reports the byte just past the offending token; point at the token itself.
-    size_t byte = e.byte > 0 ? e.byte - 1 : 0;
-    fail_at(kOp, source, line_column(text, byte), parse_problem(e.what()));
+    const size_t byte = e.byte > 0 ? e.byte - 1 : 0;
+    const std::string where = line > 0 ? cat("line ", line, ", column ", byte + 1) : line_column(text, byte);
+    fail_at(op, source, where, cat("not valid JSON (", parse_problem(e.what()), ")"));
   } catch (const nlohmann::json::out_of_range& e) {  // a number past double's range: "1E400"
-    fail_file(kOp, source, parse_problem(e.what()));
+    const std::string problem = cat("not valid JSON (", parse_problem(e.what()), ")");
+    if (line > 0) fail_at(op, source, cat("line ", line), problem);
+    fail_file(op, source, problem);
   }
 }
 
-nlohmann::json read_json_file(const std::string& path) {
+nlohmann::json read_json_file(const std::string& path, const std::string& op) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail_file(kOp, path, "cannot open");
+  if (!in) fail_file(op, path, "cannot open");
   std::ostringstream text;
   text << in.rdbuf();
-  if (in.bad()) fail_file(kOp, path, "read failed");
-  return parse_json(text.str(), path);
+  if (in.bad()) fail_file(op, path, "read failed");
+  return parse_json(text.str(), path, op);
 }
 
 void write_json_file(const std::string& path, const nlohmann::json& j, int indent) {

@@ -7,14 +7,18 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace emo {
 
-// Parses `text`; `source` (a file name) is used in the error message.
-nlohmann::json parse_json(const std::string& text, const std::string& source);
-// Reads and parses a JSON file; throws "[json] <path>: cannot open" or a parse error with line and column.
-nlohmann::json read_json_file(const std::string& path);
+// The one JSON parser of the project. `text` is a whole file, or one line of a JSONL file (`line` >= 1). Bad
+// syntax, and a number past double's range (nlohmann's out_of_range), throw "[op] source: line 3, column 7:
+// not valid JSON (problem)"; never an nlohmann exception.
+nlohmann::json parse_json(std::string_view text, const std::string& source, const std::string& op = "json",
+                          int64_t line = 0);
+// Reads and parses a JSON file; throws "[op] <path>: cannot open" or a parse error with line and column.
+nlohmann::json read_json_file(const std::string& path, const std::string& op = "json");
 // Writes j.dump(indent) plus a newline atomically.
 void write_json_file(const std::string& path, const nlohmann::json& j, int indent = 2);
 

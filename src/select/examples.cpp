@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "data/dataset.h"
+#include "io/json_file.h"
 
 namespace emo {
 namespace {
@@ -23,12 +24,7 @@ std::string read_whole(const std::string& path) {
 }
 
 std::string text_of_line(const std::string& line, const std::string& path, int64_t line_no) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail_at("examples", path, cat("line ", line_no, ", byte ", e.byte), "invalid JSON");
-  }
+  const nlohmann::json j = parse_json(line, path, "examples", line_no);
   if (j.contains("text") && j["text"].is_string()) return j["text"].get<std::string>();
   if (j.contains("context") && j["context"].is_string()) {
     std::string text = j["context"].get<std::string>();

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/json_file.h"
 
 namespace emo {
 namespace {
@@ -143,16 +144,7 @@ void ExpertSubset::save(const std::string& path) const {
 }
 
 ExpertSubset ExpertSubset::load(const std::string& path, const ModelConfig& config) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail_file("subset", path, "cannot open");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail_at("subset", path, cat("byte ", e.byte), "invalid JSON");
-  } catch (const nlohmann::json::out_of_range& e) {  // a number past double's range
-    fail_file("subset", path, cat("invalid JSON: ", e.what()));
-  }
+  const nlohmann::json j = read_json_file(path, "subset");
   ExpertSubset s = from_json(j, path);
   s.check(config, path);
   return s;

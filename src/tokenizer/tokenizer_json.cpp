@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/json_file.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/tokenizer_impl.h"
 
@@ -209,18 +210,7 @@ json added_token_json(const AddedToken& t) {
 }  // namespace
 
 Tokenizer Tokenizer::from_json_text(std::string_view json_text, const std::string& source) {
-  json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    std::string what = e.what();
-    // nlohmann's message: "[json.exception.parse_error.101] parse error at line 1, column 5: <problem>"
-    size_t colon = what.find(": ");
-    fail_at("tokenizer", source, cat("byte ", e.byte),
-            cat("not valid JSON (", colon == std::string::npos ? what : what.substr(colon + 2), ")"));
-  } catch (const json::out_of_range& e) {  // a number past double's range: "5E982"
-    fail_file("tokenizer", source, cat("not valid JSON (", e.what(), ")"));
-  }
+  const json root = parse_json(json_text, source, "tokenizer");
   auto impl = std::make_shared<Impl>();
   Reader{source}.read(root, impl.get());
   impl->build(source);

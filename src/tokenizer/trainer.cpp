@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/thread_pool.h"
+#include "io/json_file.h"
 #include "tokenizer/pre_tokenizer.h"
 
 namespace emo {
@@ -58,12 +59,7 @@ void WordCounter::add_files(const std::vector<std::string>& paths) {
         continue;
       }
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      nlohmann::json record;
-      try {
-        record = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::parse_error& e) {
-        fail_at("tokenizer train", path, cat("line ", line_number), "not a JSON object");
-      }
+      const nlohmann::json record = parse_json(line, path, "tokenizer train", line_number);
       auto text = record.find("text");
       if (!record.is_object() || text == record.end() || !text->is_string())
         fail_at("tokenizer train", path, cat("line ", line_number), "no string field \"text\"");

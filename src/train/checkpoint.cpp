@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "io/atomic_file.h"
+#include "io/json_file.h"
 #include "io/safetensors.h"
 
 namespace emo {
@@ -44,16 +45,6 @@ std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& c
   }
   std::sort(out.begin(), out.end());
   return out;
-}
-
-nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) fail_file(kOp, path.string(), "cannot open");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail_at(kOp, path.string(), cat("byte ", e.byte), e.what());
-  }
 }
 
 }  // namespace
@@ -164,7 +155,7 @@ std::string resolve_checkpoint(const std::string& path) {
 
 TrainConfig read_checkpoint_config(const std::string& checkpoint_dir, TrainState* state) {
   const fs::path state_path = fs::path(checkpoint_dir) / kStateFile;
-  nlohmann::json j = read_json(state_path);
+  nlohmann::json j = read_json_file(state_path.string(), kOp);
   if (state) *state = TrainState::from_json(j, state_path.string());
   if (!j.contains("config")) fail_file(kOp, state_path.string(), "no 'config'");
   return TrainConfig::from_json(j["config"], state_path.string());

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "io/json_file.h"
 
 namespace emo {
 
@@ -184,17 +185,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& s
 }
 
 TrainConfig TrainConfig::load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail_file(kOp, path, "cannot open");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail_at(kOp, path, cat("byte ", e.byte), e.what());
-  } catch (const nlohmann::json::out_of_range& e) {  // a number past double's range
-    fail_file(kOp, path, e.what());
-  }
-  return from_json(j, path);
+  return from_json(read_json_file(path, kOp), path);
 }
 
 void apply_override(nlohmann::json& config, const std::string& assignment) {
