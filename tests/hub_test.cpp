@@ -1,12 +1,15 @@
 // The Hub's response heads parsed without I/O (hub/http_head.h), and the digests that verify Hub files.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
 #include "data/process.h"
+#include "fake_hub.h"
 #include "hub/http_head.h"
+#include "hub/hub_client.h"
 
 namespace emo {
 namespace {
@@ -78,6 +81,119 @@ TEST(HubDigests, GitBlobIdAndRangesOfAFile) {
   EXPECT_EQ(data::sha256_file_hex(path.string()), data::sha256_hex("0123456789"));
   EXPECT_THROW(data::sha256_file_range_hex(path.string(), 8, 5), Error);
   std::filesystem::remove(path);
+}
+
+// A client that retries quickly (the waits of a real run are seconds).
+HubClient fast_client(const testing::FakeHub& hub, std::string token = "") {
+  HubConfig config;
+  config.endpoint = hub.endpoint();
+  config.token = std::move(token);
+  config.first_wait = 0.01;
+  config.max_retries = 3;
+  return HubClient(config);
+}
+
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 7919) >> 3);
+  return s;
+}
+
+TEST(HubClient, FileInfoOfAnLfsFileAndAGitFileAndRangesThroughTheRedirect) {
+  testing::FakeHub hub("org/tiny");
+  const std::string weights = pattern(100000);
+  hub.add_file("model.safetensors", weights, true);
+  hub.add_file("config.json", "{\"a\": 1}", false);
+  HubClient client = fast_client(hub);
+  auto info = client.file_info("org/tiny", "main", "model.safetensors");
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->commit, testing::FakeHub::kCommit);
+  EXPECT_TRUE(info->lfs);
+  EXPECT_EQ(info->etag, data::sha256_hex(weights));
+  EXPECT_EQ(info->size, 100000);
+  EXPECT_NE(info->location.find("/lfs/model.safetensors"), std::string::npos);
+  auto config = client.file_info("org/tiny", "main", "config.json");
+  ASSERT_TRUE(config);
+  EXPECT_FALSE(config->lfs);
+  EXPECT_EQ(config->etag, data::git_blob_sha1_hex("{\"a\": 1}"));
+  EXPECT_FALSE(client.file_info("org/tiny", "main", "missing.json"));
+
+  const std::string url = client.resolve_url("org/tiny", testing::FakeHub::kCommit, "model.safetensors");
+  EXPECT_EQ(client.get(url, "range", 8, 4000), weights.substr(8, 3992));
+  EXPECT_EQ(client.get(client.resolve_url("org/tiny", "main", "config.json"), "config"), "{\"a\": 1}");
+  EXPECT_EQ(hub.body_bytes(), 3992u + 8u);
+}
+
+TEST(HubClient, PassingFaultsAreRetried) {
+  testing::FakeHub hub("org/tiny");
+  const std::string weights = pattern(50000);
+  hub.add_file("model.safetensors", weights, true);
+  HubClient client = fast_client(hub);
+  const std::string url = client.resolve_url("org/tiny", "main", "model.safetensors");
+  using F = testing::FakeHub::Fault;
+  for (F fault : {F::kDropMidBody, F::kServerError, F::kTruncatedRange}) {
+    hub.inject(fault, "/lfs/");
+    EXPECT_EQ(client.get(url, "range", 100, 40000), weights.substr(100, 39900)) << static_cast<int>(fault);
+    EXPECT_EQ(hub.faults_left(), 0);
+  }
+  // A 429 is retried after the Retry-After it gives (1 s), not the client's own short wait.
+  hub.inject(F::kRateLimited, "/lfs/");
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(client.get(url, "range", 0, 10), weights.substr(0, 10));
+  EXPECT_GE(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 0.9);
+}
+
+TEST(HubClient, PersistentFaultsAreReportedByName) {
+  testing::FakeHub hub("org/tiny");
+  hub.add_file("model.safetensors", pattern(5000), true);
+  HubClient client = fast_client(hub);
+  hub.inject(testing::FakeHub::Fault::kServerError, "/lfs/", 10);
+  const std::string url = client.resolve_url("org/tiny", "main", "model.safetensors");
+  try {
+    client.get(url, "model.safetensors bytes 0-9", 0, 10);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[hub] model.safetensors bytes 0-9: HTTP 500"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("gave up after 4 tries"), std::string::npos) << e.what();
+  }
+}
+
+TEST(HubClient, AGatedRepositoryNeedsTheTokenWhichStaysOnTheHub) {
+  testing::FakeHub hub("org/gated");
+  const std::string weights = pattern(3000);
+  hub.add_file("model.safetensors", weights, true);
+  hub.require_token("hf_secret");
+  HubClient anonymous = fast_client(hub);
+  try {
+    anonymous.file_info("org/gated", "main", "model.safetensors");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("HTTP 401 (GatedRepo"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("HF_TOKEN"), std::string::npos) << e.what();
+  }
+  HubClient client = fast_client(hub, "hf_secret");
+  EXPECT_TRUE(client.file_info("org/gated", "main", "model.safetensors"));
+  EXPECT_EQ(client.get(client.resolve_url("org/gated", "main", "model.safetensors"), "r", 0, 3000), weights);
+  EXPECT_EQ(hub.storage_auth_headers(), 0) << "the token was sent to the storage host";
+}
+
+TEST(HubClient, ConfigFromTheEnvironment) {
+  const auto dir = std::filesystem::temp_directory_path() / "emo_hub_config_test";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "token") << "hf_from_file\n";
+  setenv("HF_ENDPOINT", "http://127.0.0.1:1/", 1);
+  unsetenv("HF_TOKEN");
+  setenv("HF_HOME", dir.c_str(), 1);
+  HubConfig config = hub_config_from_environment();
+  EXPECT_EQ(config.endpoint, "http://127.0.0.1:1");
+  EXPECT_EQ(config.token, "hf_from_file");
+  setenv("HF_TOKEN", "hf_env", 1);
+  EXPECT_EQ(hub_config_from_environment().token, "hf_env");
+  unsetenv("HF_TOKEN");
+  unsetenv("HF_HOME");
+  unsetenv("HF_ENDPOINT");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
