@@ -23,6 +23,7 @@
 
 #include "core/error.h"
 #include "data/process.h"
+#include "hub/hub_client.h"
 
 namespace emo::testing {
 
@@ -276,5 +277,15 @@ class FakeHub {
   std::atomic<uint64_t> body_bytes_{0};
   std::atomic<int64_t> storage_auth_{0};
 };
+
+// A client of `hub` that retries quickly (the waits of a real run are seconds).
+inline HubClient fast_client(const FakeHub& hub, std::string token = "") {
+  HubConfig config;
+  config.endpoint = hub.endpoint();
+  config.token = std::move(token);
+  config.first_wait = 0.01;
+  config.max_retries = 3;
+  return HubClient(config);
+}
 
 }  // namespace emo::testing

@@ -83,16 +83,6 @@ TEST(HubDigests, GitBlobIdAndRangesOfAFile) {
   std::filesystem::remove(path);
 }
 
-// A client that retries quickly (the waits of a real run are seconds).
-HubClient fast_client(const testing::FakeHub& hub, std::string token = "") {
-  HubConfig config;
-  config.endpoint = hub.endpoint();
-  config.token = std::move(token);
-  config.first_wait = 0.01;
-  config.max_retries = 3;
-  return HubClient(config);
-}
-
 std::string pattern(size_t n) {
   std::string s(n, '\0');
   for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 7919) >> 3);
@@ -104,7 +94,7 @@ TEST(HubClient, FileInfoOfAnLfsFileAndAGitFileAndRangesThroughTheRedirect) {
   const std::string weights = pattern(100000);
   hub.add_file("model.safetensors", weights, true);
   hub.add_file("config.json", "{\"a\": 1}", false);
-  HubClient client = fast_client(hub);
+  HubClient client = testing::fast_client(hub);
   auto info = client.file_info("org/tiny", "main", "model.safetensors");
   ASSERT_TRUE(info);
   EXPECT_EQ(info->commit, testing::FakeHub::kCommit);
@@ -128,7 +118,7 @@ TEST(HubClient, PassingFaultsAreRetried) {
   testing::FakeHub hub("org/tiny");
   const std::string weights = pattern(50000);
   hub.add_file("model.safetensors", weights, true);
-  HubClient client = fast_client(hub);
+  HubClient client = testing::fast_client(hub);
   const std::string url = client.resolve_url("org/tiny", "main", "model.safetensors");
   using F = testing::FakeHub::Fault;
   for (F fault : {F::kDropMidBody, F::kServerError, F::kTruncatedRange}) {
@@ -146,7 +136,7 @@ TEST(HubClient, PassingFaultsAreRetried) {
 TEST(HubClient, PersistentFaultsAreReportedByName) {
   testing::FakeHub hub("org/tiny");
   hub.add_file("model.safetensors", pattern(5000), true);
-  HubClient client = fast_client(hub);
+  HubClient client = testing::fast_client(hub);
   hub.inject(testing::FakeHub::Fault::kServerError, "/lfs/", 10);
   const std::string url = client.resolve_url("org/tiny", "main", "model.safetensors");
   try {
@@ -164,7 +154,7 @@ TEST(HubClient, AGatedRepositoryNeedsTheTokenWhichStaysOnTheHub) {
   const std::string weights = pattern(3000);
   hub.add_file("model.safetensors", weights, true);
   hub.require_token("hf_secret");
-  HubClient anonymous = fast_client(hub);
+  HubClient anonymous = testing::fast_client(hub);
   try {
     anonymous.file_info("org/gated", "main", "model.safetensors");
     FAIL() << "no error";
@@ -172,7 +162,7 @@ TEST(HubClient, AGatedRepositoryNeedsTheTokenWhichStaysOnTheHub) {
     EXPECT_NE(std::string(e.what()).find("HTTP 401 (GatedRepo"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("HF_TOKEN"), std::string::npos) << e.what();
   }
-  HubClient client = fast_client(hub, "hf_secret");
+  HubClient client = testing::fast_client(hub, "hf_secret");
   EXPECT_TRUE(client.file_info("org/gated", "main", "model.safetensors"));
   EXPECT_EQ(client.get(client.resolve_url("org/gated", "main", "model.safetensors"), "r", 0, 3000), weights);
   EXPECT_EQ(hub.storage_auth_headers(), 0) << "the token was sent to the storage host";

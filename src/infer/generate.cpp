@@ -30,7 +30,7 @@ void apply_subset(InferWeights& weights, const ExpertSubset& subset) {
 
 ExpertSubset select_layerwise(InferWeights& weights, const std::vector<Decoder*>& decoders,
                               const std::vector<std::vector<int32_t>>& sequences, int64_t keep_k,
-                              const std::string& description) {
+                              const std::string& description, const LayerChosen& chosen) {
   const ModelConfig& config = weights.config();
   check_keep_k(config, keep_k);
   EMO_CHECK(!sequences.empty() && decoders.size() == sequences.size(), kOp,
@@ -54,6 +54,7 @@ ExpertSubset select_layerwise(InferWeights& weights, const std::vector<Decoder*>
     }
     // The mean ranks as the sum; top_experts breaks ties toward the lower index, as `emo select`.
     subset.routed[l] = top_experts(usage, keep_k - config.shared_in_layer(l));
+    if (chosen) chosen(l, subset.routed[l]);
     weights.keep_experts(l, subset.routed[l]);
     for (Decoder* d : decoders) d->experts(l);
   }
@@ -63,7 +64,7 @@ ExpertSubset select_layerwise(InferWeights& weights, const std::vector<Decoder*>
 }
 
 ExpertSubset select_layerwise(InferWeights& weights, const std::vector<std::vector<int32_t>>& sequences,
-                              int64_t keep_k, const std::string& description) {
+                              int64_t keep_k, const std::string& description, const LayerChosen& chosen) {
   const int64_t context = weights.config().max_position_embeddings;
   std::vector<std::vector<int32_t>> cut;
   std::vector<std::unique_ptr<Decoder>> owned;
@@ -74,7 +75,7 @@ ExpertSubset select_layerwise(InferWeights& weights, const std::vector<std::vect
     owned.push_back(std::make_unique<Decoder>(weights, static_cast<int64_t>(cut.back().size())));
     decoders.push_back(owned.back().get());
   }
-  return select_layerwise(weights, decoders, cut, keep_k, description);
+  return select_layerwise(weights, decoders, cut, keep_k, description, chosen);
 }
 
 double GenerateResult::prompt_tokens_per_second() const {

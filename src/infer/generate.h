@@ -25,13 +25,16 @@ void apply_subset(InferWeights& weights, const ExpertSubset& subset);
 // over all tokens of the routed softmax probability, keeps the top keep_k - n_s routed experts (ties: lower
 // index) plus the shared one(s), restricts layer l of `weights` to them, and runs the layer's experts. The
 // decoders end holding their sequence in the cache, with the last token's logits in pass().logits.
+// `chosen`, when set, is called with each layer's routed choice before any of its experts is read (so a
+// caller can fetch just those experts first: `emo pull`).
+using LayerChosen = std::function<void(int64_t layer, const std::vector<int32_t>& routed)>;
 ExpertSubset select_layerwise(InferWeights& weights, const std::vector<Decoder*>& decoders,
                               const std::vector<std::vector<int32_t>>& sequences, int64_t keep_k,
-                              const std::string& description);
+                              const std::string& description, const LayerChosen& chosen = {});
 
 // The same from calibration examples, with decoders of its own that are released afterwards.
 ExpertSubset select_layerwise(InferWeights& weights, const std::vector<std::vector<int32_t>>& sequences,
-                              int64_t keep_k, const std::string& description);
+                              int64_t keep_k, const std::string& description, const LayerChosen& chosen = {});
 
 struct GenerateOptions {
   int64_t max_new_tokens = 128;

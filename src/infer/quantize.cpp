@@ -10,6 +10,7 @@
 #include "data/dataset.h"
 #include "io/safetensors.h"
 #include "kernels/quant.h"
+#include "select/prune.h"
 
 namespace emo {
 namespace {
@@ -107,7 +108,8 @@ QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::str
     config.torch_dtype = "bfloat16";
   }
   config.save((fs::path(out_dir) / "config.json").string());
-  copy_if_present(fs::path(model_dir) / "tokenizer.json", fs::path(out_dir) / "tokenizer.json");
+  for (const char* name : kCompanionFiles)
+    copy_if_present(fs::path(model_dir) / name, fs::path(out_dir) / name);
   copy_if_present(fs::path(model_dir) / "pruning_metadata.json", fs::path(out_dir) / "pruning_metadata.json");
   return summary;
 }

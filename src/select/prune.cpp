@@ -111,6 +111,12 @@ std::vector<PrunedTensor> prune_plan(const ExpertSubset& subset, const std::vect
   return ordered;
 }
 
+std::optional<std::pair<int64_t, int64_t>> expert_of_tensor(const std::string& name) {
+  const ExpertName parsed = parse_name(name);
+  if (parsed.kind != ExpertName::kExpert) return std::nullopt;
+  return std::make_pair(parsed.layer, parsed.expert);
+}
+
 std::unique_ptr<Model> prune_model(const Model& full, const ExpertSubset& subset) {
   subset.check(full.config(), "prune");
   auto pruned = std::make_unique<Model>(pruned_config(full.config(), subset));
@@ -147,7 +153,7 @@ nlohmann::json pruning_metadata(const ExpertSubset& subset, const ModelConfig& f
 }
 
 PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& subset,
-                              const std::string& out_dir) {
+                              const std::string& out_dir, const nlohmann::json& source) {
   Timer timer;
   const fs::path dir(model_dir);
   const ModelConfig full = ModelConfig::load((dir / "config.json").string());
@@ -187,8 +193,11 @@ PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& 
     const fs::path out(temp_dir);
     write_safetensors_sharded(temp_dir, entries, kMaxShardBytes, checkpoint.metadata());
     pruned_config(full, subset).save((out / "config.json").string());
-    write_json_file((out / "pruning_metadata.json").string(), pruning_metadata(subset, full));
-    if (fs::exists(dir / "tokenizer.json")) fs::copy_file(dir / "tokenizer.json", out / "tokenizer.json");
+    nlohmann::json metadata = pruning_metadata(subset, full);
+    if (!source.is_null()) metadata["source"] = source;
+    write_json_file((out / "pruning_metadata.json").string(), metadata);
+    for (const char* name : kCompanionFiles)
+      if (fs::exists(dir / name)) fs::copy_file(dir / name, out / name);
   });
   summary.seconds = timer.seconds();
   return summary;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,9 @@ struct PrunedTensor {
 // tensor names; names not about experts are copied unchanged, dropped experts are left out.
 std::vector<PrunedTensor> prune_plan(const ExpertSubset& subset, const std::vector<std::string>& full_names);
 
+// (layer, expert) of a tensor "model.layers.L.mlp.experts.E.*", nullopt for any other tensor.
+std::optional<std::pair<int64_t, int64_t>> expert_of_tensor(const std::string& name);
+
 // The pruned model built in memory from a full one (the subset is checked against it).
 std::unique_ptr<Model> prune_model(const Model& full, const ExpertSubset& subset);
 
@@ -49,8 +53,14 @@ struct PruneSummary {
 
 // `emo prune`: reads the checkpoint in model_dir tensor by tensor (safetensors, any stored dtype, kept as
 // stored) and writes the pruned checkpoint to out_dir: config.json, model.safetensors, pruning_metadata.json,
-// and tokenizer.json copied when present.
+// and the companion files (kCompanionFiles: the tokenizer's, generation_config.json) copied when present.
+// `source`, when not null, is recorded as pruning_metadata.json's "source" (where the parent came from:
+// `emo pull` names the Hub repository, revision, commit and file hashes).
 PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& subset,
-                              const std::string& out_dir);
+                              const std::string& out_dir, const nlohmann::json& source = nullptr);
+
+// The files beside the weights that a derived checkpoint (pruned, quantised) takes over unchanged.
+inline constexpr const char* kCompanionFiles[] = {"tokenizer.json", "tokenizer_config.json",
+                                                  "special_tokens_map.json", "generation_config.json"};
 
 }  // namespace emo
