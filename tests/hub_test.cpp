@@ -112,6 +112,11 @@ TEST(HubClient, FileInfoOfAnLfsFileAndAGitFileAndRangesThroughTheRedirect) {
   EXPECT_EQ(client.get(url, "range", 8, 4000), weights.substr(8, 3992));
   EXPECT_EQ(client.get(client.resolve_url("org/tiny", "main", "config.json"), "config"), "{\"a\": 1}");
   EXPECT_EQ(hub.body_bytes(), 3992u + 8u);
+
+  // Handles are kept between calls: ten ranges do not open ten connections.
+  const int64_t opened = client.connections();
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(client.get(url, "range", i, i + 1), weights.substr(i, 1));
+  EXPECT_LE(client.connections() - opened, 6);
 }
 
 TEST(HubClient, PassingFaultsAreRetried) {

@@ -103,6 +103,10 @@ HubClient::HubClient(HubConfig config) : config_(std::move(config)) {
   global_init();
 }
 
+HubClient::~HubClient() {
+  for (void* handle : idle_) curl_easy_cleanup(static_cast<CURL*>(handle));
+}
+
 std::string HubClient::resolve_url(const std::string& repo, const std::string& revision,
                                    const std::string& file) const {
   return cat(config_.endpoint, "/", repo, "/resolve/", escape(revision, false), "/", escape(file, true));
@@ -118,11 +122,24 @@ HubClient::Answer HubClient::perform(const std::string& url, bool head_only, uin
   Transfer transfer;
   transfer.counter = &bytes_received_;
   if (end > begin) transfer.limit = end - begin;
-  std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
+  CURL* reused = nullptr;
+  {
+    std::lock_guard lock(idle_mutex_);
+    if (!idle_.empty()) reused = static_cast<CURL*>(idle_.back()), idle_.pop_back();
+  }
+  // Given back reset (options cleared, open connections kept) for the next call.
+  auto give_back = [this](CURL* handle) {
+    curl_easy_reset(handle);
+    std::lock_guard lock(idle_mutex_);
+    idle_.push_back(handle);
+  };
+  std::unique_ptr<CURL, decltype(give_back)> curl(reused ? reused : curl_easy_init(), give_back);
   EMO_CHECK(curl, kOp, "libcurl could not start a transfer");
   curl_slist* headers = nullptr;
   if (!config_.token.empty())
     headers = curl_slist_append(headers, ("Authorization: Bearer " + config_.token).c_str());
+  // The raw bytes, as the Hub's client asks for them: sizes and hashes are of the uncompressed content.
+  headers = curl_slist_append(headers, "Accept-Encoding: identity");
   std::unique_ptr<curl_slist, void (*)(curl_slist*)> header_list(headers, curl_slist_free_all);
   const std::string range = cat(begin, "-", end - 1);
   CURL* h = curl.get();
@@ -145,6 +162,8 @@ HubClient::Answer HubClient::perform(const std::string& url, bool head_only, uin
   if (head_only) curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
   if (end > begin) curl_easy_setopt(h, CURLOPT_RANGE, range.c_str());
   const CURLcode code = curl_easy_perform(h);
+  long opened = 0;
+  if (curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &opened) == CURLE_OK) connections_ += opened;
   Answer answer;
   if (!transfer.head_lines.empty()) answer.head = parse_http_head(transfer.head_lines);
   answer.body = std::move(transfer.body);

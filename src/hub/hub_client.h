@@ -6,13 +6,16 @@
 // Requests carry "Authorization: Bearer TOKEN" when a token is set (libcurl does not pass it on to another
 // host when following a redirect). Passing faults are retried with a growing wait: a dropped connection, a
 // body shorter or longer than asked for, HTTP 429 / 5xx (waiting what Retry-After says, bounded); others
-// (401, 403, 404, ...) fail at once with the Hub's X-Error-Code. Thread-safe: one libcurl handle per call.
+// (401, 403, 404, ...) fail at once with the Hub's X-Error-Code. Thread-safe: each call takes an idle libcurl
+// handle (or a new one) and gives it back after.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "hub/http_head.h"
 
@@ -34,6 +37,9 @@ HubConfig hub_config_from_environment();
 class HubClient {
  public:
   explicit HubClient(HubConfig config);
+  ~HubClient();
+  HubClient(const HubClient&) = delete;
+  HubClient& operator=(const HubClient&) = delete;
 
   const HubConfig& config() const { return config_; }
   // {endpoint}/{repo}/resolve/{revision}/{file} (revision and file URL-escaped, '/' kept in file).
@@ -51,6 +57,9 @@ class HubClient {
   // Body bytes received so far, over all calls (retried ones included).
   uint64_t bytes_received() const { return bytes_received_.load(); }
   int64_t requests() const { return requests_.load(); }
+  // Connections opened so far: libcurl handles are kept between calls, so requests to the same host reuse
+  // an open connection (and TLS session) instead of opening one each.
+  int64_t connections() const { return connections_.load(); }
 
  private:
   struct Answer {
@@ -63,6 +72,9 @@ class HubClient {
   HubConfig config_;
   std::atomic<uint64_t> bytes_received_{0};
   std::atomic<int64_t> requests_{0};
+  std::atomic<int64_t> connections_{0};
+  std::mutex idle_mutex_;
+  std::vector<void*> idle_;  // CURL handles between calls
 };
 
 }  // namespace emo
