@@ -18,30 +18,13 @@
 #include "core/rng.h"
 #include "model/forward_state.h"
 #include "model/model.h"
+#include "scaled_model.h"
 #include "select/prune.h"
 #include "select/selection.h"
 
 namespace {
 
 namespace fs = std::filesystem;
-
-emo::ModelConfig bench_config() {
-  emo::ModelConfig c;
-  c.model_type = "emo";
-  c.vocab_size = 8192;
-  c.hidden_size = 256;
-  c.intermediate_size = 128;
-  c.num_hidden_layers = 8;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 4;
-  c.max_position_embeddings = 1024;
-  c.eos_token_id = 1;
-  c.pad_token_id = 0;
-  c.num_experts = 64;
-  c.num_experts_per_tok = 8;
-  c.num_shared_experts = 1;
-  return c;
-}
 
 int64_t dir_bytes(const fs::path& dir, const std::string& prefix) {
   int64_t total = 0;
@@ -100,7 +83,7 @@ int main(int argc, char** argv) {
   fs::remove_all(temp);
   fs::create_directories(temp);
   if (model_dir.empty()) {
-    emo::Model model(bench_config());
+    emo::Model model(emo::bench::scaled_released_config());
     model.init_weights(1);
     model_dir = (temp / "full").string();
     model.save(model_dir);

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -33,14 +34,18 @@ class FakeHub {
   static constexpr const char* kCommit = "0123456789abcdef0123456789abcdef01234567";
 
   struct File {
-    std::string content;
+    std::shared_ptr<const std::string> content;  // shared: a request does not copy a shard
     bool lfs = false;
-    std::string claimed_sha256;  // "" = the true one; else the hub announces this (a wrong hash)
+    std::string sha256, git_blob_id;  // computed once
+    std::string claimed_sha256;       // "" = the true one; else the hub announces this (a wrong hash)
   };
 
   explicit FakeHub(std::string repo) : repo_(std::move(repo)) {
     install_hub_routes();
     install_storage_routes();
+    // As real servers do: without it a head and a body written separately wait for a delayed ACK (40 ms).
+    hub_.set_tcp_nodelay(true);
+    storage_.set_tcp_nodelay(true);
     hub_port_ = hub_.bind_to_any_port("127.0.0.1");
     storage_port_ = storage_.bind_to_any_port("127.0.0.1");
     EMO_CHECK(hub_port_ > 0 && storage_port_ > 0, "fake_hub", "could not bind a loopback port");
@@ -61,7 +66,12 @@ class FakeHub {
 
   void add_file(const std::string& name, std::string content, bool lfs) {
     std::lock_guard lock(mutex_);
-    files_[name] = File{std::move(content), lfs, ""};
+    File f;
+    f.sha256 = emo::data::sha256_hex(content);
+    f.git_blob_id = emo::data::git_blob_sha1_hex(content);
+    f.content = std::make_shared<const std::string>(std::move(content));
+    f.lfs = lfs;
+    files_[name] = std::move(f);
   }
   void claim_wrong_hash(const std::string& name) {
     std::lock_guard lock(mutex_);
@@ -131,13 +141,11 @@ class FakeHub {
 
   void file_headers(const File& f, httplib::Response& res) const {
     res.set_header("X-Repo-Commit", kCommit);
-    const std::string blob = emo::data::git_blob_sha1_hex(f.content);
+    const std::string& blob = f.git_blob_id;
     if (f.lfs) {
       res.set_header("ETag", "\"" + blob + "\"");
-      res.set_header(
-          "X-Linked-Etag",
-          "\"" + (f.claimed_sha256.empty() ? emo::data::sha256_hex(f.content) : f.claimed_sha256) + "\"");
-      res.set_header("X-Linked-Size", std::to_string(f.content.size()));
+      res.set_header("X-Linked-Etag", "\"" + (f.claimed_sha256.empty() ? f.sha256 : f.claimed_sha256) + "\"");
+      res.set_header("X-Linked-Size", std::to_string(f.content->size()));
     } else {
       res.set_header("ETag", "\"" + (f.claimed_sha256.empty() ? blob : f.claimed_sha256) + "\"");
     }
@@ -236,21 +244,21 @@ class FakeHub {
                                        std::string(req.matches[3]) + "?signature=x");
         return;
       }
-      serve(req, res, file.content);
+      serve(req, res, *file.content);
     });
   }
 
   void install_storage_routes() {
     storage_.Get(R"(/lfs/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
       if (req.has_header("Authorization")) ++storage_auth_;
-      std::string content;
+      std::shared_ptr<const std::string> content;
       {
         std::lock_guard lock(mutex_);
         auto it = files_.find(req.matches[1]);
         if (it == files_.end()) return not_found(res, "EntryNotFound");
         content = it->second.content;
       }
-      serve(req, res, content);
+      serve(req, res, *content);
     });
   }
 
