@@ -309,6 +309,19 @@ TEST(Pull, RefusesANonEmptyOutputAndUnsafeFileNames) {
   EXPECT_NE(message.find("exists and is not empty"), std::string::npos) << message;
   EXPECT_EQ(read_bytes(fx.dir / "taken/mine.txt"), "user data");
 
+  PullOptions none = fx.selection("pulled");
+  none.keep_k = 0, none.examples = "";
+  EXPECT_NE(error_of([&] { pull_model(hub, none); }).find("give one of --keep-k K --examples FILE"),
+            std::string::npos);
+  PullOptions two = fx.selection("pulled");
+  two.all = true;
+  EXPECT_NE(error_of([&] { pull_model(hub, two); }).find("give one of"), std::string::npos);
+  PullOptions no_examples = fx.selection("pulled");
+  no_examples.examples = "";
+  EXPECT_NE(error_of([&] { pull_model(hub, no_examples); }).find("--keep-k and --examples go together"),
+            std::string::npos);
+  EXPECT_EQ(fx.hub.content_requests(), 0) << "a bad command line reached the Hub";
+
   for (const char* bad : {"../x.safetensors", "/etc/passwd", "a/../../b", "a//b", "a\\b", ""})
     EXPECT_NE(error_of([&] { check_repo_file_name(bad, kRepo); }).find("file name"), std::string::npos)
         << bad;
