@@ -41,8 +41,7 @@ std::function<int()> setup_pull(CLI::App& app) {
     std::printf("pulled %s at %s -> %s: %s fetched", o->pull.repo.c_str(), s.commit.c_str(),
                 o->pull.out.c_str(), emo::human_bytes(static_cast<double>(s.bytes_fetched)).c_str());
     if (s.repo_bytes > 0)
-      std::printf(" (%.1f%% of the repository's %s of weights)",
-                  100.0 * static_cast<double>(s.bytes_fetched) / static_cast<double>(s.repo_bytes),
+      std::printf(" (small files included; the repository's weight files hold %s)",
                   emo::human_bytes(static_cast<double>(s.repo_bytes)).c_str());
     if (s.bytes_reused > 0)
       std::printf(", %s kept from an interrupted run",
