@@ -182,6 +182,32 @@ TEST(InferLogits, EveryDtypeLoadsThroughTheOneEvaluationPath) {
   expect_close(infer_logits(dir / "q", tokens), reference_logits(*int8, tokens, eval_routing()), 2e-5);
 }
 
+// A prefix kept by truncate() and a new tail give the logits of a fresh run over the whole sequence; a layer
+// restricted and then released routes over all its experts again.
+TEST(InferDecoder, TruncateReusesThePrefixAndKeepAllLiftsARestriction) {
+  TempDir dir;
+  random_model(tiny_config(), 14)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  const auto tokens = some_tokens(12);
+  Decoder fresh(*weights, 16);
+  const Tensor expected = fresh.forward(tokens);
+  Decoder reused(*weights, 16);
+  std::vector<int32_t> other(tokens.begin(), tokens.begin() + 8);
+  other.push_back(5);
+  other.push_back(6);
+  reused.forward(other);
+  reused.truncate(8);
+  EXPECT_EQ(reused.length(), 8);
+  EXPECT_THROW(reused.truncate(9), Error);
+  expect_close(reused.forward(std::vector<int32_t>(tokens.begin() + 8, tokens.end())), expected, 1e-5);
+  for (int64_t l = 0; l < 2; ++l) weights->keep_experts(l, {0, 1});
+  EXPECT_TRUE(weights->restricted(0));
+  for (int64_t l = 0; l < 2; ++l) weights->keep_all_experts(l);
+  EXPECT_FALSE(weights->restricted(0));
+  Decoder again(*weights, 16);
+  expect_close(again.forward(tokens), expected, 0.0);
+}
+
 TEST(InferLogits, Bf16QuantizeWritesWhatTheTrainingEngineLoads) {
   TempDir dir;
   random_model(tiny_config(), 6)->save(dir / "m");

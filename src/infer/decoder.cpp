@@ -311,4 +311,10 @@ const Tensor& Decoder::finish(bool all_logits) {
   return p.logits;
 }
 
+void Decoder::truncate(int64_t length) {
+  EMO_CHECK(length >= 0 && length <= length_, "decode", "cannot truncate ", length_, " positions to ",
+            length);
+  length_ = length;
+}
+
 }  // namespace emo

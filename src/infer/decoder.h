@@ -88,6 +88,8 @@ class Decoder {
   InferWeights& weights() { return weights_; }
   // Forgets every position (the cache is reused).
   void reset() { length_ = 0; }
+  // Keeps positions [0, length) and forgets the rest (a shared prefix is reused, the tail recomputed).
+  void truncate(int64_t length);
 
  private:
   void check_chunk(const std::vector<int32_t>& tokens) const;

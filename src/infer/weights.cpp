@@ -199,6 +199,11 @@ void InferWeights::keep_experts(int64_t l, std::vector<int32_t> routed) {
   for (int64_t e = Er; e < config_.experts_in_layer(l); ++e) load_expert(l, e);
 }
 
+void InferWeights::keep_all_experts(int64_t l) {
+  EMO_CHECK(l >= 0 && l < config_.num_hidden_layers, kOp, "no layer ", l);
+  impl_->kept[l].reset();
+}
+
 const std::vector<int32_t>* InferWeights::kept(int64_t l) const {
   return impl_->kept[l].get();
 }

@@ -64,6 +64,8 @@ class InferWeights {
   // Restricts MoE layer l to the given ORIGINAL routed expert indices (ascending, unique) plus the shared
   // expert(s), and loads them. Throws for an index that is not a routed expert of the layer.
   void keep_experts(int64_t l, std::vector<int32_t> routed);
+  // Lifts the restriction of layer l: every expert may be used again (loaded when first needed).
+  void keep_all_experts(int64_t l);
   // The kept routed experts of layer l, or null when the layer uses all of them.
   const std::vector<int32_t>* kept(int64_t l) const;
   bool restricted(int64_t l) const { return kept(l) != nullptr; }
