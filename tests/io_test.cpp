@@ -1,8 +1,10 @@
 // Specification of src/io (atomic writes, JSON files, safetensors) and of the model config.json
 // (model/config).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -101,6 +103,44 @@ TEST_F(IoTest, AtomicFileAbandonedBeforeCommitLeavesTheOldFile) {
   }
   EXPECT_EQ(read_bytes(path("a.txt")), "old");
   EXPECT_EQ(entries_of(dir_), std::vector<std::string>{"a.txt"});
+}
+
+// A full disk, simulated by a file size limit (RLIMIT_FSIZE with SIGXFSZ ignored: write fails with EFBIG
+// as it would with ENOSPC, and no size-limited file system is needed, nor root).
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    getrlimit(RLIMIT_FSIZE, &saved_);
+    saved_handler_ = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit limit = saved_;
+    limit.rlim_cur = bytes;
+    setrlimit(RLIMIT_FSIZE, &limit);
+  }
+  ~FileSizeLimit() {
+    setrlimit(RLIMIT_FSIZE, &saved_);
+    std::signal(SIGXFSZ, saved_handler_);
+  }
+
+ private:
+  rlimit saved_{};
+  void (*saved_handler_)(int) = SIG_DFL;
+};
+
+TEST_F(IoTest, AFullDiskNamesTheFileAndLeavesTheOldOne) {
+  atomic_write_file(path("a.txt"), "old");
+  const Tensor w = ramp({4096}, 0, 1);
+  write_safetensors(path("m.safetensors"), {{"w", w}});
+  const std::string old_weights = read_bytes(path("m.safetensors"));
+  {
+    FileSizeLimit limit(1024);
+    EXPECT_ERROR_CONTAINS(atomic_write_file(path("a.txt"), std::string(4096, 'x')), path("a.txt"),
+                          "write failed: File too large");
+    EXPECT_ERROR_CONTAINS(write_safetensors(path("m.safetensors"), {{"w", ramp({4096}, 1, 1)}}),
+                          path("m.safetensors"));
+  }
+  EXPECT_EQ(read_bytes(path("a.txt")), "old");
+  EXPECT_EQ(read_bytes(path("m.safetensors")), old_weights);
+  EXPECT_EQ(entries_of(dir_), (std::vector<std::string>{"a.txt", "m.safetensors"}));
 }
 
 TEST_F(IoTest, AtomicDirectoryReplacesTheOldDirectoryOnlyOnCommit) {
