@@ -333,6 +333,16 @@ TEST_F(IoTest, CheckpointIndexErrorsNameTheShardAndTheTensor) {
   EXPECT_ERROR_CONTAINS(SafetensorsCheckpoint::open(dir_.string()), "[json]", "model.safetensors.index.json");
 }
 
+TEST_F(IoTest, CheckpointIndexShardPathsStayInsideTheModelDirectory) {
+  write_safetensors(path("model-00001-of-00001.safetensors"), {{"a", ramp({8}, 0, 1)}});
+  for (const std::string shard :
+       {"../../other/x.safetensors", "/etc/hostname", "sub/x.safetensors", "..", ""}) {
+    write_bytes(path("model.safetensors.index.json"), R"({"weight_map": {"a": ")" + shard + R"("}})");
+    EXPECT_ERROR_CONTAINS(SafetensorsCheckpoint::open(dir_.string()), "model.safetensors.index.json",
+                          "weight_map['a'] is '" + shard + "'", "a file name of the model directory");
+  }
+}
+
 TEST_F(IoTest, EveryTruncationOfASafetensorsFileIsAnErrorNeverACrash) {
   write_safetensors(path("m.safetensors"), {{"w", ramp({3, 2}, 0, 1)}, {"v", ramp({5}, 0, 1), DType::kBF16}},
                     {{"format", "pt"}});

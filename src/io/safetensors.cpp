@@ -293,6 +293,13 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
       fail_file(kOp, index_path,
                 cat("weight_map['", name, "'] is ", json_kind(shard), ", expected a file name"));
     const std::string shard_name = shard.get<std::string>();
+    // A shard is a file of this directory: an absolute path or a '..' would read outside the model.
+    const fs::path shard_path(shard_name);
+    if (shard_name.empty() || shard_name == "." || shard_name == ".." || shard_path.is_absolute() ||
+        shard_path.has_root_name() || shard_path.filename() != shard_path)
+      fail_file(kOp, index_path,
+                cat("weight_map['", name, "'] is '", shard_name,
+                    "': a shard must be a file name of the model directory"));
     auto [it, inserted] = file_number.emplace(shard_name, ckpt.files_.size());
     if (inserted) {
       if (!fs::is_regular_file(dir / shard_name))
