@@ -243,6 +243,29 @@ TEST(Tokenizer, MalformedTokenizerJsonIsAnErrorNamingFileAndProblem) {
   EXPECT_THROW(Tokenizer::load("/nonexistent/tokenizer.json"), emo::Error);
 }
 
+// Found by fuzzing: a table sized by the largest id allocated gigabytes for one id near 2^31, and an added
+// token of id INT32_MAX overflowed the size (id + 1 in 32 bits) and was written out of bounds.
+TEST(Tokenizer, AHugeTokenIdIsAnErrorNotAnAllocation) {
+  nlohmann::json j = nlohmann::json::parse(tiny_tokenizer().to_json_text());
+  j["model"]["vocab"]["a"] = 267777774;
+  expect_load_error(j.dump(), "largest id 267777774");
+  j = nlohmann::json::parse(tiny_tokenizer().to_json_text());
+  j["added_tokens"][0]["id"] = INT32_MAX;
+  expect_load_error(j.dump(), "ids may leave holes");
+
+  std::string path = (scratch_dir("ranks") / "huge.tiktoken").string();
+  std::ofstream(path) << "AA== 0\nAQ== 1\nAg== 2147483000\n";
+  try {
+    emo::load_tiktoken_ranks(path);
+    ADD_FAILURE() << "a rank of 2147483000 among 3 entries should be refused";
+  } catch (const emo::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("largest rank 2147483000"), std::string::npos) << e.what();
+  }
+  std::ofstream(path) << "AA== 0\nAQ== 1\nAg== 2\nAQ== 1\n";
+  EXPECT_THROW(emo::load_tiktoken_ranks(path), emo::Error);  // a rank twice is still refused
+}
+
 TEST(TokenizerTrainer, LearnsMergesOfFrequentPairs) {
   emo::BpeTrainerOptions options;
   options.vocab_size = 256 + 10 + 2;

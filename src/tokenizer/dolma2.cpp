@@ -43,7 +43,9 @@ std::optional<std::string> base64_decode(std::string_view text) {
 std::vector<std::string> load_tiktoken_ranks(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail_file("tiktoken", path, "cannot open the file");
-  std::vector<std::string> by_rank;
+  std::vector<std::pair<int64_t, std::string>> ranked;  // (rank, token bytes) in file order
+  std::vector<int64_t> line_of;                         // the line of each entry of ranked
+  int64_t largest = -1;
   std::string line;
   for (int64_t line_number = 1; std::getline(in, line); ++line_number) {
     if (line.empty()) continue;
@@ -60,10 +62,22 @@ std::vector<std::string> load_tiktoken_ranks(const std::string& path) {
     } catch (const std::exception&) {
     }
     if (rank < 0 || rank > INT32_MAX) fail_at("tiktoken", path, cat("line ", line_number), "bad rank");
-    if (static_cast<size_t>(rank) >= by_rank.size()) by_rank.resize(rank + 1);
+    largest = std::max(largest, rank);
+    ranked.emplace_back(rank, std::move(*bytes));
+    line_of.push_back(line_number);
+  }
+  // The table is sized by the largest rank: bound it by the entries read before allocating.
+  const auto entries = static_cast<int64_t>(ranked.size());
+  if (largest >= entries + kMaxTokenIdGap)
+    fail_file("tiktoken", path,
+              cat("largest rank ", largest, " but only ", entries,
+                  " entries: ranks may leave holes of at most ", kMaxTokenIdGap, " in all"));
+  std::vector<std::string> by_rank(static_cast<size_t>(largest + 1));
+  for (size_t i = 0; i < ranked.size(); ++i) {
+    auto& [rank, bytes] = ranked[i];
     if (!by_rank[rank].empty())
-      fail_at("tiktoken", path, cat("line ", line_number), cat("rank ", rank, " twice"));
-    by_rank[rank] = std::move(*bytes);
+      fail_at("tiktoken", path, cat("line ", line_of[i]), cat("rank ", rank, " twice"));
+    by_rank[rank] = std::move(bytes);
   }
   if (by_rank.empty()) fail_file("tiktoken", path, "no ranks in the file");
   return by_rank;

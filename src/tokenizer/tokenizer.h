@@ -82,6 +82,11 @@ constexpr int64_t embedding_rows_for_vocab(int64_t vocab_size) {
   return (vocab_size + 127) / 128 * 128;
 }
 
+// Token ids in a vocabulary file may leave holes (cl100k puts its special tokens after a gap), but the
+// largest id may exceed the number of entries by at most this much: tables are sized by the largest id, and a
+// file naming id 2^31 with three entries must not allocate gigabytes.
+constexpr int64_t kMaxTokenIdGap = int64_t{1} << 20;
+
 // The pre-tokenizer regex of OpenAI's cl100k_base (also used by dolma2 and by tokenizers emo trains).
 extern const char* const kCl100kPattern;
 

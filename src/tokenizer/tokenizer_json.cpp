@@ -165,7 +165,11 @@ struct Reader {
         refuse(cat("model.vocab[\"", key, "\"]"), "expected a non-negative integer id");
       size = std::max<int64_t>(size, id.get<int64_t>() + 1);
     }
-    for (const AddedToken& t : impl->added) size = std::max<int64_t>(size, t.id + 1);
+    for (const AddedToken& t : impl->added) size = std::max<int64_t>(size, int64_t{t.id} + 1);
+    const auto entries = static_cast<int64_t>(vocab.size() + impl->added.size());
+    if (size > entries + kMaxTokenIdGap)
+      refuse("model.vocab", cat("largest id ", size - 1, " but only ", entries,
+                                " tokens: ids may leave holes of at most ", kMaxTokenIdGap, " in all"));
     impl->token_bytes.assign(size, std::string());
     impl->present.assign(size, false);
     for (const AddedToken& t : impl->added) {
