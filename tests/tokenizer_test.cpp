@@ -203,9 +203,11 @@ TEST(Tokenizer, UnknownIdInDecodeIsAnError) {
   EXPECT_THROW(t.decode({-1}), emo::Error);
 }
 
-// Error messages name the file and what is wrong.
-void expect_load_error(const std::string& json_text, const std::string& must_mention) {
-  std::string path = (scratch_dir("bad") / "tokenizer.json").string();
+// Error messages name the file and what is wrong. Each test passes its own scratch directory: ctest runs
+// the tests of this file in parallel, and two writers of one file make each read the other's text.
+void expect_load_error(const std::string& json_text, const std::string& must_mention,
+                       const std::string& scratch = "bad") {
+  std::string path = (scratch_dir(scratch) / "tokenizer.json").string();
   std::ofstream(path, std::ios::binary) << json_text;
   try {
     Tokenizer::load(path);
@@ -248,10 +250,10 @@ TEST(Tokenizer, MalformedTokenizerJsonIsAnErrorNamingFileAndProblem) {
 TEST(Tokenizer, AHugeTokenIdIsAnErrorNotAnAllocation) {
   nlohmann::json j = nlohmann::json::parse(tiny_tokenizer().to_json_text());
   j["model"]["vocab"]["a"] = 267777774;
-  expect_load_error(j.dump(), "largest id 267777774");
+  expect_load_error(j.dump(), "largest id 267777774", "huge_id");
   j = nlohmann::json::parse(tiny_tokenizer().to_json_text());
   j["added_tokens"][0]["id"] = INT32_MAX;
-  expect_load_error(j.dump(), "ids may leave holes");
+  expect_load_error(j.dump(), "ids may leave holes", "huge_id");
 
   std::string path = (scratch_dir("ranks") / "huge.tiktoken").string();
   std::ofstream(path) << "AA== 0\nAQ== 1\nAg== 2147483000\n";
