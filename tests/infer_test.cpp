@@ -523,6 +523,43 @@ TEST(InferRefusals, MissingTensorWrongShapeUnsupportedDtypeAndStrangersAreNamed)
   EXPECT_NE(msg.find("q_norm"), std::string::npos) << msg;
 }
 
+// config.json sizes the mmap'ed weights do not back are named at open, from the headers, before the views,
+// the expert tables or the RoPE table are sized by them; so are the eval/select path
+// (load_model_dequantized) and quantize. Each case finishes in milliseconds: nothing of its size is made.
+TEST(InferRefusals, ConfigSizesThatDisagreeWithTheWeightsNameTheField) {
+  TempDir dir;
+  random_model(tiny_config(), 11)->save(dir / "m");
+  const std::string config_path = dir / "m/config.json";
+  const ModelConfig good = ModelConfig::load(config_path);
+  auto errors_with = [&](const std::function<void(ModelConfig&)>& edit) {
+    ModelConfig c = good;
+    edit(c);
+    c.save(config_path);
+    std::vector<std::string> messages = {error_of([&] { InferWeights::open(dir / "m"); }),
+                                         error_of([&] { load_model_dequantized(dir / "m"); }), error_of([&] {
+                                           quantize_checkpoint(dir / "m", dir / "q", DType::kI8);
+                                         })};
+    good.save(config_path);
+    return messages;
+  };
+  auto expect_in = [&](const std::vector<std::string>& messages, const std::string& part) {
+    for (const std::string& m : messages) {
+      EXPECT_NE(m.find("[model] " + config_path + ": "), std::string::npos) << m;
+      EXPECT_NE(m.find(part), std::string::npos) << part << " in: " << m;
+    }
+  };
+  expect_in(errors_with([](ModelConfig& c) { c.hidden_size = int64_t{1} << 20; }),
+            "hidden_size 1048576 but tensor 'model.embed_tokens.weight' has shape [64, 32] in " +
+                (dir / "m/model.safetensors"));
+  expect_in(errors_with([](ModelConfig& c) { c.vocab_size = 1'000'000'000; }),
+            "vocab_size 1000000000 but tensor 'model.embed_tokens.weight' has shape [64, 32]");
+  expect_in(errors_with([](ModelConfig& c) { c.num_experts = 1'000'000; }),
+            "num_experts 1000000 but tensor 'model.layers.0.mlp.gate.weight' has shape [8, 32]");
+  expect_in(errors_with([](ModelConfig& c) { c.num_hidden_layers = 100'000'000; }),
+            "num_hidden_layers 100000000 but the weights in " + (dir / "m") + " hold 2 layer(s)");
+  EXPECT_FALSE(fs::exists(dir / "q"));
+}
+
 TEST(InferRefusals, APromptLongerThanTheContextIsAnErrorAndLeavesTheCacheAlone) {
   TempDir dir;
   random_model(tiny_config(), 11)->save(dir / "m");

@@ -272,6 +272,25 @@ TEST(Rope, MatchesRotateHalfFormulaWithTheta500000) {
   expect_close(grad, numeric_grad(loss, to_double(x), 1e-2), "rope grad", 1e-3, 1e-3);
 }
 
+// A context longer than the table (max_position_embeddings up to 2^24): positions past kRopeTableRows are
+// computed when used, as the table computes its rows (double angles rounded to fp32); no table row is
+// allocated past kRopeTableRows.
+TEST(Rope, PositionsPastTheTableRotateExactlyAsTableRows) {
+  const int64_t hd = 8, max_positions = int64_t{1} << 24;
+  RopeTable table = rope_table(hd, max_positions, 500000.0);
+  EXPECT_EQ(table.rows, kRopeTableRows);
+  EXPECT_EQ(static_cast<int64_t>(table.cos.size()), kRopeTableRows * hd / 2);
+  std::vector<int32_t> positions = {static_cast<int32_t>(max_positions - 1)};
+  Vec far = random_vec(hd, 43), want = far;
+  rope_forward(far.data(), positions.data(), 1, 1, table);
+  for (int64_t i = 0; i < hd / 2; ++i) {
+    const double angle = static_cast<double>(max_positions - 1) * std::pow(500000.0, -2.0 * i / hd);
+    const float c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
+    EXPECT_NEAR(far[i], want[i] * c - want[i + hd / 2] * s, 1e-6);
+    EXPECT_NEAR(far[i + hd / 2], want[i + hd / 2] * c + want[i] * s, 1e-6);
+  }
+}
+
 TEST(Rope, PositionOutsideTableThrows) {
   RopeTable table = rope_table(4, 8, 10000.0);
   Vec x(4);

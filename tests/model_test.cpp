@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <set>
 
 #include "core/error.h"
@@ -624,6 +625,100 @@ TEST(Checkpoint, AMissingOrMisshapenTensorIsAnErrorNamingIt) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("[3, 16]"), std::string::npos) << e.what();
   }
+}
+
+// config.json sizes that the weights do not back: each an error naming the field, the tensor and both sizes,
+// found from the headers before the model is sized by them (this test allocating 128 GB for hidden_size
+// 2^20, or looping over 10^8 layers, would not finish in well under a second).
+TEST(Checkpoint, ConfigSizesThatDisagreeWithTheWeightsNameTheField) {
+  const std::string dir = scratch_dir("sizes");
+  tiny_model(true)->save(dir);
+  const std::string config_path = dir + "/config.json";
+  const ModelConfig good = ModelConfig::load(config_path);
+  auto error_with = [&](const std::function<void(ModelConfig&)>& edit) {
+    ModelConfig c = good;
+    edit(c);
+    c.save(config_path);
+    std::string message;
+    try {
+      Model::load(dir);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    good.save(config_path);
+    return message;
+  };
+  auto expect_in = [](const std::string& message, std::initializer_list<std::string> parts) {
+    EXPECT_FALSE(message.empty()) << "not rejected";
+    for (const std::string& p : parts)
+      EXPECT_NE(message.find(p), std::string::npos) << p << " in: " << message;
+  };
+  const std::string weights = dir + "/model.safetensors";
+  expect_in(error_with([](ModelConfig& c) { c.hidden_size = int64_t{1} << 20; }),
+            {"[model] " + config_path,
+             "hidden_size 1048576 but tensor 'model.embed_tokens.weight' has shape [32, 16]", weights,
+             "the config implies [32, 1048576]"});
+  expect_in(error_with([](ModelConfig& c) { c.vocab_size = 1'000'000'000; }),
+            {"vocab_size 1000000000 but tensor 'model.embed_tokens.weight' has shape [32, 16]"});
+  expect_in(error_with([](ModelConfig& c) { c.num_experts = 1'000'000; }),
+            {"num_experts 1000000 but tensor 'model.layers.0.mlp.gate.weight' has shape [8, 16]"});
+  expect_in(error_with([](ModelConfig& c) { c.num_hidden_layers = 100'000'000; }),
+            {"num_hidden_layers 100000000 but the weights in " + dir + " hold 2 layer(s)",
+             "model.layers.2.self_attn.q_proj.weight"});
+  expect_in(
+      error_with([](ModelConfig& c) { c.intermediate_size = 13; }),
+      {"intermediate_size 13 but tensor 'model.layers.0.mlp.experts.0.gate_proj.weight' has shape [12, 16]"});
+  expect_in(error_with([](ModelConfig& c) { c.num_key_value_heads = 2; }),
+            {"num_key_value_heads 2 but tensor 'model.layers.0.self_attn.k_proj.weight' has shape [8, 16]"});
+  expect_in(error_with([](ModelConfig& c) {
+              c.num_experts_per_layer = {8, 9};
+            }),
+            {"num_experts_per_layer[1] 9 but tensor 'model.layers.1.mlp.gate.weight' has shape [8, 16]"});
+}
+
+// No tensor bounds max_position_embeddings: it has a stated maximum, and nothing is sized by it (a model
+// of the largest allowed context is built in well under a second: the RoPE table stops at kRopeTableRows).
+TEST(Checkpoint, MaxPositionEmbeddingsHasAStatedLimitAndSizesNoAllocation) {
+  ModelConfig c = tiny_config(true);
+  c.max_position_embeddings = 1'000'000'000;
+  std::string message;
+  try {
+    c.validate("config.json");
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("max_position_embeddings 1000000000 exceeds the 16777216 positions emo supports"),
+            std::string::npos)
+      << message;
+  c.max_position_embeddings = ModelConfig::kMaxPositionEmbeddings;
+  Model model(c);
+  model.init_weights(1);
+  const std::vector<int32_t> tokens = {5, 9, 3, 7};
+  const Batch batch = Batch::from_tokens(1, 4, tokens, {}, kEos);
+  Model reference(tiny_config(true));
+  for (const std::string& name : reference.param_names())
+    reference.weight(name).vec() = model.weight(name).vec();
+  RoutingOptions routing;
+  routing.training = false;
+  EXPECT_EQ(model.infer(batch, routing)->logits.vec(), reference.infer(batch, routing)->logits.vec());
+}
+
+// A config whose parameters alone exceed the machine's memory is refused naming the sizes, before any
+// allocation.
+TEST(Checkpoint, AModelLargerThanMemoryIsRefusedNamingTheSizes) {
+  ModelConfig c = tiny_config(false);
+  c.num_hidden_layers = 100'000'000;
+  c.hidden_size = 4096;
+  c.num_attention_heads = 32;
+  c.num_key_value_heads = 32;
+  std::string message;
+  try {
+    Model model(c);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("num_hidden_layers 100000000"), std::string::npos) << message;
+  EXPECT_NE(message.find("more than this machine's memory"), std::string::npos) << message;
 }
 
 }  // namespace

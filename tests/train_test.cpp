@@ -95,6 +95,28 @@ TEST(TrainConfig, UnknownKeyIsAnErrorNamingIt) {
   }
 }
 
+// A training config whose model cannot fit in memory (weights, gradients and AdamW moments) is refused at
+// load naming its sizes, before a parameter is allocated; so is a context past the stated maximum.
+TEST(TrainConfig, AModelLargerThanMemoryIsRefusedAtLoadNamingTheSizes) {
+  auto error_of = [](const char* text) {
+    try {
+      TrainConfig::from_json(nlohmann::json::parse(text), "run.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string huge = error_of(R"({"model": {"d": 1048576, "heads": 4, "kv_heads": 4, "layers": 8}})");
+  EXPECT_NE(huge.find("[train-config] run.json: model.d 1048576"), std::string::npos) << huge;
+  EXPECT_NE(huge.find("more than this machine's memory"), std::string::npos) << huge;
+  const std::string layers = error_of(R"({"model": {"layers": 100000000}})");
+  EXPECT_NE(layers.find("model.layers 100000000"), std::string::npos) << layers;
+  const std::string context = error_of(R"({"model": {"max_position": 1000000000}})");
+  EXPECT_NE(context.find("model.max_position 1000000000 exceeds the 16777216 positions"), std::string::npos)
+      << context;
+  EXPECT_EQ(error_of(R"({"model": {"d": 256, "layers": 2}})"), "");
+}
+
 TEST(TrainConfig, OverridesParseAsTheExistingType) {
   nlohmann::json j = TrainConfig{}.to_json();
   apply_override(j, "optimizer.lr=0.01");

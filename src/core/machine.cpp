@@ -10,6 +10,10 @@
 
 namespace emo {
 
+int64_t machine_memory_bytes() {
+  return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(sysconf(_SC_PAGE_SIZE));
+}
+
 nlohmann::json machine_facts() {
   std::string cpu, flags;
   std::ifstream cpuinfo("/proc/cpuinfo");
@@ -23,13 +27,12 @@ nlohmann::json machine_facts() {
           flags += (flags.empty() ? "" : " ") + std::string(f);
     }
   }
-  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   return {{"cpu", cpu},
           {"cores", std::thread::hardware_concurrency()},
           {"threads", num_threads()},
-          {"memory_bytes", static_cast<int64_t>(pages) * page_size},
+          {"memory_bytes", machine_memory_bytes()},
           {"flags", flags},
           {"hostname", host}};
 }

@@ -9,4 +9,7 @@ namespace emo {
 // ...}
 nlohmann::json machine_facts();
 
+// Physical memory of the machine in bytes (the limit a size read from a file is checked against).
+int64_t machine_memory_bytes();
+
 }  // namespace emo

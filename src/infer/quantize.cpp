@@ -10,6 +10,7 @@
 #include "data/dataset.h"
 #include "io/safetensors.h"
 #include "kernels/quant.h"
+#include "model/weights_check.h"
 #include "select/prune.h"
 
 namespace emo {
@@ -66,8 +67,9 @@ QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::str
   std::error_code ec;
   EMO_CHECK(!fs::exists(out_dir) || !fs::equivalent(model_dir, out_dir, ec), kOp, out_dir,
             ": the output must not be the input directory");
-  ModelConfig config = ModelConfig::load((fs::path(model_dir) / "config.json").string());
-  SafetensorsCheckpoint in = SafetensorsCheckpoint::open(model_dir);
+  CheckedCheckpoint opened = open_checked_checkpoint(model_dir);
+  ModelConfig& config = opened.config;
+  const SafetensorsCheckpoint& in = opened.weights;
   Storage storage;
   std::vector<SafetensorsEntry> entries;
   QuantizeSummary summary;
@@ -115,10 +117,11 @@ QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::str
 }
 
 std::unique_ptr<Model> load_model_dequantized(const std::string& dir) {
-  ModelConfig config = ModelConfig::load((fs::path(dir) / "config.json").string());
+  CheckedCheckpoint opened = open_checked_checkpoint(dir);
+  ModelConfig& config = opened.config;
+  const SafetensorsCheckpoint& in = opened.weights;
   config.extra.erase("quantization_config");
   auto model = std::make_unique<Model>(config);
-  SafetensorsCheckpoint in = SafetensorsCheckpoint::open(dir);
   for (const std::string& name : model->param_names()) {
     Tensor& value = model->weight(name);
     if (!in.contains(name)) fail_file(kOp, dir, cat("no tensor '", name, "' (the config.json implies it)"));

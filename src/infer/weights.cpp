@@ -7,10 +7,10 @@
 
 #include <algorithm>
 #include <deque>
-#include <filesystem>
 #include <set>
 
 #include "core/error.h"
+#include "model/weights_check.h"
 
 namespace emo {
 namespace {
@@ -132,16 +132,16 @@ struct InferWeights::Impl {
 };
 
 std::unique_ptr<InferWeights> InferWeights::open(const std::string& dir) {
-  namespace fs = std::filesystem;
   std::unique_ptr<InferWeights> w(new InferWeights());
   w->dir_ = dir;
-  w->config_ = ModelConfig::load((fs::path(dir) / "config.json").string());
+  CheckedCheckpoint opened = open_checked_checkpoint(dir);
+  w->config_ = std::move(opened.config);
   const ModelConfig& config = w->config_;
   EMO_CHECK(!config.attention_bias, kOp, dir, ": attention_bias is true; EMO / OLMoE-style models have none");
   w->impl_ = std::make_unique<Impl>();
   Impl& im = *w->impl_;
   im.dir = dir;
-  im.checkpoint = SafetensorsCheckpoint::open(dir);
+  im.checkpoint = std::move(opened.weights);
   for (const SafetensorsFile& file : im.checkpoint.files()) advise_random(file);
 
   const int64_t C = config.hidden_size, V = config.vocab_size, hd = config.head_dim();

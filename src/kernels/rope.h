@@ -7,9 +7,16 @@
 
 namespace emo {
 
+// Positions held in a table: a context of millions of positions would otherwise size gigabytes of table by
+// a number read from config.json. Positions past the table are computed when used, in the same double
+// arithmetic, so they rotate bit-identically to a full table.
+constexpr int64_t kRopeTableRows = 8192;
+
 struct RopeTable {
   int64_t head_dim = 0, max_positions = 0;
-  std::vector<float> cos, sin;  // [max_positions, head_dim/2], computed in double then rounded
+  int64_t rows = 0;              // min(max_positions, kRopeTableRows)
+  std::vector<double> inv_freq;  // [head_dim/2]
+  std::vector<float> cos, sin;   // [rows, head_dim/2], computed in double then rounded
 };
 
 RopeTable rope_table(int64_t head_dim, int64_t max_positions, double theta);

@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "model/model_weights.h"
+#include "model/weights_check.h"
 
 namespace emo {
 namespace {
@@ -46,9 +47,10 @@ void remove_stale_weight_files(const std::string& dir, const std::vector<std::st
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string& dir) {
-  ModelConfig config = ModelConfig::load((fs::path(dir) / "config.json").string());
-  auto model = std::make_unique<Model>(config);
-  SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(dir);
+  // config.json is checked against the weights' headers before the model is sized by it.
+  const CheckedCheckpoint opened = open_checked_checkpoint(dir);
+  const SafetensorsCheckpoint& checkpoint = opened.weights;
+  auto model = std::make_unique<Model>(opened.config);
   std::set<std::string> used;
   for (auto& entry : model->weights_->entries) {
     if (!checkpoint.contains(entry.name))

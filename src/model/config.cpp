@@ -5,6 +5,8 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/log.h"
+#include "core/machine.h"
 #include "io/json_file.h"
 
 namespace emo {
@@ -78,8 +80,11 @@ void check_moe(const ModelConfig& c, const std::string& source) {
           kOp, source,
           cat(list == &c.num_experts_per_layer ? "num_experts_per_layer" : "num_shared_experts_per_layer",
               " has ", list->size(), " entries for ", c.num_hidden_layers, " layers"));
-  // Per-layer counts may drop below K in a pruned model: every token then uses all kept experts.
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  // Per-layer counts may drop below K in a pruned model: every token then uses all kept experts. Without
+  // per-layer lists every layer is alike: one is checked (num_hidden_layers is not bounded by any tensor
+  // yet).
+  const bool per_layer = !c.num_experts_per_layer.empty() || !c.num_shared_experts_per_layer.empty();
+  for (int64_t l = 0; l < (per_layer ? c.num_hidden_layers : 1); ++l) {
     const int64_t E = c.experts_in_layer(l), ns = c.shared_in_layer(l);
     if (ns < 0) fail_file(kOp, source, cat("layer ", l, ": negative number of shared experts ", ns));
     if (E <= ns)
@@ -109,6 +114,33 @@ int64_t ModelConfig::shared_in_layer(int64_t layer) const {
   return num_shared_experts_per_layer[layer];
 }
 
+double ModelConfig::parameter_count() const {
+  const double C = static_cast<double>(hidden_size), F = static_cast<double>(intermediate_size);
+  const double kv = static_cast<double>(num_key_value_heads) * static_cast<double>(head_dim());
+  const double embeddings = static_cast<double>(vocab_size) * C * (tie_word_embeddings ? 1 : 2);
+  double layers = 0;
+  const bool uniform = num_experts_per_layer.empty();
+  for (int64_t l = 0; l < (uniform ? 1 : num_hidden_layers); ++l) {
+    const double E = is_moe() ? static_cast<double>(experts_in_layer(l)) : 1.0;
+    const double layer = 2 * C + 2 * C * C + 2 * kv * C + (is_moe() ? E * C : 0) + E * 3 * F * C;
+    layers += uniform ? layer * static_cast<double>(num_hidden_layers) : layer;
+  }
+  return embeddings + layers + C;
+}
+
+void ModelConfig::check_fits_in_memory(double bytes_per_parameter, const std::string& what,
+                                       const std::string& source) const {
+  const double params = parameter_count(), bytes = params * bytes_per_parameter;
+  const int64_t memory = machine_memory_bytes();
+  if (bytes <= static_cast<double>(memory)) return;
+  fail_file(kOp, source,
+            cat("hidden_size ", hidden_size, ", intermediate_size ", intermediate_size,
+                ", num_hidden_layers ", num_hidden_layers, ", vocab_size ", vocab_size,
+                is_moe() ? cat(", num_experts ", num_experts) : std::string(), " make ", params,
+                " parameters: ", human_bytes(bytes), " of ", what, ", more than this machine's memory of ",
+                human_bytes(static_cast<double>(memory))));
+}
+
 void ModelConfig::validate(const std::string& source) const {
   if (model_type != kMoeType && model_type != kDenseType)
     fail_file(kOp, source,
@@ -121,6 +153,10 @@ void ModelConfig::validate(const std::string& source) const {
   check_positive(num_attention_heads, "num_attention_heads", source);
   check_positive(num_key_value_heads, "num_key_value_heads", source);
   check_positive(max_position_embeddings, "max_position_embeddings", source);
+  if (max_position_embeddings > kMaxPositionEmbeddings)
+    fail_file(kOp, source,
+              cat("max_position_embeddings ", max_position_embeddings, " exceeds the ",
+                  kMaxPositionEmbeddings, " positions emo supports"));
   if (hidden_size % num_attention_heads != 0)
     fail_file(
         kOp, source,

@@ -10,6 +10,11 @@
 namespace emo {
 
 struct ModelConfig {
+  // The longest context emo runs (2^24 positions, past every released model's; positions are 32-bit). No
+  // tensor bounds max_position_embeddings: nothing is allocated by it (the RoPE table holds at most
+  // kRopeTableRows positions, the KV cache what a run asks for), but it is checked against this limit.
+  static constexpr int64_t kMaxPositionEmbeddings = int64_t{1} << 24;
+
   std::string model_type = "emo";  // "emo" (MoE) or "olmo2_noqknorm_prenorm" (dense)
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;          // d
@@ -39,6 +44,12 @@ struct ModelConfig {
   int64_t experts_in_layer(int64_t layer) const;
   int64_t shared_in_layer(int64_t layer) const;
   int64_t routed_in_layer(int64_t layer) const { return experts_in_layer(layer) - shared_in_layer(layer); }
+  // Parameters of a model of this config (in double: absurd sizes must not overflow).
+  double parameter_count() const;
+  // Throws "[config] <source>: ..." naming the size fields when parameter_count() x bytes_per_parameter
+  // exceeds the machine's memory (`what`: what the bytes hold, for the message).
+  void check_fits_in_memory(double bytes_per_parameter, const std::string& what,
+                            const std::string& source = "config") const;
   // Throws "[config] <source>: <problem>" for inconsistent values (heads not dividing d, K > E, ...).
   void validate(const std::string& source = "config") const;
 

@@ -88,6 +88,7 @@ void check_batch(const Batch& batch, const ModelConfig& config, const RoutingOpt
 
 Model::Model(ModelConfig config) : config_(std::move(config)) {
   config_.validate();
+  config_.check_fits_in_memory(sizeof(float), "fp32 weights");
   weights_ = std::make_unique<Weights>(config_);
 }
 

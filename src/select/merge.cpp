@@ -12,6 +12,7 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/weights_check.h"
 
 namespace emo {
 namespace {
@@ -95,11 +96,12 @@ MergeMode parse_merge_mode(const std::string& name) {
 MergeSummary merge_checkpoint(const std::string& parent_dir, const std::string& pruned_dir,
                               const std::string& out_dir, MergeMode mode) {
   Timer timer;
-  const ModelConfig parent = ModelConfig::load((fs::path(parent_dir) / "config.json").string());
-  const ModelConfig pruned = ModelConfig::load((fs::path(pruned_dir) / "config.json").string());
+  const CheckedCheckpoint parent_opened = open_checked_checkpoint(parent_dir);
+  const CheckedCheckpoint pruned_opened = open_checked_checkpoint(pruned_dir);
+  const ModelConfig &parent = parent_opened.config, &pruned = pruned_opened.config;
+  const SafetensorsCheckpoint &parent_weights = parent_opened.weights,
+                              &pruned_weights = pruned_opened.weights;
   const auto kept = read_kept(pruned_dir, parent, pruned);
-  const SafetensorsCheckpoint parent_weights = SafetensorsCheckpoint::open(parent_dir);
-  const SafetensorsCheckpoint pruned_weights = SafetensorsCheckpoint::open(pruned_dir);
   // pruned_index[l][original expert] = index in the pruned layer, or -1.
   std::vector<std::vector<int32_t>> pruned_index(parent.num_hidden_layers);
   for (int64_t l = 0; l < parent.num_hidden_layers; ++l) {

@@ -12,6 +12,7 @@
 #include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/weights_check.h"
 
 namespace emo {
 namespace {
@@ -156,9 +157,10 @@ PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& 
                               const std::string& out_dir, const nlohmann::json& source) {
   Timer timer;
   const fs::path dir(model_dir);
-  const ModelConfig full = ModelConfig::load((dir / "config.json").string());
+  const CheckedCheckpoint opened = open_checked_checkpoint(model_dir);
+  const ModelConfig& full = opened.config;
+  const SafetensorsCheckpoint& checkpoint = opened.weights;
   subset.check(full, "prune");
-  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(model_dir);
 
   PruneSummary summary;
   for (const std::string& name : checkpoint.names()) {

@@ -5,6 +5,8 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/log.h"
+#include "core/machine.h"
 #include "io/json_file.h"
 
 namespace emo {
@@ -42,7 +44,7 @@ void check_known_keys(const nlohmann::json& given, const nlohmann::json& known, 
 // Sizes that can never make a model, each problem naming its key: checked when a configuration is read
 // (from_json) and again by validate(). model.vocab 0 means "from the tokenizer or dataset", pool bounds 0
 // mean the defaults K and E.
-void check_sizes(const TrainConfig& c, const std::string& source) {
+void check_shape_sizes(const TrainConfig& c, const std::string& source) {
   auto check = [&](bool ok, const std::string& problem) {
     if (!ok) fail_file(kOp, source, problem);
   };
@@ -77,6 +79,26 @@ void check_sizes(const TrainConfig& c, const std::string& source) {
   const int64_t pool_max = r.pool_max > 0 ? r.pool_max : m.experts;
   check(pool_min <= pool_max, cat("routing.pool_min ", pool_min, " exceeds routing.pool_max ", pool_max));
   check(r.pool_eval > 0, cat("routing.pool_eval must be positive, got ", r.pool_eval));
+}
+
+// Training holds per parameter its value, gradient and two AdamW moments, all fp32.
+constexpr double kTrainingBytesPerParameter = 4 * sizeof(float);
+
+void check_sizes(const TrainConfig& c, const std::string& source) {
+  check_shape_sizes(c, source);
+  const ModelSize& m = c.model;
+  if (m.max_position > ModelConfig::kMaxPositionEmbeddings)
+    fail_file(kOp, source,
+              cat("model.max_position ", m.max_position, " exceeds the ", ModelConfig::kMaxPositionEmbeddings,
+                  " positions emo supports"));
+  const double params = c.model_config().parameter_count(), bytes = params * kTrainingBytesPerParameter;
+  const int64_t memory = machine_memory_bytes();
+  if (bytes > static_cast<double>(memory))
+    fail_file(kOp, source,
+              cat("model.d ", m.d, ", model.expert_width ", m.expert_width, ", model.layers ", m.layers,
+                  ", model.experts ", m.experts, ", model.vocab ", m.vocab, " make ", params, " parameters: ",
+                  human_bytes(bytes), " of weights, gradients and AdamW moments (16 bytes each), more than ",
+                  "this machine's memory of ", human_bytes(static_cast<double>(memory))));
 }
 
 bool one_of(const std::string& value, std::initializer_list<const char*> allowed) {
