@@ -118,8 +118,11 @@ void ensure_models(const std::string& dir, const std::string& name, const emo::M
     model.init_weights(7);
     model.save((base / "f32").string());
   }
-  emo::quantize_checkpoint((base / "f32").string(), (base / "bf16").string(), emo::DType::kBF16);
-  emo::quantize_checkpoint((base / "f32").string(), (base / "int8").string(), emo::DType::kI8);
+  // --force: a run stopped half-way left outputs of its own to replace.
+  emo::quantize_checkpoint((base / "f32").string(), (base / "bf16").string(), emo::DType::kBF16,
+                           {"quantize", {}, true});
+  emo::quantize_checkpoint((base / "f32").string(), (base / "int8").string(), emo::DType::kI8,
+                           {"quantize", {}, true});
   emo::log_info(emo::cat("wrote ", base.string(), " in ", emo::human_duration(t.seconds())));
 }
 

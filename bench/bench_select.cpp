@@ -138,8 +138,9 @@ int main(int argc, char** argv) {
       3, [&] { fs::copy_file(full_file, temp / "copy.safetensors", fs::copy_options::overwrite_existing); });
   emo::PruneSummary summary;
   const std::string pruned_dir = (temp / "pruned").string();
-  const double prune_s =
-      median_seconds(3, [&] { summary = emo::prune_checkpoint(model_dir, subset, pruned_dir); });
+  const double prune_s = median_seconds(3, [&] {
+    summary = emo::prune_checkpoint(model_dir, subset, pruned_dir, nullptr, {"prune", {}, true});
+  });
   const int64_t full_bytes = dir_bytes(model_dir, "model"), pruned_bytes = dir_bytes(pruned_dir, "model");
   const double size_ratio = static_cast<double>(pruned_bytes) / static_cast<double>(full_bytes);
   std::printf("reference: copy the full checkpoint file     %8.3f s\n", copy_s);

@@ -18,6 +18,7 @@
 #include "io/safetensors.h"
 #include "kernels/quant.h"
 #include "model/forward_state.h"
+#include "run_emo.h"
 #include "select/selection.h"
 
 namespace emo {
@@ -161,6 +162,37 @@ TEST(InferLogits, Int8CheckpointEqualsTheTrainingForwardOfItsDequantisedWeights)
   auto model = load_model_dequantized(dir / "q");
   const auto tokens = some_tokens(20);
   expect_close(infer_logits(dir / "q", tokens), reference_logits(*model, tokens, eval_routing()), 2e-5);
+}
+
+// `emo quantize` (the real command line) never deletes or overwrites what emo did not write.
+TEST(OutputGuard, QuantizeRefusesForeignOutputsAndItsInputAndReplacesOnlyItsOwnWithForce) {
+  using test::run_emo, test::tree_bytes;
+  TempDir dir;
+  random_model(tiny_config(), 5)->save(dir / "m");
+  fs::create_directories(dir / "foreign");
+  std::ofstream(dir / "foreign/notes.txt") << "the user's";
+  std::ofstream(dir / "file.txt") << "a file";
+  const std::string model_bytes = tree_bytes(dir / "m");
+  const std::string quantize = "quantize " + dir / "m" + " --dtype int8 --skip-eval -o ";
+  const std::vector<std::pair<std::string, std::string>> refusals = {
+      {dir / "foreign --force", "not written by emo"},
+      {dir / "file.txt", "is not a directory"},
+      {dir / "m --force", "is the input"},
+      {dir.path.string(), "contains the input"},
+      {dir / "m/int8", "lies inside the input"},
+  };
+  for (const auto& [out, why] : refusals) {
+    const test::EmoRun run = run_emo(quantize + out);
+    EXPECT_EQ(run.status, 1) << out;
+    EXPECT_NE(run.err.find(why), std::string::npos) << out << ": " << run.err;
+  }
+  EXPECT_EQ(tree_bytes(dir / "m"), model_bytes);
+  EXPECT_EQ(tree_bytes(dir / "foreign"), "notes.txt\nthe user's\n");
+  EXPECT_EQ(tree_bytes(dir / "file.txt"), "a file");
+  ASSERT_EQ(run_emo(quantize + dir / "q").status, 0);
+  EXPECT_NE(run_emo(quantize + dir / "q").err.find("give --force"), std::string::npos);
+  EXPECT_EQ(run_emo(quantize + dir / "q --force").status, 0);
+  EXPECT_TRUE(fs::exists(dir / "q/config.json"));
 }
 
 // eval, select and analyze load every checkpoint through load_model_dequantized: fp32 and bf16 give the

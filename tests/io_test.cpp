@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -143,17 +144,66 @@ TEST_F(IoTest, AFullDiskNamesTheFileAndLeavesTheOldOne) {
   EXPECT_EQ(entries_of(dir_), (std::vector<std::string>{"a.txt", "m.safetensors"}));
 }
 
+TEST_F(IoTest, OutputGuardCleansOnlyItsOwnStaleTemporariesAndRefusesSymlinks) {
+  const std::string out = path("out");
+  const OutputRules rules{"prune", {}, false};
+  // Left by a killed run of ours (marker inside, process gone: no pid is that large), and two look-alikes.
+  const std::string stale = out + ".emo-tmp-999999999-abcdef", foreign = out + ".emo-tmp-999999999-zzzzzz";
+  fs::create_directories(stale);
+  write_bytes(stale + "/.emo-output", R"({"format": "emo-output", "command": "prune", "complete": false})");
+  fs::create_directories(foreign);
+  write_bytes(foreign + "/mine.txt", "the user's");
+  write_output_directory(out, rules, [](const std::string& tmp) { atomic_write_file(tmp + "/w.txt", "1"); });
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_EQ(read_bytes(foreign + "/mine.txt"), "the user's");
+  EXPECT_EQ(read_json_file(out + "/.emo-output")["complete"], true);
+
+  fs::create_directories(path("elsewhere"));
+  fs::create_directory_symlink(path("elsewhere"), path("link"));
+  EXPECT_NE(error_of([&] { check_new_output(path("link"), rules); }).find("symbolic link"),
+            std::string::npos);
+  // A previous output replaced with force: only the new files remain.
+  write_output_directory(out, {"prune", {}, true},
+                         [](const std::string& tmp) { atomic_write_file(tmp + "/x", "2"); });
+  EXPECT_EQ(entries_of(out), (std::vector<std::string>{".emo-output", "x"}));
+}
+
+TEST_F(IoTest, AnUnfinishedOutputOfAnotherProcessIsNoModel) {
+  const std::string dir = path("staged");
+  fs::create_directories(dir);
+  write_safetensors(dir + "/model.safetensors", {{"w", ramp({2}, 0, 1)}});
+  mark_unfinished_output(dir, "pull");
+  EXPECT_NO_THROW(SafetensorsCheckpoint::open(dir));  // its writer (this process) reads its own work
+  write_bytes(dir + "/.emo-output",
+              R"({"format": "emo-output", "command": "pull", "complete": false, "pid": 1})");
+  const std::string message = error_of([&] { SafetensorsCheckpoint::open(dir); });
+  EXPECT_NE(message.find("unfinished output of 'emo pull'"), std::string::npos) << message;
+}
+
+TEST_F(IoTest, ASecondLockOnADirectoryIsRefusedNamingTheHolder) {
+  const std::string dir = path("run");
+  fs::create_directories(dir);
+  {
+    DirectoryLock first(dir, "train");
+    const std::string message = error_of([&] { DirectoryLock second(dir, "train"); });
+    EXPECT_NE(message.find(cat("in use by another 'emo train' (pid ", ::getpid(), ")")), std::string::npos)
+        << message;
+  }
+  EXPECT_NO_THROW(DirectoryLock again(dir, "train"));  // released with its holder
+}
+
 TEST_F(IoTest, AtomicDirectoryReplacesTheOldDirectoryOnlyOnCommit) {
   const std::string ckpt = path("ckpt");
-  write_directory_atomically(ckpt, [](const std::string& tmp) { atomic_write_file(tmp + "/old.txt", "1"); });
-  EXPECT_THROW(write_directory_atomically(ckpt,
-                                          [](const std::string& tmp) {
-                                            atomic_write_file(tmp + "/new.txt", "2");
-                                            fail("test", "crash while writing");
-                                          }),
-               Error);
+  auto write = [&](const std::string& name, bool crash) {
+    AtomicDirectory out(ckpt);
+    atomic_write_file(out.temp_path() + "/" + name, "1");
+    if (crash) fail("test", "crash while writing");
+    out.commit();
+  };
+  write("old.txt", false);
+  EXPECT_THROW(write("new.txt", true), Error);
   EXPECT_EQ(entries_of(ckpt), std::vector<std::string>{"old.txt"});
-  write_directory_atomically(ckpt, [](const std::string& tmp) { atomic_write_file(tmp + "/new.txt", "2"); });
+  write("new.txt", false);
   EXPECT_EQ(entries_of(ckpt), std::vector<std::string>{"new.txt"});
   EXPECT_EQ(entries_of(dir_), std::vector<std::string>{"ckpt"});  // no temporary or old directory left
 }

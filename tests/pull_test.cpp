@@ -19,6 +19,7 @@
 #include "fake_hub.h"
 #include "infer/quantize.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "select/examples.h"
@@ -141,6 +142,7 @@ void expect_same_checkpoint(const std::string& got, const std::string& want) {
   for (const std::string& name : names) {
     ASSERT_TRUE(fs::exists(fs::path(got) / name)) << name;
     if (name == "pruning_metadata.json") continue;  // the pulled one adds "source"
+    if (name == kOutputMarker) continue;            // names the command: "pull", not "prune" or "quantize"
     EXPECT_EQ(read_bytes(fs::path(got) / name), read_bytes(fs::path(want) / name)) << name;
   }
   nlohmann::json a = read_json_file(got + "/pruning_metadata.json"),
@@ -306,8 +308,9 @@ TEST(Pull, RefusesANonEmptyOutputAndUnsafeFileNames) {
   std::ofstream(fx.dir / "taken/mine.txt") << "user data";
   HubClient hub = fx.client();
   const std::string message = error_of([&] { pull_model(hub, fx.selection("taken")); });
-  EXPECT_NE(message.find("exists and is not empty"), std::string::npos) << message;
+  EXPECT_NE(message.find("not empty and was not written by emo"), std::string::npos) << message;
   EXPECT_EQ(read_bytes(fx.dir / "taken/mine.txt"), "user data");
+  EXPECT_FALSE(fs::exists(fx.dir / "taken.emo-pull")) << "refused before any request";
 
   PullOptions none = fx.selection("pulled");
   none.keep_k = 0, none.examples = "";
@@ -326,6 +329,16 @@ TEST(Pull, RefusesANonEmptyOutputAndUnsafeFileNames) {
     EXPECT_NE(error_of([&] { check_repo_file_name(bad, kRepo); }).find("file name"), std::string::npos)
         << bad;
   EXPECT_EQ(error_of([&] { check_repo_file_name("onnx/model.onnx", kRepo); }), "");
+
+  // A previous pull's output is replaced only with force.
+  const PullOptions first = fx.selection("again");
+  pull_model(hub, first);
+  EXPECT_NE(error_of([&] { pull_model(hub, first); }).find("give --force"), std::string::npos);
+  PullOptions forced = first;
+  forced.force = true;
+  pull_model(hub, forced);
+  EXPECT_TRUE(fs::exists(fx.dir / "again/config.json"));
+  EXPECT_FALSE(fs::exists(fx.dir / "again.emo-pull"));
 
   // An index pointing outside the repository is refused before anything is written there.
   nlohmann::json index = read_json_file(fx.full + "/model.safetensors.index.json");

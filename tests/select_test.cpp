@@ -12,9 +12,11 @@
 #include "core/error.h"
 #include "data/dataset.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/forward_state.h"
 #include "model/model.h"
+#include "run_emo.h"
 #include "select/examples.h"
 #include "select/finetune.h"
 #include "select/merge.h"
@@ -631,6 +633,61 @@ TEST(Merge, WritesTunedExpertsBackAtTheirOriginalIndices) {
     if (name != changed && name != "model.layers.0.mlp.gate.weight") {
       EXPECT_EQ(replaced->weight(name).vec(), full->weight(name).vec()) << name;
     }
+}
+
+// `emo prune` and `emo merge` (the real command line) never delete or overwrite what emo did not write.
+TEST(OutputGuard, PruneAndMergeRefuseForeignOutputsAndInputsAndReplaceOnlyTheirOwnWithForce) {
+  using test::run_emo, test::tree_bytes;
+  TempDir dir;
+  full_and_pruned(dir);
+  valid_subset().save(dir / "subset.json");
+  fs::create_directories(dir / "foreign/sub");
+  write_text(dir / "foreign/sub/notes.txt", "the user's");
+  write_text(dir / "file.txt", "a file");
+  const std::string full_bytes = tree_bytes(dir / "full"), foreign_bytes = tree_bytes(dir / "foreign");
+  const std::string prune = "prune " + dir / "full" + " --subset " + dir / "subset.json" + " -o ";
+  const std::string merge = "merge " + dir / "full" + " " + dir / "pruned" + " -o ";
+  struct Refusal {
+    std::string command, why;
+  };
+  const std::vector<Refusal> refusals = {
+      {prune + dir / "foreign", "not written by emo"},
+      {prune + dir / "foreign --force", "not written by emo"},
+      {prune + dir / "file.txt", "is not a directory"},
+      {prune + dir / "full", "is the input"},
+      {prune + dir / "full --force", "is the input"},
+      {prune + dir.path.string(), "contains the input"},
+      {prune + dir / "full/inner", "lies inside the input"},
+      {prune + dir / "subset.json", "is the input"},
+      {prune + dir / "pruned", "give --force"},
+      {merge + dir / "foreign", "not written by emo"},
+      {merge + dir / "file.txt", "is not a directory"},
+      {merge + dir / "full", "is the input"},
+      {merge + dir / "pruned --force", "is the input"},
+      {merge + dir.path.string(), "contains the input"},
+      {merge + dir / "pruned", "is the input"},
+  };
+  for (const Refusal& r : refusals) {
+    const test::EmoRun run = run_emo(r.command);
+    EXPECT_EQ(run.status, 1) << r.command;
+    EXPECT_NE(run.err.find(r.why), std::string::npos) << r.command << ": " << run.err;
+  }
+  EXPECT_EQ(tree_bytes(dir / "full"), full_bytes);
+  EXPECT_EQ(tree_bytes(dir / "foreign"), foreign_bytes);
+  EXPECT_EQ(tree_bytes(dir / "file.txt"), "a file");
+
+  // Their own previous output: replaced with --force, never the other command's.
+  ASSERT_EQ(run_emo(merge + dir / "merged").status, 0);
+  EXPECT_EQ(read_json_file(dir / "merged/.emo-output")["command"], "merge");
+  EXPECT_NE(run_emo(merge + dir / "merged").err.find("give --force"), std::string::npos);
+  EXPECT_EQ(run_emo(merge + dir / "merged --force").status, 0);
+  const test::EmoRun over_merge = run_emo(prune + dir / "merged --force");
+  EXPECT_NE(over_merge.err.find("holds the output of 'emo merge'"), std::string::npos) << over_merge.err;
+  ASSERT_EQ(run_emo(prune + dir / "pruned2").status, 0);
+  EXPECT_EQ(run_emo(prune + dir / "pruned2 --force").status, 0);
+  EXPECT_TRUE(Model::load(dir / "pruned2") != nullptr);
+  for (const auto& e : fs::directory_iterator(dir.path))  // no temporary sibling left behind
+    EXPECT_EQ(e.path().filename().string().find(".emo-"), std::string::npos) << e.path();
 }
 
 TEST(Merge, RefusesAModelThatWasNotPrunedFromTheParent) {

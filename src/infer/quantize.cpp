@@ -61,12 +61,12 @@ void copy_if_present(const fs::path& from, const fs::path& to) {
 }  // namespace
 
 QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::string& out_dir, DType dtype,
-                                    int64_t max_shard_bytes) {
+                                    OutputRules rules, int64_t max_shard_bytes) {
   EMO_CHECK(dtype == DType::kBF16 || dtype == DType::kI8, kOp, "cannot write ", dtype_name(dtype),
             " weights (bf16 or int8)");
-  std::error_code ec;
-  EMO_CHECK(!fs::exists(out_dir) || !fs::equivalent(model_dir, out_dir, ec), kOp, out_dir,
-            ": the output must not be the input directory");
+  rules.inputs.push_back(model_dir);
+  OutputDirectory output(out_dir, std::move(rules));
+  const fs::path out(output.temp_path());
   CheckedCheckpoint opened = open_checked_checkpoint(model_dir);
   ModelConfig& config = opened.config;
   const SafetensorsCheckpoint& in = opened.weights;
@@ -95,10 +95,8 @@ QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::str
   }
   for (const SafetensorsEntry& e : entries) summary.bytes_out += static_cast<int64_t>(e.nbytes());
 
-  fs::create_directories(out_dir, ec);
-  if (ec) fail_file(kOp, out_dir, "cannot create the directory: " + ec.message());
   const std::string format = dtype == DType::kI8 ? "int8-per-row" : "bf16";
-  write_safetensors_sharded(out_dir, entries, max_shard_bytes,
+  write_safetensors_sharded(out.string(), entries, max_shard_bytes,
                             {{"format", "pt"}, {"emo_weight_format", format}});
   if (dtype == DType::kI8) {
     config.torch_dtype = "float32";  // the compute dtype; matrices are I8 with "<name>_scale"
@@ -109,10 +107,10 @@ QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::str
   } else {
     config.torch_dtype = "bfloat16";
   }
-  config.save((fs::path(out_dir) / "config.json").string());
-  for (const char* name : kCompanionFiles)
-    copy_if_present(fs::path(model_dir) / name, fs::path(out_dir) / name);
-  copy_if_present(fs::path(model_dir) / "pruning_metadata.json", fs::path(out_dir) / "pruning_metadata.json");
+  config.save((out / "config.json").string());
+  for (const char* name : kCompanionFiles) copy_if_present(fs::path(model_dir) / name, out / name);
+  copy_if_present(fs::path(model_dir) / "pruning_metadata.json", out / "pruning_metadata.json");
+  output.commit();
   return summary;
 }
 

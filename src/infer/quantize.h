@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "eval/perplexity.h"
+#include "io/output_dir.h"
 #include "model/model.h"
 #include "tensor/dtype.h"
 #include "tokenizer/tokenizer.h"
@@ -25,8 +26,10 @@ struct QuantizeSummary {
 // Writes the weights of `model_dir` (fp32, bf16 or f16; single file or shards) to `out_dir` as kBF16 or kI8,
 // with config.json (torch_dtype, and for int8 a "quantization_config" entry) and, when present,
 // tokenizer.json and pruning_metadata.json. Shards of at most max_shard_bytes. Throws emo::Error for an
-// unsupported target, an input that is already int8, or out_dir == model_dir.
+// unsupported target or an input that is already int8. out_dir is written through io/output_dir under
+// `rules` (model_dir is added to its inputs).
 QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::string& out_dir, DType dtype,
+                                    OutputRules rules = {"quantize", {}, false},
                                     int64_t max_shard_bytes = 5'000'000'000);
 
 // A training-engine Model with the checkpoint's weights in fp32 (int8 matrices dequantised with their

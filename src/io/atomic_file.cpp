@@ -100,7 +100,7 @@ AtomicDirectory::AtomicDirectory(std::string dir) : path_(std::move(dir)) {
   while (!path_.empty() && path_.size() > 1 && path_.back() == '/') path_.pop_back();
   fs::create_directories(parent_or_dot(path_));
   for (int attempt = 0; attempt < 100; ++attempt) {
-    temp_path_ = path_ + ".tmp-" + random_suffix();
+    temp_path_ = cat(path_, ".emo-tmp-", ::getpid(), "-", random_suffix());
     std::error_code error;
     if (fs::create_directory(temp_path_, error)) return;
     if (error) fail_file(kOp, path_, "cannot create temporary directory: " + error.message());
@@ -121,7 +121,7 @@ void AtomicDirectory::commit() {
   // rename(2) cannot replace a non-empty directory: move the old one aside, keep it until the new one is in.
   std::string old_path;
   if (fs::exists(path_)) {
-    old_path = path_ + ".old-" + random_suffix();
+    old_path = cat(path_, ".emo-old-", ::getpid(), "-", random_suffix());
     if (::rename(path_.c_str(), old_path.c_str()) != 0)
       fail_file(kOp, path_, "cannot move the previous directory aside: " + errno_text());
   }
@@ -136,13 +136,6 @@ void AtomicDirectory::commit() {
     std::error_code ignored;
     fs::remove_all(old_path, ignored);
   }
-}
-
-void write_directory_atomically(const std::string& dir,
-                                const std::function<void(const std::string& temp_dir)>& write_files) {
-  AtomicDirectory out(dir);
-  write_files(out.temp_path());
-  out.commit();
 }
 
 }  // namespace emo

@@ -44,10 +44,12 @@ void atomic_write_file(const std::string& path, std::string_view bytes);
 // fsync of a directory, so that renames and creations inside it survive a power loss.
 void sync_directory(const std::string& dir);
 
-// A directory being written under a temporary name ("<dir>.tmp-XXXXXX", a sibling of `dir`); commit() makes
-// it `dir`, replacing an existing `dir` only once the new one is complete: the old one is moved aside, the
-// new one renamed in, then the old one removed (if the second rename fails the old one is moved back).
-// Destroyed without commit(), it removes the temporary directory and leaves `dir` untouched.
+// A directory being written under a temporary name ("<dir>.emo-tmp-<pid>-XXXXXX", a sibling of `dir`);
+// commit() makes it `dir`, replacing an existing `dir` only once the new one is complete: the old one is
+// moved aside, the new one renamed in, then the old one removed (if the second rename fails the old one is
+// moved back). Destroyed without commit(), it removes the temporary directory and leaves `dir` untouched. It
+// replaces whatever is at `dir`: commands write their outputs through io/output_dir, which decides whether
+// they may.
 class AtomicDirectory {
  public:
   explicit AtomicDirectory(std::string dir);
@@ -64,9 +66,5 @@ class AtomicDirectory {
   std::string path_, temp_path_;
   bool committed_ = false;
 };
-
-// Runs write_files(temp_dir) and then commits: `dir` ends up holding exactly what write_files wrote.
-void write_directory_atomically(const std::string& dir,
-                                const std::function<void(const std::string& temp_dir)>& write_files);
 
 }  // namespace emo

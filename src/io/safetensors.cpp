@@ -18,6 +18,7 @@
 #include "core/thread_pool.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 
 namespace emo {
 
@@ -276,6 +277,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
     return ckpt;
   }
   if (!fs::is_directory(dir)) fail_file(kOp, path, "no such directory");
+  refuse_unfinished_output(path, kOp);
   if (fs::is_regular_file(dir / kSingleFile)) {
     add_whole_file((dir / kSingleFile).string());
     return ckpt;

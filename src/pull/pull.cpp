@@ -25,6 +25,7 @@
 #include "infer/weights.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "select/examples.h"
@@ -66,9 +67,11 @@ class Stage {
     if (fs::exists(dir_)) load(repo, commit);
     if (!fs::exists(dir_ / kJournal)) {
       fs::create_directories(dir_);
+      mark_unfinished_output(dir_.string(), kOp);  // never to be taken for a model: its shards have holes
       const nlohmann::json head = {{"format", kJournalFormat}, {"repo", repo}, {"commit", commit}};
       atomic_write_file((dir_ / kJournal).string(), head.dump() + "\n");
     }
+    mark_unfinished_output(dir_.string(), kOp);  // this process is the one writing it now
     journal_ = ::open((dir_ / kJournal).c_str(), O_WRONLY | O_APPEND);
     if (journal_ < 0) fail_file(kOp, (dir_ / kJournal).string(), std::strerror(errno));
   }
@@ -236,6 +239,10 @@ class Puller {
 
   void pull_selection();
   void pull_all();
+  // The guard of --out: what the pull reads besides the Hub may not be, hold or lie inside it.
+  OutputRules output_rules() const {
+    return {kOp, {options_.subset, options_.examples, options_.tokenizer}, options_.force};
+  }
 
   HubClient& hub_;
   const PullOptions& options_;
@@ -488,11 +495,13 @@ void Puller::pull_selection() {
   all_files.insert(all_files.end(), shards.begin(), shards.end());
   const nlohmann::json source = source_record(all_files);
   if (!options_.dtype) {
-    prune_checkpoint(stage_->dir().string(), subset, options_.out, source);
+    prune_checkpoint(stage_->dir().string(), subset, options_.out, source, output_rules());
   } else {
-    const std::string pruned = (stage_->dir() / "pruned").string();
-    prune_checkpoint(stage_->dir().string(), subset, pruned, source);
-    quantize_checkpoint(pruned, options_.out, *options_.dtype);
+    // A sibling, not inside the staging directory: an output may not lie inside its input.
+    const std::string pruned = options_.out + ".emo-pull-pruned";
+    prune_checkpoint(stage_->dir().string(), subset, pruned, source, {kOp, {}, true});
+    quantize_checkpoint(pruned, options_.out, *options_.dtype, output_rules());
+    fs::remove_all(pruned);  // ours, written just above
   }
 }
 
@@ -529,10 +538,10 @@ void Puller::pull_all() {
   for (const RepoFile& f : files) check_complete(f);
 
   if (options_.dtype) {
-    quantize_checkpoint(stage_->dir().string(), options_.out, *options_.dtype);
+    quantize_checkpoint(stage_->dir().string(), options_.out, *options_.dtype, output_rules());
     return;
   }
-  write_directory_atomically(options_.out, [&](const std::string& temp_dir) {
+  write_output_directory(options_.out, output_rules(), [&](const std::string& temp_dir) {
     for (const RepoFile& f : files) {
       const fs::path to = fs::path(temp_dir) / f.name;
       fs::create_directories(to.parent_path());
@@ -552,8 +561,7 @@ PullSummary Puller::run() {
   if (options_.out.empty()) fail(kOp, "give --out DIR");
   if (options_.dtype && *options_.dtype != DType::kBF16 && *options_.dtype != DType::kI8)
     fail(kOp, "--dtype converts to bf16 or int8 (f32 = as stored)");
-  if (fs::exists(options_.out) && (!fs::is_directory(options_.out) || !fs::is_empty(options_.out)))
-    fail_file(kOp, options_.out, "exists and is not empty: emo pull writes only a new directory");
+  check_new_output(options_.out, output_rules());  // before any request: refused outputs cost nothing
   const uint64_t received_before = hub_.bytes_received();
   const int64_t requests_before = hub_.requests();
   if (options_.all)

@@ -16,7 +16,8 @@
 // each range is checked for its exact length instead). Resumable: the staging directory keeps a journal of
 // every completed range with its sha256; a run after a kill checks the recorded ranges against the bytes on
 // disk and fetches only what is missing or damaged. Ranges go out several at a time. The output directory
-// appears only when complete (temporary name, then rename); a non-empty existing one is refused.
+// appears only when complete (temporary name, then rename) and is guarded by io/output_dir: an existing one
+// that is not a previous output of emo pull (with `force`) is refused, and so is one that holds an input.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +33,7 @@ struct PullOptions {
   std::string repo;  // "allenai/Emo_1b14b_1T"
   std::string revision = "main";
   std::string out;
+  bool force = false;                      // replace a previous output of emo pull
   int64_t keep_k = 0;                      // with examples: layerwise selection while downloading
   std::string examples;                    // text or JSONL (select/examples.h)
   std::string subset;                      // or a subset file made earlier (emo select)

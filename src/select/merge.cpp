@@ -8,7 +8,6 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/config.h"
@@ -94,8 +93,11 @@ MergeMode parse_merge_mode(const std::string& name) {
 }
 
 MergeSummary merge_checkpoint(const std::string& parent_dir, const std::string& pruned_dir,
-                              const std::string& out_dir, MergeMode mode) {
+                              const std::string& out_dir, MergeMode mode, OutputRules rules) {
   Timer timer;
+  rules.inputs.push_back(parent_dir);
+  rules.inputs.push_back(pruned_dir);
+  OutputDirectory output(out_dir, std::move(rules));
   const CheckedCheckpoint parent_opened = open_checked_checkpoint(parent_dir);
   const CheckedCheckpoint pruned_opened = open_checked_checkpoint(pruned_dir);
   const ModelConfig &parent = parent_opened.config, &pruned = pruned_opened.config;
@@ -148,7 +150,8 @@ MergeSummary merge_checkpoint(const std::string& parent_dir, const std::string& 
   }
   summary.tensors = static_cast<int64_t>(entries.size());
 
-  write_directory_atomically(out_dir, [&](const std::string& temp_dir) {
+  {
+    const std::string& temp_dir = output.temp_path();
     const fs::path out(temp_dir);
     write_safetensors_sharded(temp_dir, entries, kMaxShardBytes, parent_weights.metadata());
     parent.save((out / "config.json").string());
@@ -160,7 +163,8 @@ MergeSummary merge_checkpoint(const std::string& parent_dir, const std::string& 
                      {"kept_original_indices", kept}});
     if (fs::exists(fs::path(parent_dir) / "tokenizer.json"))
       fs::copy_file(fs::path(parent_dir) / "tokenizer.json", out / "tokenizer.json");
-  });
+  }
+  output.commit();
   summary.seconds = timer.seconds();
   return summary;
 }

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "io/output_dir.h"
+
 namespace emo {
 
 enum class MergeMode { kReplace, kAverage };
@@ -29,7 +31,9 @@ struct MergeSummary {
 // Writes parent + pruned experts to out_dir (Hugging Face layout, the parent's dtypes, config.json and
 // tokenizer.json of the parent, plus merge_metadata.json). Throws emo::Error naming the file when the pruned
 // model does not come from a model of the parent's shape (layer count, expert indices, tensor shapes).
+// out_dir is written through io/output_dir under `rules` (both models are added to its inputs).
 MergeSummary merge_checkpoint(const std::string& parent_dir, const std::string& pruned_dir,
-                              const std::string& out_dir, MergeMode mode);
+                              const std::string& out_dir, MergeMode mode,
+                              OutputRules rules = {"merge", {}, false});
 
 }  // namespace emo

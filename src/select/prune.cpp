@@ -9,7 +9,6 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/weights_check.h"
@@ -154,8 +153,10 @@ nlohmann::json pruning_metadata(const ExpertSubset& subset, const ModelConfig& f
 }
 
 PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& subset,
-                              const std::string& out_dir, const nlohmann::json& source) {
+                              const std::string& out_dir, const nlohmann::json& source, OutputRules rules) {
   Timer timer;
+  rules.inputs.push_back(model_dir);
+  OutputDirectory output(out_dir, std::move(rules));
   const fs::path dir(model_dir);
   const CheckedCheckpoint opened = open_checked_checkpoint(model_dir);
   const ModelConfig& full = opened.config;
@@ -191,7 +192,8 @@ PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& 
   }
   summary.tensors = static_cast<int64_t>(entries.size());
 
-  write_directory_atomically(out_dir, [&](const std::string& temp_dir) {
+  {
+    const std::string& temp_dir = output.temp_path();
     const fs::path out(temp_dir);
     write_safetensors_sharded(temp_dir, entries, kMaxShardBytes, checkpoint.metadata());
     pruned_config(full, subset).save((out / "config.json").string());
@@ -200,7 +202,8 @@ PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& 
     write_json_file((out / "pruning_metadata.json").string(), metadata);
     for (const char* name : kCompanionFiles)
       if (fs::exists(dir / name)) fs::copy_file(dir / name, out / name);
-  });
+  }
+  output.commit();
   summary.seconds = timer.seconds();
   return summary;
 }

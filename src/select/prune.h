@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "io/output_dir.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "select/subset.h"
@@ -55,9 +56,12 @@ struct PruneSummary {
 // stored) and writes the pruned checkpoint to out_dir: config.json, model.safetensors, pruning_metadata.json,
 // and the companion files (kCompanionFiles: the tokenizer's, generation_config.json) copied when present.
 // `source`, when not null, is recorded as pruning_metadata.json's "source" (where the parent came from:
-// `emo pull` names the Hub repository, revision, commit and file hashes).
+// `emo pull` names the Hub repository, revision, commit and file hashes). out_dir is written through
+// io/output_dir under `rules` (model_dir is added to its inputs): checked before any work, refused when it
+// is not a new output or a previous one of the same command with rules.force.
 PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& subset,
-                              const std::string& out_dir, const nlohmann::json& source = nullptr);
+                              const std::string& out_dir, const nlohmann::json& source = nullptr,
+                              OutputRules rules = {"prune", {}, false});
 
 // The files beside the weights that a derived checkpoint (pruned, quantised) takes over unchanged.
 inline constexpr const char* kCompanionFiles[] = {"tokenizer.json", "tokenizer_config.json",

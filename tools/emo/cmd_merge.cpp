@@ -13,15 +13,18 @@ namespace {
 std::function<int()> setup_merge(CLI::App& app) {
   struct Options {
     std::string parent, pruned, out, mode = "replace";
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   app.add_option("parent", o->parent, "The full model the pruned one was made from")->required();
   app.add_option("pruned", o->pruned, "The pruned (fine-tuned) model, with its pruning_metadata.json")
       ->required();
   app.add_option("-o,--out", o->out, "Directory of the merged model")->required();
+  app.add_flag("--force", o->force, "Replace a previous output of emo merge at --out");
   app.add_option("--mode", o->mode, "replace or average")->capture_default_str();
   return [o] {
-    emo::MergeSummary s = emo::merge_checkpoint(o->parent, o->pruned, o->out, emo::parse_merge_mode(o->mode));
+    emo::MergeSummary s = emo::merge_checkpoint(o->parent, o->pruned, o->out, emo::parse_merge_mode(o->mode),
+                                                {"merge", {}, o->force});
     std::printf("merged %s into %s -> %s (%s): %lld of %lld tensors from the pruned model, %s\n",
                 o->pruned.c_str(), o->parent.c_str(), o->out.c_str(), o->mode.c_str(),
                 static_cast<long long>(s.tensors_merged), static_cast<long long>(s.tensors),

@@ -17,16 +17,19 @@ namespace fs = std::filesystem;
 std::function<int()> setup_prune(CLI::App& app) {
   struct Options {
     std::string model, subset, out;
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   app.add_option("model", o->model, "Full model directory (config.json, model.safetensors or shards)")
       ->required();
   app.add_option("--subset", o->subset, "Subset file (emo select)")->required();
   app.add_option("-o,--out", o->out, "Directory of the pruned model")->required();
+  app.add_flag("--force", o->force, "Replace a previous output of emo prune at --out");
   return [o] {
     const emo::ModelConfig config = emo::ModelConfig::load((fs::path(o->model) / "config.json").string());
     const emo::ExpertSubset subset = emo::ExpertSubset::load(o->subset, config);
-    emo::PruneSummary s = emo::prune_checkpoint(o->model, subset, o->out);
+    emo::PruneSummary s =
+        emo::prune_checkpoint(o->model, subset, o->out, nullptr, {"prune", {o->subset}, o->force});
     std::printf("pruned %s -> %s: keep-k %lld of %lld experts per layer\n", o->model.c_str(), o->out.c_str(),
                 static_cast<long long>(subset.keep_k), static_cast<long long>(subset.num_experts));
     std::printf("parameters %lld -> %lld (%.1f%%), tensor bytes %s -> %s (%.1f%%), %lld tensors, %s\n",

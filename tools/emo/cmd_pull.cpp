@@ -20,6 +20,7 @@ std::function<int()> setup_pull(CLI::App& app) {
   app.add_option("repo", o->pull.repo, "Hub repository, e.g. allenai/Emo_1b14b_1T")->required();
   app.add_option("--revision", o->pull.revision, "Branch, tag or commit")->capture_default_str();
   app.add_option("-o,--out", o->pull.out, "Directory to write (must not exist or be empty)")->required();
+  app.add_flag("--force", o->pull.force, "Replace a previous output of emo pull at --out");
   app.add_option("--keep-k", o->pull.keep_k,
                  "Experts kept per layer (shared counted), chosen from --examples");
   app.add_option("--examples", o->pull.examples, "Examples: plain text or JSONL, as for emo select");

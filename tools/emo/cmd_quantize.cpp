@@ -17,13 +17,14 @@ namespace fs = std::filesystem;
 std::function<int()> setup_quantize(CLI::App& app) {
   struct Options {
     std::string model, dtype, out, data, text, tokenizer;
-    bool skip_eval = false;
+    bool skip_eval = false, force = false;
     emo::PerplexityOptions perplexity;
   };
   auto o = std::make_shared<Options>();
   app.add_option("model", o->model, "Model directory (fp32, bf16 or f16 weights)")->required();
   app.add_option("--dtype", o->dtype, "bf16 or int8 (per-row scales)")->required();
   app.add_option("-o,--out", o->out, "Output model directory")->required();
+  app.add_flag("--force", o->force, "Replace a previous output of emo quantize at --out");
   app.add_option("--data", o->data,
                  "Held-out tokenised split for the perplexity check (e.g. data/corpus/validation.bin)");
   app.add_option("--text", o->text, "Or a held-out plain text file (tokenised with --tokenizer)");
@@ -45,7 +46,8 @@ std::function<int()> setup_quantize(CLI::App& app) {
                 "give held-out text for the quality check: --data SPLIT.bin or --text FILE (or --skip-eval)");
 
     emo::Timer timer;
-    emo::QuantizeSummary s = emo::quantize_checkpoint(o->model, o->out, dtype);
+    emo::QuantizeSummary s = emo::quantize_checkpoint(
+        o->model, o->out, dtype, {"quantize", {o->data, o->text, o->tokenizer}, o->force});
     emo::log_info(emo::cat("wrote ", o->out, ": ", s.converted, " of ", s.tensors, " tensors as ", o->dtype,
                            ", ", emo::human_bytes(static_cast<double>(s.bytes_in)), " -> ",
                            emo::human_bytes(static_cast<double>(s.bytes_out)), " in ",

@@ -1,0 +1,228 @@
+#include "io/output_dir.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+
+#include "core/error.h"
+#include "core/version.h"
+#include "io/atomic_file.h"
+#include "io/json_file.h"
+
+namespace emo {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kFormat = "emo-output";
+constexpr const char* kLockFile = ".emo-lock";
+
+std::string without_trailing_slashes(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  return path;
+}
+
+// The path with symbolic links and '..' resolved as far as it exists (the rest kept as written).
+fs::path resolved(const std::string& path) {
+  const fs::path absolute = fs::absolute(without_trailing_slashes(path));
+  std::error_code ec;
+  fs::path canonical = fs::weakly_canonical(absolute, ec);
+  return ec ? absolute.lexically_normal() : canonical;
+}
+
+// Whether `inner` is `outer` or lies below it, comparing whole components ("a/bc" is not inside "a/b").
+bool is_within(const fs::path& inner, const fs::path& outer) {
+  auto [o, i] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
+  return o == outer.end();
+}
+
+void refuse_overlap_with_inputs(const std::string& dir, const OutputRules& rules) {
+  const fs::path out = resolved(dir);
+  for (const std::string& input : rules.inputs) {
+    if (input.empty()) continue;
+    const fs::path in = resolved(input);
+    if (in == out)
+      fail_file(rules.command, dir, cat("is the input '", input, "': choose another output directory"));
+    if (is_within(in, out))
+      fail_file(
+          rules.command, dir,
+          cat("contains the input '", input, "', which writing it would destroy: choose another output"));
+    if (is_within(out, in))
+      fail_file(rules.command, dir, cat("lies inside the input '", input, "': choose another output"));
+  }
+}
+
+nlohmann::json marker_json(const std::string& command, bool complete) {
+  nlohmann::json marker = {
+      {"format", kFormat}, {"command", command}, {"version", kEmoVersion}, {"complete", complete}};
+  if (!complete) marker["pid"] = static_cast<long long>(::getpid());
+  return marker;
+}
+
+void write_marker(const std::string& dir, const std::string& command, bool complete) {
+  atomic_write_file((fs::path(dir) / kOutputMarker).string(), marker_json(command, complete).dump(2) + "\n");
+}
+
+// The marker of `dir`, or null when it has none (or one that is not emo's).
+nlohmann::json read_marker(const std::string& dir) {
+  const fs::path path = fs::path(dir) / kOutputMarker;
+  if (!fs::is_regular_file(path)) return nullptr;
+  nlohmann::json marker;
+  try {
+    marker = read_json_file(path.string());
+  } catch (const Error&) {
+    return nullptr;
+  }
+  if (!marker.is_object() || marker.value("format", "") != kFormat || !marker.contains("command") ||
+      !marker["command"].is_string())
+    return nullptr;
+  return marker;
+}
+
+enum class Existing { kAbsent, kEmpty, kOurs };
+
+// What is at `dir`; throws unless it is nothing, an empty directory or an output of the same command.
+Existing examine(const std::string& dir, const OutputRules& rules) {
+  std::error_code ec;
+  const fs::file_status status = fs::symlink_status(dir, ec);
+  if (ec || !fs::exists(status)) return Existing::kAbsent;
+  if (fs::is_symlink(status))
+    fail_file(rules.command, dir, "is a symbolic link, not a directory emo wrote: choose another output");
+  if (!fs::is_directory(status))
+    fail_file(rules.command, dir,
+              "exists and is not a directory (emo never replaces a file it did not write)");
+  if (fs::is_empty(dir)) return Existing::kEmpty;
+  const nlohmann::json marker = read_marker(dir);
+  if (marker.is_null())
+    fail_file(rules.command, dir,
+              cat("exists, is not empty and was not written by emo (no ", kOutputMarker,
+                  " marker): choose another output, emo never deletes what it did not write"));
+  const std::string command = marker["command"].get<std::string>();
+  if (command != rules.command)
+    fail_file(rules.command, dir,
+              cat("holds the output of 'emo ", command, "', not of 'emo ", rules.command,
+                  "': choose another output"));
+  return Existing::kOurs;
+}
+
+bool process_is_gone(long long pid) {
+  return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
+// Removes "<dir>.emo-tmp-<pid>-*" and "<dir>.emo-old-<pid>-*" siblings left by runs of ours that died: only
+// directories carrying our marker, whose process no longer exists.
+void remove_stale_siblings(const std::string& dir) {
+  const fs::path path(dir);
+  const fs::path parent = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  const std::string name = path.filename().string();
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (const fs::directory_entry& entry : fs::directory_iterator(parent, ec)) {
+    const std::string sibling = entry.path().filename().string();
+    for (const char* kind : {".emo-tmp-", ".emo-old-"}) {
+      const std::string prefix = name + kind;
+      if (sibling.rfind(prefix, 0) != 0 || !entry.is_directory() || entry.is_symlink()) continue;
+      const long long pid = std::atoll(sibling.c_str() + prefix.size());
+      if (!read_marker(entry.path().string()).is_null() && process_is_gone(pid))
+        stale.push_back(entry.path());
+    }
+  }
+  for (const fs::path& doomed : stale) fs::remove_all(doomed, ec);
+}
+
+}  // namespace
+
+void check_new_output(const std::string& dir, const OutputRules& rules) {
+  EMO_CHECK(!dir.empty(), rules.command, "no output directory given");
+  refuse_overlap_with_inputs(dir, rules);
+  if (examine(dir, rules) == Existing::kOurs && !rules.force)
+    fail_file(rules.command, dir,
+              cat("holds a previous output of 'emo ", rules.command,
+                  "': give --force to replace it, or choose another output"));
+}
+
+OutputDirectory::OutputDirectory(std::string dir, OutputRules rules)
+    : path_(without_trailing_slashes(std::move(dir))), rules_(std::move(rules)) {
+  check_new_output(path_, rules_);
+  remove_stale_siblings(path_);
+  atomic_ = std::make_unique<AtomicDirectory>(path_);
+  temp_path_ = atomic_->temp_path();
+  write_marker(temp_path_, rules_.command, false);
+}
+
+OutputDirectory::~OutputDirectory() = default;
+
+void OutputDirectory::commit() {
+  EMO_CHECK(!committed_, rules_.command, path_, ": committed twice");
+  check_new_output(path_, rules_);  // what is at path_ may have changed during the work
+  write_marker(temp_path_, rules_.command, true);
+  atomic_->commit();
+  committed_ = true;
+}
+
+void write_output_directory(const std::string& dir, const OutputRules& rules,
+                            const std::function<void(const std::string& temp_dir)>& write_files) {
+  OutputDirectory out(dir, rules);
+  write_files(out.temp_path());
+  out.commit();
+}
+
+void claim_output_directory(const std::string& dir, const OutputRules& rules) {
+  EMO_CHECK(!dir.empty(), rules.command, "no output directory given");
+  refuse_overlap_with_inputs(dir, rules);
+  if (examine(dir, rules) == Existing::kOurs) return;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail_file(rules.command, dir, "cannot create the directory: " + ec.message());
+  write_marker(dir, rules.command, true);
+}
+
+DirectoryLock::DirectoryLock(const std::string& dir, const std::string& command) {
+  const std::string path = (fs::path(dir) / kLockFile).string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail_file(command, path, cat("cannot open the lock file: ", std::strerror(errno)));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    char holder[32] = {0};
+    const ssize_t n = ::pread(fd_, holder, sizeof(holder) - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    if (error != EWOULDBLOCK) fail_file(command, path, cat("cannot lock: ", std::strerror(error)));
+    const std::string pid = n > 0 ? std::string(holder, static_cast<size_t>(n)) : "unknown";
+    fail_file(command, dir,
+              cat("is in use by another 'emo ", command, "' (pid ", pid.substr(0, pid.find('\n')),
+                  "): two runs on one output would overwrite each other's files; wait for it or stop it"));
+  }
+  const std::string pid = cat(::getpid(), "\n");
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+    // The lock holds without the pid; only the message of a refused second run is poorer.
+  }
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing the descriptor releases the flock
+}
+
+void mark_unfinished_output(const std::string& dir, const std::string& command) {
+  write_marker(dir, command, false);
+}
+
+void refuse_unfinished_output(const std::string& dir, const std::string& op) {
+  const nlohmann::json marker = read_marker(dir);
+  if (marker.is_null() || marker.value("complete", true)) return;
+  if (marker.value("pid", 0LL) == static_cast<long long>(::getpid())) return;  // its writer reading its work
+  fail_file(op, dir,
+            cat("is an unfinished output of 'emo ", marker["command"].get<std::string>(),
+                "' (being written, or left by a stopped run), not a model"));
+}
+
+}  // namespace emo
