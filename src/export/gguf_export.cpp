@@ -1,0 +1,245 @@
+#include "export/gguf_export.h"
+
+#include <filesystem>
+#include <map>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "infer/quantize.h"
+#include "io/gguf.h"
+#include "model/model.h"
+#include "tokenizer/byte_level.h"
+#include "tokenizer/tokenizer.h"
+
+namespace emo {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr const char* kOp = "export gguf";
+
+// llama.cpp's token types.
+constexpr int32_t kTokenNormal = 1, kTokenControl = 3, kTokenUserDefined = 4, kTokenUnused = 5;
+// The shared expert's gate weights: g = 1e-20 * sum(x) is tiny but (but for an exact cancellation) not zero,
+// so llama.cpp's silu(g)/g is exactly 0.5 in fp32; the shared down projection is stored x2 to make it 1.
+constexpr float kSharedGateWeight = 1e-20f;
+constexpr float kSharedDownScale = 2.0f;
+
+GgmlType weight_type(const std::string& dtype, uint32_t* file_type) {
+  if (dtype == "f32" || dtype == "fp32" || dtype == "float32") return *file_type = 0, GgmlType::kF32;
+  if (dtype == "bf16" || dtype == "bfloat16") return *file_type = 32, GgmlType::kBF16;
+  if (dtype == "q8_0" || dtype == "Q8_0") return *file_type = 7, GgmlType::kQ8_0;
+  fail(kOp, cat("--dtype '", dtype, "' is not f32, bf16 or q8_0"));
+}
+
+// Concatenates float blocks and encodes them, scaled, in `type`.
+struct Pieces {
+  std::vector<const float*> parts;
+  int64_t part_size = 0;
+  float scale = 1.0f;
+};
+
+std::function<void(std::vector<uint8_t>&)> encoder(GgmlType type, Pieces pieces) {
+  return [type, pieces](std::vector<uint8_t>& out) {
+    std::vector<float> buffer(static_cast<size_t>(pieces.part_size));
+    for (const float* part : pieces.parts) {
+      for (int64_t i = 0; i < pieces.part_size; ++i) buffer[i] = part[i] * pieces.scale;
+      ggml_encode(type, buffer.data(), pieces.part_size, out);
+    }
+  };
+}
+
+std::function<void(std::vector<uint8_t>&)> constant(float value, int64_t n) {
+  return [value, n](std::vector<uint8_t>& out) {
+    std::vector<float> v(static_cast<size_t>(n), value);
+    ggml_encode(GgmlType::kF32, v.data(), n, out);
+  };
+}
+
+// The checks llama.cpp's qwen2moe imposes, with the reason in the message.
+void check_exportable(const ModelConfig& c, const std::string& dir) {
+  if (!c.is_moe()) fail_file(kOp, dir, "a dense model has no qwen2moe mapping (only MoE models export)");
+  if (c.norm_topk_prob)
+    fail_file(kOp, dir, "norm_topk_prob is true, but llama.cpp's qwen2moe uses the raw top-k probabilities");
+  const int64_t E = c.experts_in_layer(0), ns = c.shared_in_layer(0);
+  if (ns < 1) fail_file(kOp, dir, "qwen2moe needs a shared expert; this model has none");
+  for (int64_t l = 1; l < c.num_hidden_layers; ++l)
+    if (c.experts_in_layer(l) != E || c.shared_in_layer(l) != ns)
+      fail_file(
+          kOp, dir,
+          cat("layer ", l, " has ", c.experts_in_layer(l), " experts (", c.shared_in_layer(l),
+              " shared), layer 0 has ", E, " (", ns,
+              " shared): llama.cpp needs the same expert count in every layer (prune to a uniform subset, "
+              "e.g. the same number of experts per layer)"));
+}
+
+std::vector<std::string> token_texts(const Tokenizer& tok, int64_t rows, std::vector<int32_t>& types) {
+  std::map<int32_t, const AddedToken*> added;
+  for (const AddedToken& t : tok.added_tokens()) added[t.id] = &t;
+  std::vector<std::string> texts;
+  for (int64_t id = 0; id < rows; ++id) {
+    auto it = added.find(static_cast<int32_t>(id));
+    if (it != added.end()) {
+      texts.push_back(it->second->content);
+      types.push_back(it->second->special ? kTokenControl : kTokenUserDefined);
+      continue;
+    }
+    std::optional<std::string> bytes =
+        id < tok.vocab_size() ? tok.id_to_token(static_cast<int32_t>(id)) : std::nullopt;
+    if (bytes && !bytes->empty()) {
+      texts.push_back(byte_level::encode(*bytes));
+      types.push_back(kTokenNormal);
+    } else {  // a hole of the vocabulary or an embedding row past it: never produced by the tokenizer
+      texts.push_back(cat("[PAD", id, "]"));
+      types.push_back(kTokenUnused);
+    }
+  }
+  return texts;
+}
+
+void set_tokenizer(GgufWriter& w, const Tokenizer& tok, const ModelConfig& c, const std::string& path) {
+  if (tok.vocab_size() > c.vocab_size)
+    fail_file(kOp, path,
+              cat("the tokenizer has ", tok.vocab_size(), " ids, the model's embedding only ", c.vocab_size,
+                  " rows"));
+  std::vector<int32_t> types;
+  std::vector<std::string> tokens = token_texts(tok, c.vocab_size, types);
+  std::vector<std::string> merges;
+  for (const auto& [left, right] : tok.merges())
+    merges.push_back(byte_level::encode(tok.id_to_token(left).value_or("")) + " " +
+                     byte_level::encode(tok.id_to_token(right).value_or("")));
+  if (tok.split_pattern() != kCl100kPattern)
+    log_warn(
+        cat("[", kOp, "] ", path,
+            ": the pre-tokenizer regex is not cl100k's; llama.cpp will split text with cl100k's (\"dbrx\")"));
+  const int32_t eos = c.eos_token_id ? static_cast<int32_t>(*c.eos_token_id) : tok.eos_id();
+  w.set("tokenizer.ggml.model", GgufValue::string("gpt2"));
+  w.set("tokenizer.ggml.pre", GgufValue::string("dbrx"));
+  w.set("tokenizer.ggml.tokens", GgufValue::strings(std::move(tokens)));
+  w.set("tokenizer.ggml.token_type", GgufValue::i32s(std::move(types)));
+  w.set("tokenizer.ggml.merges", GgufValue::strings(std::move(merges)));
+  w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(static_cast<uint32_t>(eos)));
+  w.set("tokenizer.ggml.bos_token_id",
+        GgufValue::u32(static_cast<uint32_t>(c.bos_token_id ? *c.bos_token_id : eos)));
+  std::optional<int32_t> pad =
+      c.pad_token_id ? std::optional<int32_t>(static_cast<int32_t>(*c.pad_token_id)) : tok.pad_id();
+  if (pad) w.set("tokenizer.ggml.padding_token_id", GgufValue::u32(static_cast<uint32_t>(*pad)));
+  w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(false));
+  w.set("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
+}
+
+}  // namespace
+
+GgufExportSummary export_gguf(const std::string& model_dir, const std::string& out_path,
+                              const GgufExportOptions& options) {
+  uint32_t file_type = 0;
+  const GgmlType wt = weight_type(options.dtype, &file_type);
+  const ModelConfig config = ModelConfig::load((fs::path(model_dir) / "config.json").string());
+  check_exportable(config, model_dir);
+  const std::string tokenizer_path =
+      options.tokenizer.empty() ? (fs::path(model_dir) / "tokenizer.json").string() : options.tokenizer;
+  const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+  std::unique_ptr<Model> model = load_model_dequantized(model_dir);
+  const ModelConfig& c = model->config();
+  const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, L = c.num_hidden_layers;
+  const int64_t hd = c.head_dim(), H = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const int64_t E = c.experts_in_layer(0), ns = c.shared_in_layer(0), Er = E - ns;
+  const int64_t used = std::min(c.num_experts_per_tok - ns, Er);
+  if (C % ggml_block_size(wt) != 0 || F % ggml_block_size(wt) != 0 || (H * hd) % ggml_block_size(wt) != 0)
+    fail_file(kOp, model_dir,
+              cat(options.dtype, " stores rows in blocks of ", ggml_block_size(wt), " weights: hidden_size ",
+                  C, " and intermediate_size ", F, " must be multiples of it"));
+
+  GgufWriter w;
+  const std::string a = "qwen2moe.";
+  w.set("general.architecture", GgufValue::string("qwen2moe"));
+  w.set("general.name",
+        GgufValue::string(options.name.empty() ? fs::absolute(model_dir).filename().string() : options.name));
+  w.set("general.alignment", GgufValue::u32(GgufWriter::kAlignment));
+  w.set("general.file_type", GgufValue::u32(file_type));
+  w.set(a + "block_count", GgufValue::u32(static_cast<uint32_t>(L)));
+  w.set(a + "context_length", GgufValue::u32(static_cast<uint32_t>(c.max_position_embeddings)));
+  w.set(a + "embedding_length", GgufValue::u32(static_cast<uint32_t>(C)));
+  w.set(a + "feed_forward_length", GgufValue::u32(static_cast<uint32_t>(F)));
+  w.set(a + "attention.head_count", GgufValue::u32(static_cast<uint32_t>(H)));
+  w.set(a + "attention.head_count_kv", GgufValue::u32(static_cast<uint32_t>(Hkv)));
+  w.set(a + "rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta)));
+  w.set(a + "attention.layer_norm_rms_epsilon", GgufValue::f32(static_cast<float>(c.rms_norm_eps)));
+  w.set(a + "expert_count", GgufValue::u32(static_cast<uint32_t>(Er)));
+  w.set(a + "expert_used_count", GgufValue::u32(static_cast<uint32_t>(used)));
+  w.set(a + "expert_feed_forward_length", GgufValue::u32(static_cast<uint32_t>(F)));
+  w.set(a + "expert_shared_feed_forward_length", GgufValue::u32(static_cast<uint32_t>(ns * F)));
+  set_tokenizer(w, tokenizer, c, tokenizer_path);
+
+  const Model& m = *model;
+  auto data = [&](const std::string& name) { return m.weight(name).data(); };
+  auto whole = [&](const std::string& name, float scale = 1.0f) {
+    return Pieces{{data(name)}, m.weight(name).size(), scale};
+  };
+  w.add_tensor({"token_embd.weight", {C, V}, wt, encoder(wt, whole("model.embed_tokens.weight"))});
+  w.add_tensor(
+      {"output_norm.weight", {C}, GgmlType::kF32, encoder(GgmlType::kF32, whole("model.norm.weight"))});
+  w.add_tensor({"output.weight",
+                {C, V},
+                wt,
+                encoder(wt, whole(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"))});
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string p = cat("model.layers.", l, "."), b = cat("blk.", l, ".");
+    auto f32 = [&](const std::string& name, const std::string& from) {
+      w.add_tensor({b + name, {C}, GgmlType::kF32, encoder(GgmlType::kF32, whole(p + from))});
+    };
+    auto matrix = [&](const std::string& name, const std::string& from, int64_t in, int64_t out) {
+      w.add_tensor({b + name, {in, out}, wt, encoder(wt, whole(p + from))});
+    };
+    f32("attn_norm.weight", "pre_attention_layernorm.weight");
+    matrix("attn_q.weight", "self_attn.q_proj.weight", C, H * hd);
+    matrix("attn_k.weight", "self_attn.k_proj.weight", C, Hkv * hd);
+    matrix("attn_v.weight", "self_attn.v_proj.weight", C, Hkv * hd);
+    w.add_tensor({b + "attn_q.bias", {H * hd}, GgmlType::kF32, constant(0.0f, H * hd)});
+    w.add_tensor({b + "attn_k.bias", {Hkv * hd}, GgmlType::kF32, constant(0.0f, Hkv * hd)});
+    w.add_tensor({b + "attn_v.bias", {Hkv * hd}, GgmlType::kF32, constant(0.0f, Hkv * hd)});
+    matrix("attn_output.weight", "self_attn.o_proj.weight", H * hd, C);
+    f32("ffn_norm.weight", "pre_feedforward_layernorm.weight");
+    // The router's routed rows come first ([E, C], shared rows last): the first Er rows are the routed gate.
+    w.add_tensor({b + "ffn_gate_inp.weight",
+                  {C, Er},
+                  GgmlType::kF32,
+                  encoder(GgmlType::kF32, Pieces{{data(p + "mlp.gate.weight")}, Er * C, 1.0f})});
+    auto experts = [&](const std::string& proj, int64_t first, int64_t count, float scale) {
+      Pieces pieces{{}, F * C, scale};
+      for (int64_t e = first; e < first + count; ++e)
+        pieces.parts.push_back(data(cat(p, "mlp.experts.", e, ".", proj)));
+      return pieces;
+    };
+    w.add_tensor(
+        {b + "ffn_gate_exps.weight", {C, F, Er}, wt, encoder(wt, experts("gate_proj.weight", 0, Er, 1))});
+    w.add_tensor(
+        {b + "ffn_up_exps.weight", {C, F, Er}, wt, encoder(wt, experts("up_proj.weight", 0, Er, 1))});
+    w.add_tensor(
+        {b + "ffn_down_exps.weight", {F, C, Er}, wt, encoder(wt, experts("down_proj.weight", 0, Er, 1))});
+    // Several shared experts are one SwiGLU of width ns*F: gate/up rows stacked, down rows side by side.
+    w.add_tensor({b + "ffn_gate_inp_shexp.weight", {C}, GgmlType::kF32, constant(kSharedGateWeight, C)});
+    w.add_tensor(
+        {b + "ffn_gate_shexp.weight", {C, ns * F}, wt, encoder(wt, experts("gate_proj.weight", Er, ns, 1))});
+    w.add_tensor(
+        {b + "ffn_up_shexp.weight", {C, ns * F}, wt, encoder(wt, experts("up_proj.weight", Er, ns, 1))});
+    Pieces down{{}, F, kSharedDownScale};
+    for (int64_t row = 0; row < C; ++row)
+      for (int64_t e = Er; e < E; ++e)
+        down.parts.push_back(data(cat(p, "mlp.experts.", e, ".down_proj.weight")) + row * F);
+    w.add_tensor({b + "ffn_down_shexp.weight", {ns * F, C}, wt, encoder(wt, down)});
+  }
+  GgufExportSummary s;
+  s.layers = L;
+  s.routed_experts = Er;
+  s.used_experts = used;
+  Timer timer;
+  w.write(out_path, [&](size_t done, size_t total) {
+    if (done == total || done % 64 == 0)
+      log_info(cat("[", kOp, "] ", done, "/", total, " tensors, ", human_duration(timer.seconds())));
+  });
+  s.tensors = 3 + 17 * L;  // embedding, final norm, output; 17 per layer (see above)
+  s.bytes = static_cast<int64_t>(fs::file_size(out_path));
+  return s;
+}
+
+}  // namespace emo

@@ -1,0 +1,358 @@
+// GGUF (src/io/gguf) written and read back, its refusals of bad files, and `emo export gguf` (src/export):
+// the mapping's tensors and metadata, the refusals, and the proof that the mapping is right: llama.cpp
+// (node-llama-cpp's prebuilt binding, tests/gguf_parity) generates the same greedy tokens as emo.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "core/error.h"
+#include "export/gguf_export.h"
+#include "infer/decoder.h"
+#include "infer/generate.h"
+#include "infer/quantize.h"
+#include "io/gguf.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace emo {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Each test its own scratch directory (ctest runs them in parallel).
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("emo_export_test_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// ------------------------------------------------------------------------------------------ GGUF files
+GgufTensorEntry floats(const std::string& name, std::vector<int64_t> dims, GgmlType type,
+                       std::vector<float> values) {
+  return {name, std::move(dims), type, [values, type](std::vector<uint8_t>& out) {
+            ggml_encode(type, values.data(), static_cast<int64_t>(values.size()), out);
+          }};
+}
+
+TEST(Gguf, WrittenFileReadsBackWithItsMetadataAndTensors) {
+  TempDir dir;
+  std::vector<float> a(64), b(96);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = std::sin(0.3f * i);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = 0.01f * (float(i) - 40.0f);
+  GgufWriter w;
+  w.set("general.architecture", GgufValue::string("qwen2moe"));
+  w.set("x.count", GgufValue::u32(7));
+  w.set("x.eps", GgufValue::f32(1e-6f));
+  w.set("x.flag", GgufValue::boolean(true));
+  w.set("x.tokens", GgufValue::strings({"a", "", "Ġb"}));
+  w.set("x.types", GgufValue::i32s({1, 3, -5}));
+  w.set("x.count", GgufValue::u32(8));  // replaced in place
+  w.add_tensor(floats("a", {32, 2}, GgmlType::kF32, a));
+  w.add_tensor(floats("b_bf16", {96}, GgmlType::kBF16, b));
+  w.add_tensor(floats("b_q8", {32, 3}, GgmlType::kQ8_0, b));
+  w.write(dir / "m.gguf");
+
+  GgufFile f = GgufFile::open(dir / "m.gguf");
+  EXPECT_EQ(f.version(), 3u);
+  ASSERT_EQ(f.metadata().size(), 6u);
+  EXPECT_EQ(f.metadata()[1].first, "x.count");
+  EXPECT_EQ(f.get("x.count").integer, 8);
+  EXPECT_EQ(f.get("x.count").type, GgufType::kUint32);
+  EXPECT_FLOAT_EQ(static_cast<float>(f.get("x.eps").real), 1e-6f);
+  EXPECT_EQ(f.get("x.flag").integer, 1);
+  EXPECT_EQ(f.get("x.tokens").texts, (std::vector<std::string>{"a", "", "Ġb"}));
+  EXPECT_EQ(f.get("x.types").integers, (std::vector<int64_t>{1, 3, -5}));
+  ASSERT_EQ(f.tensors().size(), 3u);
+  for (const auto& t : f.tensors()) EXPECT_EQ(t.offset % 32, 0u) << t.name;
+  EXPECT_EQ(f.tensor("a").dims, (std::vector<int64_t>{32, 2}));
+  EXPECT_EQ(f.read_f32("a"), a);
+  EXPECT_EQ(f.tensor("b_q8").nbytes, 3u * 34u);
+  std::vector<float> bf = f.read_f32("b_bf16"), q8 = f.read_f32("b_q8");
+  for (size_t i = 0; i < b.size(); ++i) {
+    EXPECT_NEAR(bf[i], b[i], std::fabs(b[i]) / 128.0f);
+    // Q8_0: half a step of its block's max/127
+    float amax = 0;
+    for (size_t j = i / 32 * 32; j < i / 32 * 32 + 32; ++j) amax = std::max(amax, std::fabs(b[j]));
+    EXPECT_LE(std::fabs(q8[i] - b[i]), 0.5f * amax / 127.0f * 1.01f + 1e-7f) << i;
+  }
+  EXPECT_NE(error_of([&] { f.tensor("c"); }).find("no tensor 'c'"), std::string::npos);
+}
+
+TEST(Gguf, WriterRefusesRowsThatAreNotWholeBlocksAndDuplicates) {
+  GgufWriter w;
+  EXPECT_NE(error_of([&] {
+              w.add_tensor(floats("q", {48}, GgmlType::kQ8_0, std::vector<float>(48)));
+            }).find("whole blocks of 32"),
+            std::string::npos);
+  w.add_tensor(floats("t", {4}, GgmlType::kF32, std::vector<float>(4)));
+  EXPECT_NE(error_of([&] {
+              w.add_tensor(floats("t", {4}, GgmlType::kF32, std::vector<float>(4)));
+            }).find("added twice"),
+            std::string::npos);
+}
+
+TEST(Gguf, WriterLeavesNoFileWhenATensorProducesTheWrongSize) {
+  TempDir dir;
+  GgufWriter w;
+  w.add_tensor({"t", {8}, GgmlType::kF32, [](std::vector<uint8_t>& out) { out.resize(4); }});
+  EXPECT_NE(error_of([&] { w.write(dir / "m.gguf"); }).find("produced 4 bytes"), std::string::npos);
+  EXPECT_TRUE(fs::is_empty(dir.path));
+}
+
+TEST(Gguf, ReaderNamesTheFileAndByteOfEachCorruption) {
+  TempDir dir;
+  GgufWriter w;
+  w.set("k", GgufValue::string("value"));
+  w.add_tensor(floats("t", {32}, GgmlType::kF32, std::vector<float>(32, 1.0f)));
+  w.write(dir / "good.gguf");
+  const std::string good = read_bytes(dir / "good.gguf");
+  auto error_for = [&](const std::string& bytes) {
+    write_bytes(dir / "bad.gguf", bytes);
+    return error_of([&] { GgufFile::open(dir / "bad.gguf"); });
+  };
+  EXPECT_NE(error_for("GGML" + good.substr(4)).find("no 'GGUF' magic"), std::string::npos);
+  std::string e = error_for(good.substr(0, good.size() - 8));  // data cut short
+  EXPECT_NE(e.find("bad.gguf"), std::string::npos) << e;
+  EXPECT_NE(e.find("runs past the end"), std::string::npos) << e;
+  e = error_for(good.substr(0, 30));  // inside the metadata
+  EXPECT_NE(e.find("byte "), std::string::npos) << e;
+  std::string huge = good;
+  const uint64_t count = uint64_t{1} << 60;  // metadata count: must not size anything
+  std::memcpy(&huge[16], &count, 8);
+  EXPECT_NE(error_for(huge).find("cannot fit"), std::string::npos);
+  std::string long_string = good;
+  const uint64_t length = uint64_t{1} << 40;  // the key's length
+  std::memcpy(&long_string[24], &length, 8);
+  EXPECT_NE(error_for(long_string).find("runs past the end of the file"), std::string::npos);
+}
+
+// ------------------------------------------------------------------------------------------ export
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.model_type = "emo";
+  c.vocab_size = 320;
+  c.hidden_size = 64;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 64;
+  c.rope_theta = 10000.0;
+  c.eos_token_id = 256;
+  c.num_experts = 8;  // 7 routed + the shared expert 7
+  c.num_experts_per_tok = 3;
+  c.num_shared_experts = 1;
+  return c;
+}
+
+// Bytes 0..255, "<|endoftext|>" 256, and merges "th" 257, "he" 258, "the" 259.
+Tokenizer tiny_tokenizer() {
+  std::vector<std::string> bytes;
+  for (int b = 0; b < 256; ++b) bytes.push_back(std::string(1, static_cast<char>(b)));
+  bytes.push_back("");
+  bytes.push_back("th");
+  bytes.push_back("he");
+  bytes.push_back("the");
+  return Tokenizer::from_parts(bytes, {{'t', 'h'}, {'h', 'e'}, {257, 'e'}}, kCl100kPattern,
+                               {AddedToken{256, "<|endoftext|>"}});
+}
+
+// A checkpoint with weights larger than the default init, so routing and logits are far from uniform.
+void write_model(const std::string& dir, const ModelConfig& config, uint64_t seed, const std::string& dtype) {
+  Model model(config);
+  model.init_weights(seed);
+  for (const std::string& name : model.param_names())
+    if (name.find("norm") == std::string::npos)
+      for (float& w : model.weight(name).vec()) w *= 5.0f;
+  model.save(dir, dtype);
+  tiny_tokenizer().save((fs::path(dir) / "tokenizer.json").string());
+}
+
+TEST(ExportGguf, MapsEveryTensorAndTheSharedExpertGate) {
+  TempDir dir;
+  write_model(dir / "model", tiny_config(), 5, "float32");
+  GgufExportSummary s = export_gguf(dir / "model", dir / "m.gguf", {});
+  GgufFile f = GgufFile::open(dir / "m.gguf");
+  EXPECT_EQ(static_cast<int64_t>(f.tensors().size()), s.tensors);
+  EXPECT_EQ(f.get("general.architecture").text, "qwen2moe");
+  EXPECT_EQ(f.get("qwen2moe.expert_count").integer, 7);
+  EXPECT_EQ(f.get("qwen2moe.expert_used_count").integer, 2);
+  EXPECT_EQ(f.get("tokenizer.ggml.model").text, "gpt2");
+  EXPECT_EQ(f.get("tokenizer.ggml.eos_token_id").integer, 256);
+  const auto& tokens = f.get("tokenizer.ggml.tokens").texts;
+  ASSERT_EQ(tokens.size(), 320u);
+  EXPECT_EQ(tokens[' '], "Ġ");
+  EXPECT_EQ(tokens[256], "<|endoftext|>");
+  EXPECT_EQ(tokens[259], "the");
+  EXPECT_EQ(tokens[300], "[PAD300]");
+  EXPECT_EQ(f.get("tokenizer.ggml.token_type").integers[300], 5);
+  EXPECT_EQ(f.get("tokenizer.ggml.merges").texts, (std::vector<std::string>{"t h", "h e", "th e"}));
+
+  auto model = load_model_dequantized(dir / "model");
+  const int64_t C = 64, F = 64;
+  EXPECT_EQ(f.tensor("blk.1.ffn_gate_exps.weight").dims, (std::vector<int64_t>{C, F, 7}));
+  std::vector<float> up = f.read_f32("blk.1.ffn_up_exps.weight");
+  const Tensor& up3 = model->weight("model.layers.1.mlp.experts.3.up_proj.weight");
+  for (int64_t i = 0; i < F * C; ++i) ASSERT_EQ(up[3 * F * C + i], up3[i]);
+  std::vector<float> down = f.read_f32("blk.0.ffn_down_shexp.weight");
+  const Tensor& shared_down = model->weight("model.layers.0.mlp.experts.7.down_proj.weight");
+  for (int64_t i = 0; i < C * F; ++i) ASSERT_EQ(down[i], 2.0f * shared_down[i]);
+  std::vector<float> router = f.read_f32("blk.0.ffn_gate_inp.weight");
+  ASSERT_EQ(router.size(), size_t(7 * C));  // the routed rows only
+  for (int64_t i = 0; i < 7 * C; ++i)
+    ASSERT_EQ(router[i], model->weight("model.layers.0.mlp.gate.weight")[i]);
+  for (float g : f.read_f32("blk.0.ffn_gate_inp_shexp.weight")) ASSERT_EQ(g, 1e-20f);
+  for (float bias : f.read_f32("blk.1.attn_k.bias")) ASSERT_EQ(bias, 0.0f);
+  EXPECT_EQ(f.tensor("token_embd.weight").dims, (std::vector<int64_t>{C, 320}));
+}
+
+TEST(ExportGguf, RefusesLayersWithDifferentExpertCounts) {
+  TempDir dir;
+  ModelConfig c = tiny_config();
+  c.num_experts_per_layer = {8, 5};
+  write_model(dir / "model", c, 5, "float32");
+  const std::string e = error_of([&] { export_gguf(dir / "model", dir / "m.gguf", {}); });
+  EXPECT_NE(e.find("layer 1 has 5 experts"), std::string::npos) << e;
+  EXPECT_NE(e.find("same expert count in every layer"), std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(dir / "m.gguf"));
+}
+
+TEST(ExportGguf, UniformPrunedModelUsesAllItsRoutedExperts) {
+  TempDir dir;
+  ModelConfig c = tiny_config();
+  c.num_experts_per_layer = {3, 3};  // 2 routed + the shared one: both routed slots used
+  write_model(dir / "model", c, 5, "float32");
+  export_gguf(dir / "model", dir / "m.gguf", {});
+  GgufFile f = GgufFile::open(dir / "m.gguf");
+  EXPECT_EQ(f.get("qwen2moe.expert_count").integer, 2);
+  EXPECT_EQ(f.get("qwen2moe.expert_used_count").integer, 2);
+}
+
+TEST(ExportGguf, RefusesRenormalisedTopKAndBadDtypes) {
+  TempDir dir;
+  ModelConfig c = tiny_config();
+  c.norm_topk_prob = true;
+  write_model(dir / "model", c, 5, "float32");
+  EXPECT_NE(error_of([&] { export_gguf(dir / "model", dir / "m.gguf", {}); }).find("norm_topk_prob"),
+            std::string::npos);
+  GgufExportOptions o;
+  o.dtype = "q3";
+  EXPECT_NE(error_of([&] { export_gguf(dir / "model", dir / "m.gguf", o); }).find("--dtype 'q3'"),
+            std::string::npos);
+}
+
+// ------------------------------------------------------------------------------------------ llama.cpp parity
+std::optional<std::string> run(const std::string& command) {
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return std::nullopt;
+  std::string out;
+  char buffer[65536];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+  if (pclose(pipe) != 0) return std::nullopt;
+  return out;
+}
+
+std::string parity_dir() {
+  return std::string(EMO_SOURCE_DIR) + "/tests/gguf_parity";
+}
+
+// node-llama-cpp's install directory, or why it cannot be had (installed from the npm registry once).
+std::optional<std::string> llama_install(std::string* why) {
+  static std::optional<std::string> dir;
+  static std::string reason = [&]() -> std::string {
+    if (!run("command -v node >/dev/null 2>&1")) return "node is not installed";
+    auto out = run(parity_dir() + "/setup.sh");
+    if (!out)
+      return "tests/gguf_parity/setup.sh could not install node-llama-cpp (npm registry unreachable?)";
+    dir = out->substr(0, out->find('\n'));
+    return "";
+  }();
+  *why = reason;
+  return dir;
+}
+
+#define SKIP_OR_FAIL_WITHOUT_LLAMA(dir)                                                        \
+  std::string why;                                                                             \
+  std::optional<std::string> dir = llama_install(&why);                                        \
+  if (!dir) {                                                                                  \
+    if (std::getenv("CI") != nullptr) FAIL() << "CI: llama.cpp parity prerequisites: " << why; \
+    GTEST_SKIP() << "skipped: " << why;                                                        \
+  }
+
+std::vector<int32_t> emo_greedy(const std::string& model_dir, const std::vector<int32_t>& prompt, int64_t n) {
+  auto weights = InferWeights::open(model_dir);
+  Decoder decoder(*weights, static_cast<int64_t>(prompt.size()) + n);
+  GenerateOptions options;
+  options.max_new_tokens = n;
+  return generate(decoder, prompt, options).tokens;
+}
+
+nlohmann::json llama_greedy(const std::string& install, const std::string& gguf,
+                            const std::vector<int32_t>& prompt, int64_t n, const std::string& text) {
+  auto out = run(cat("node ", parity_dir(), "/llama_generate.mjs '", install, "' '", gguf, "' '",
+                     nlohmann::json(prompt).dump(), "' ", n, " '", text, "'"));
+  if (!out) {
+    ADD_FAILURE() << "llama_generate.mjs failed on " << gguf;
+    return {{"tokens", nlohmann::json::array()}, {"tokenized", nlohmann::json::array()}};
+  }
+  return nlohmann::json::parse(out->substr(out->rfind('{')));
+}
+
+void expect_llama_equals_emo(const std::string& dtype, const std::string& stored) {
+  SKIP_OR_FAIL_WITHOUT_LLAMA(install);
+  TempDir dir;
+  write_model(dir / "model", tiny_config(), 11, stored);
+  GgufExportOptions options;
+  options.dtype = dtype;
+  export_gguf(dir / "model", dir / "m.gguf", options);
+  const std::vector<int32_t> prompt = {84, 104, 101, 32, 99, 97, 116, 259, 32, 115, 97, 116};
+  const int64_t n = 16;
+  const std::vector<int32_t> want = emo_greedy(dir / "model", prompt, n);
+  const std::string text = "the theme of the thesis";
+  nlohmann::json got = llama_greedy(*install, dir / "m.gguf", prompt, n, text);
+  EXPECT_EQ(got["tokens"].get<std::vector<int32_t>>(), want) << dtype;
+  EXPECT_EQ(got["tokenized"].get<std::vector<int32_t>>(), tiny_tokenizer().encode(text));
+}
+
+TEST(ExportGgufLlamaCpp, F32GreedyTokensEqualEmos) {
+  expect_llama_equals_emo("f32", "float32");
+}
+
+// bf16 weights in both engines: emo runs the bf16 checkpoint, llama.cpp its BF16 export of the same values.
+TEST(ExportGgufLlamaCpp, Bf16GreedyTokensEqualEmos) {
+  expect_llama_equals_emo("bf16", "bfloat16");
+}
+
+}  // namespace
+}  // namespace emo
