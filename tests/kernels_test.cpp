@@ -23,6 +23,8 @@
 #include "kernels/gemm.h"
 #include "kernels/linear.h"
 #include "kernels/moe.h"
+#include "kernels/q4.h"
+#include "kernels/quant.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/softmax.h"
@@ -754,6 +756,137 @@ TEST(Threads, OneAndTwoThreadsGiveIdenticalResults) {
   set_num_threads(saved);
   ASSERT_EQ(one.tensors.size(), two.tensors.size());
   for (size_t i = 0; i < one.tensors.size(); ++i) EXPECT_EQ(one.tensors[i], two.tensors[i]) << "output " << i;
+}
+
+// ------------------------------------------------------------------------------------------ q4 weights
+
+std::vector<float> normal_values(int64_t n, uint64_t seed, float scale = 1.0f) {
+  Rng rng(seed);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = scale * static_cast<float>(rng.normal());
+  return v;
+}
+
+TEST(Q4, BlockLayoutIsLlamaCppQ4_0) {
+  BlockQ4_0 block;
+  block.d = 0x3C00;  // fp16 1.0
+  for (int j = 0; j < 16; ++j) block.qs[j] = static_cast<uint8_t>(j | ((15 - j) << 4));
+  float out[32];
+  dequantize_row_q4_0(&block, out, 32);
+  for (int j = 0; j < 16; ++j) {
+    EXPECT_EQ(out[j], static_cast<float>(j - 8)) << j;       // low nibble: element j
+    EXPECT_EQ(out[16 + j], static_cast<float>(7 - j)) << j;  // high nibble: element j + 16
+  }
+  // The value of largest magnitude becomes exactly -8 d (d = that value / -8), as llama.cpp quantises.
+  std::vector<float> w(32, 0.25f);
+  w[5] = -2.0f;
+  BlockQ4_0 q;
+  quantize_row_q4_0(w.data(), &q, 32);
+  EXPECT_EQ(f16_to_f32(q.d), 0.25f);
+  EXPECT_EQ(q.qs[5] & 0x0F, 0);
+  EXPECT_EQ(q.qs[0] & 0x0F, 9);  // 0.25 / 0.25 + 8
+}
+
+TEST(Q4, RoundTripErrorIsAtMostHalfAStepAndOneStepAtTheClippedEnd) {
+  const int64_t rows = 7, cols = 96;
+  const std::vector<float> w = normal_values(rows * cols, 11);
+  std::vector<uint8_t> q(static_cast<size_t>(rows * q4_row_bytes(cols)));
+  quantize_rows_q4_0(q.data(), w.data(), rows, cols);
+  std::vector<float> back(w.size());
+  MatrixView view{DType::kQ4_0, q.data(), nullptr, rows, cols};
+  dequantize_rows(back.data(), view, 0, rows);
+  const auto* blocks = reinterpret_cast<const BlockQ4_0*>(q.data());
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const float d = std::fabs(f16_to_f32(blocks[i / 32].d));
+    // d is rounded to fp16 (relative 2^-11, times up to 8 steps); the side opposite the extreme value
+    // reaches +8 steps, which 4 bits clip to +7.
+    const float scaled = std::fabs(w[i]) / d;
+    const float bound = (scaled < 7.5f ? 0.5f : 1.0f) * d + 8.0f * d / 2048.0f + 1e-7f;
+    EXPECT_LE(std::fabs(back[i] - w[i]), bound) << i;
+  }
+}
+
+TEST(Q4, ColumnsThatAreNotWholeBlocksAreRefused) {
+  std::vector<float> w(2 * 48, 1.0f);
+  std::vector<uint8_t> q(200);
+  EXPECT_THROW(
+      {
+        try {
+          quantize_rows_q4_0(q.data(), w.data(), 2, 48);
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("48 columns are not a multiple of 32"), std::string::npos);
+          throw;
+        }
+      },
+      Error);
+  MatrixView view{DType::kQ4_0, q.data(), nullptr, 2, 40};
+  EXPECT_THROW(check_matrix_view(view, "w"), Error);
+}
+
+// Every kernel the CPU has, serial and over the pool, against the scalar reference on the same int8
+// activations (only fp32 summation order differs: 1e-5 of the sum of |terms|) and against the fp32 product of
+// the dequantised weights with the unrounded x (the int8 rounding of x: half a step of its block per weight).
+TEST(Q4, EveryKernelEqualsTheScalarReferenceAndTheDequantisedProduct) {
+  const Q4Kernel chosen = q4_kernel();
+  for (int64_t C : {96, 320}) {
+    const int64_t OC = 37, nb = C / 32;  // 37: not a multiple of the 2 or 4 rows of a register block
+    const std::vector<float> w = normal_values(OC * C, 5, 0.1f);
+    std::vector<uint8_t> q(static_cast<size_t>(OC * q4_row_bytes(C)));
+    quantize_rows_q4_0(q.data(), w.data(), OC, C);
+    MatrixView view{DType::kQ4_0, q.data(), nullptr, OC, C};
+    std::vector<float> wd(w.size());
+    dequantize_rows(wd.data(), view, 0, OC);
+    for (int64_t N : {1, 2, 3, 4, 5, 9, 20}) {
+      const std::vector<float> x = normal_values(N * C, 100 + N);
+      std::vector<int8_t> xq(static_cast<size_t>(N * C));
+      std::vector<float> xd(static_cast<size_t>(N * nb));
+      for (int64_t n = 0; n < N; ++n)
+        quantize_row_q8(x.data() + n * C, xq.data() + n * C, xd.data() + n * nb, C);
+      std::vector<float> ref(static_cast<size_t>(N * OC));
+      q4_dot_rows(Q4Kernel::kScalar, ref.data(), OC, q.data(), OC, C, xq.data(), xd.data(), N);
+      std::vector<float> avx2_result;
+      for (Q4Kernel kernel : {Q4Kernel::kScalar, Q4Kernel::kAvx2, Q4Kernel::kAvx512Vnni}) {
+        if (!q4_kernel_available(kernel)) {
+          std::printf("q4 kernel %s: not on this CPU, skipped\n", q4_kernel_name(kernel));
+          continue;
+        }
+        set_q4_kernel(kernel);
+        std::vector<float> y(static_cast<size_t>(N * OC)), ys(y.size());
+        matmul(y.data(), x.data(), N, view);
+        matmul_serial(ys.data(), x.data(), N, view);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t r = 0; r < OC; ++r) {
+            double exact = 0, magnitude = 0, rounding = 0;
+            for (int64_t c = 0; c < C; ++c) {
+              exact += double(wd[r * C + c]) * x[n * C + c];
+              magnitude += std::fabs(double(wd[r * C + c]) * x[n * C + c]);
+              rounding += 0.5 * xd[n * nb + c / 32] * std::fabs(double(wd[r * C + c]));
+            }
+            const size_t i = static_cast<size_t>(n * OC + r);
+            EXPECT_NEAR(y[i], ref[i], 1e-5 * magnitude + 1e-6) << q4_kernel_name(kernel) << " N=" << N;
+            EXPECT_EQ(y[i], ys[i]) << q4_kernel_name(kernel) << " N=" << N;
+            EXPECT_NEAR(y[i], exact, 1.0001 * rounding + 1e-5 * magnitude) << q4_kernel_name(kernel);
+          }
+        if (N == 1) {
+          std::vector<float> yv(static_cast<size_t>(OC));
+          matvec(yv.data(), view, x.data());
+          for (int64_t r = 0; r < OC; ++r) EXPECT_EQ(yv[r], y[r]);
+        }
+        // Same integer sums and the same fp32 order: VNNI gives AVX2's results bit for bit.
+        if (kernel == Q4Kernel::kAvx2) avx2_result = y;
+        if (kernel == Q4Kernel::kAvx512Vnni) {
+          EXPECT_EQ(y, avx2_result);
+        }
+      }
+    }
+  }
+  set_q4_kernel(chosen);
+}
+
+TEST(Q4, AKernelTheCpuLacksIsRefused) {
+  if (q4_kernel_available(Q4Kernel::kAvx512Vnni)) GTEST_SKIP() << "this CPU has AVX-512 VNNI";
+  EXPECT_THROW(set_q4_kernel(Q4Kernel::kAvx512Vnni), Error);
+  EXPECT_NE(q4_kernel(), Q4Kernel::kAvx512Vnni);
 }
 
 }  // namespace

@@ -369,6 +369,7 @@ namespace {
 int dtype_rank(DType t) {
   switch (t) {
     case DType::kU8:
+    case DType::kQ4_0:  // stored as U8
       return 0;
     case DType::kI8:
       return 1;

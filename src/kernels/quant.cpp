@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/gemm.h"
+#include "kernels/q4.h"
 #include "kernels/vec_math.h"
 
 namespace emo {
@@ -217,8 +218,30 @@ void gemm_rows(float* y, int64_t ldy, const float* x, int64_t N, const MatrixVie
   }
 }
 
-void matmul_rows(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w) {
-  if (N <= kStreamTokens)
+// Activations of a product with q4 weights: int8 blocks of 32, made once per product for all its rows.
+struct Q8Activations {
+  std::vector<int8_t> q;  // [N, C]
+  std::vector<float> d;   // [N, C / 32]
+  void prepare(const float* x, int64_t N, int64_t C) {
+    q.resize(static_cast<size_t>(N * C));
+    d.resize(static_cast<size_t>(N * C / kQ4BlockWeights));
+    for (int64_t n = 0; n < N; ++n)
+      quantize_row_q8(x + n * C, q.data() + n * C, d.data() + n * C / kQ4BlockWeights, C);
+  }
+};
+
+bool any_q4(const std::vector<MatrixView>& ws) {
+  return std::any_of(ws.begin(), ws.end(), [](const MatrixView& w) { return w.dtype == DType::kQ4_0; });
+}
+
+// q4 weights take the integer kernel for any number of tokens (x8 prepared); the others stream up to
+// kStreamTokens tokens and use sgemm beyond.
+void matmul_rows(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w,
+                 const Q8Activations* x8) {
+  if (w.dtype == DType::kQ4_0)
+    q4_dot_rows(q4_kernel(), y, ldy, static_cast<const uint8_t*>(w.data), w.rows, w.cols, x8->q.data(),
+                x8->d.data(), N);
+  else if (N <= kStreamTokens)
     stream_any(y, ldy, x, N, w);
   else
     gemm_rows(y, ldy, x, N, w);
@@ -228,35 +251,42 @@ void matmul_rows(float* y, int64_t ldy, const float* x, int64_t N, const MatrixV
 // a chunk to a polling worker (0.1-0.4 us). Measured on decode (bench_infer models): 16 KiB beat 256 KiB by
 // 25% on the reference model in int8 and by 20% on the 1.6 GB model in int8; 4-8 KiB were no better.
 int64_t row_grain(const MatrixView& w, int64_t N) {
-  const int64_t row_bytes = std::max<int64_t>(1, w.cols * static_cast<int64_t>(dtype_size(w.dtype)));
+  const int64_t row_bytes = std::max<int64_t>(1, matrix_row_bytes(w.dtype, w.cols));
   const int64_t passes = std::max<int64_t>(1, N / kStreamTokens);
   return std::max<int64_t>(1, kChunkBytes / (row_bytes * passes));
 }
 
 }  // namespace
 
+int64_t matrix_row_bytes(DType dtype, int64_t cols) {
+  return dtype == DType::kQ4_0 ? q4_row_bytes(cols) : cols * static_cast<int64_t>(dtype_size(dtype));
+}
+
 int64_t MatrixView::nbytes() const {
-  int64_t bytes = rows * cols * static_cast<int64_t>(dtype_size(dtype));
+  int64_t bytes = rows * matrix_row_bytes(dtype, cols);
   return dtype == DType::kI8 ? bytes + rows * static_cast<int64_t>(sizeof(float)) : bytes;
 }
 
 MatrixView MatrixView::row_block(int64_t begin, int64_t end) const {
   MatrixView v = *this;
-  v.data = static_cast<const char*>(data) + begin * cols * static_cast<int64_t>(dtype_size(dtype));
+  v.data = static_cast<const char*>(data) + begin * matrix_row_bytes(dtype, cols);
   v.scales = scales ? scales + begin : nullptr;
   v.rows = end - begin;
   return v;
 }
 
 void check_matrix_view(const MatrixView& w, const char* what) {
-  EMO_CHECK(w.dtype == DType::kF32 || w.dtype == DType::kBF16 || w.dtype == DType::kI8, "quant", what,
-            ": weights of dtype ", dtype_name(w.dtype), " are not supported (F32, BF16, I8)");
+  EMO_CHECK(
+      w.dtype == DType::kF32 || w.dtype == DType::kBF16 || w.dtype == DType::kI8 || w.dtype == DType::kQ4_0,
+      "quant", what, ": weights of dtype ", dtype_name(w.dtype), " are not supported (F32, BF16, I8, Q4_0)");
+  EMO_CHECK(w.dtype != DType::kQ4_0 || w.cols % kQ4BlockWeights == 0, "quant", what, ": ", w.cols,
+            " columns are not whole q4 blocks of ", kQ4BlockWeights);
   EMO_CHECK(w.data != nullptr || w.rows * w.cols == 0, "quant", what, ": no weight data");
   EMO_CHECK(w.dtype != DType::kI8 || w.scales != nullptr, "quant", what, ": int8 weights need row scales");
 }
 
 void matvec_serial(float* y, const MatrixView& w, const float* x) {
-  stream_any(y, w.rows, x, 1, w);
+  matmul_serial(y, x, 1, w);
 }
 
 void matvec(float* y, const MatrixView& w, const float* x) {
@@ -264,7 +294,9 @@ void matvec(float* y, const MatrixView& w, const float* x) {
 }
 
 void matmul_serial(float* y, const float* x, int64_t N, const MatrixView& w) {
-  matmul_rows(y, w.rows, x, N, w);
+  thread_local Q8Activations x8;
+  if (w.dtype == DType::kQ4_0) x8.prepare(x, N, w.cols);
+  matmul_rows(y, w.rows, x, N, w, &x8);
 }
 
 void matmul(float* y, const float* x, int64_t N, const MatrixView& w) {
@@ -280,17 +312,24 @@ void matmul_group(const std::vector<float*>& ys, const float* x, int64_t N,
               ws[i].cols, " columns");
     first[i + 1] = first[i] + ws[i].rows;
   }
+  thread_local Q8Activations x8;  // read by every worker of the region below, written before it
+  if (any_q4(ws)) x8.prepare(x, N, ws[0].cols);
   parallel_for(first.back(), row_grain(ws[0], N), [&](int64_t begin, int64_t end) {
     for (size_t i = 0; i < ws.size(); ++i) {
       const int64_t b = std::max(begin, first[i]) - first[i], e = std::min(end, first[i + 1]) - first[i];
-      if (b < e) matmul_rows(ys[i] + b, ws[i].rows, x, N, ws[i].row_block(b, e));
+      if (b < e) matmul_rows(ys[i] + b, ws[i].rows, x, N, ws[i].row_block(b, e), &x8);
     }
   });
 }
 
 void dequantize_rows(float* out, const MatrixView& w, int64_t begin, int64_t end) {
   const int64_t C = w.cols, n = (end - begin) * C;
-  const char* src = static_cast<const char*>(w.data) + begin * C * static_cast<int64_t>(dtype_size(w.dtype));
+  const char* src = static_cast<const char*>(w.data) + begin * matrix_row_bytes(w.dtype, C);
+  if (w.dtype == DType::kQ4_0) {
+    for (int64_t r = 0; r < end - begin; ++r)
+      dequantize_row_q4_0(reinterpret_cast<const BlockQ4_0*>(src + r * q4_row_bytes(C)), out + r * C, C);
+    return;
+  }
   if (w.dtype != DType::kI8) {
     convert_to_f32(w.dtype, src, out, static_cast<size_t>(n));
     return;

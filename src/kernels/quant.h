@@ -1,8 +1,9 @@
-// Weight matrices of inference in their stored format, used in place: fp32, bf16, and int8 with one fp32
-// scale per row (w[r, c] = scale[r] * q[r, c], symmetric, q in [-127, 127]). Matrix-vector products for one
-// token (decode) and small-matrix products for a few tokens or a prompt, AVX2 + FMA + F16C, fp32
-// accumulation. Layout as everywhere in emo: PyTorch [out, in] = [OC, C], row-major. Legend: N = tokens, C =
-// input width, OC = output rows.
+// Weight matrices of inference in their stored format, used in place: fp32, bf16, int8 with one fp32
+// scale per row (w[r, c] = scale[r] * q[r, c], symmetric, q in [-127, 127]), and 4-bit Q4_0 blocks
+// (kernels/q4.h: products in integers against int8 blocks of the activations, for any number of tokens).
+// Matrix-vector products for one token (decode) and small-matrix products for a few tokens or a prompt, AVX2
+// + FMA + F16C, fp32 accumulation. Layout as everywhere in emo: PyTorch [out, in] = [OC, C], row-major.
+// Legend: N = tokens, C = input width, OC = output rows.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +13,8 @@
 
 namespace emo {
 
-// A read-only [rows, cols] weight matrix in kF32, kBF16 or kI8 (then `scales` holds rows fp32 values).
+// A read-only [rows, cols] weight matrix in kF32, kBF16, kI8 (then `scales` holds rows fp32 values) or kQ4_0
+// (cols a multiple of 32; each row q4_row_bytes(cols) bytes of blocks, scales inside).
 // The bytes may live in a memory-mapped file; rows need no alignment.
 struct MatrixView {
   DType dtype = DType::kF32;
@@ -26,7 +28,11 @@ struct MatrixView {
   MatrixView row_block(int64_t begin, int64_t end) const;
 };
 
-// Throws "[quant] <what>: ..." unless the view is usable: supported dtype, data set, scales for kI8.
+// Bytes of one row of `cols` weights of dtype (kF32, kBF16, kI8 without its scale, kQ4_0).
+int64_t matrix_row_bytes(DType dtype, int64_t cols);
+
+// Throws "[quant] <what>: ..." unless the view is usable: supported dtype, data set, scales for kI8, whole
+// blocks for kQ4_0.
 void check_matrix_view(const MatrixView& w, const char* what);
 
 // y[OC] = W[OC, C] @ x[C], on the calling thread.

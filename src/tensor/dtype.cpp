@@ -22,6 +22,8 @@ size_t dtype_size(DType t) {
       return 8;
     case DType::kU8:
       return 1;
+    case DType::kQ4_0:
+      fail("dtype", "Q4_0 weights have no size per element (18 bytes per block of 32)");
   }
   return 0;
 }
@@ -42,6 +44,8 @@ std::string dtype_name(DType t) {
       return "I64";
     case DType::kU8:
       return "U8";
+    case DType::kQ4_0:
+      return "Q4_0";
   }
   return "?";
 }

@@ -1,5 +1,6 @@
 // Element types emo stores and reads: fp32 (compute), bf16 (storage, released checkpoints), f16 (read only),
-// int8 with per-row scales (quantised inference).
+// int8 with per-row scales (quantised inference), and kQ4_0: blocks of 32 4-bit weights in llama.cpp's Q4_0
+// layout (kernels/q4.h), a kernel-side format stored in safetensors as U8 bytes, never a safetensors dtype.
 #pragma once
 
 #include <cstdint>
@@ -8,11 +9,12 @@
 
 namespace emo {
 
-enum class DType { kF32, kBF16, kF16, kI8, kI32, kI64, kU8 };
+enum class DType { kF32, kBF16, kF16, kI8, kI32, kI64, kU8, kQ4_0 };
 
-// Bytes per element.
+// Bytes per element; throws for kQ4_0 (18 bytes per 32 weights: see q4_row_bytes).
 size_t dtype_size(DType t);
-// The safetensors spelling: "F32", "BF16", "F16", "I8", "I32", "I64", "U8".
+// The safetensors spelling: "F32", "BF16", "F16", "I8", "I32", "I64", "U8" ("Q4_0" for kQ4_0, which
+// dtype_from_name does not accept).
 std::string dtype_name(DType t);
 // Parses the safetensors spelling; throws "[dtype] unknown dtype 'X'" otherwise.
 DType dtype_from_name(const std::string& name);
