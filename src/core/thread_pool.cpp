@@ -6,28 +6,40 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "core/error.h"
+#include "core/log.h"
 
 namespace emo {
 namespace {
 
 thread_local bool tl_in_region = false;
 
-int default_threads() {
-  if (const char* env = std::getenv("EMO_THREADS")) {
-    int n = std::atoi(env);
-    if (n > 0) return n;
-  }
-  unsigned hw = std::thread::hardware_concurrency();
+int hardware_threads() {
+  const unsigned hw = std::thread::hardware_concurrency();
   return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+// EMO_THREADS when it is a positive integer, else the hardware threads.
+int default_threads() {
+  const char* env = std::getenv("EMO_THREADS");
+  if (env == nullptr || *env == '\0') return hardware_threads();
+  char* end = nullptr;
+  errno = 0;
+  const long n = std::strtol(env, &end, 10);
+  if (errno == 0 && *end == '\0' && n > 0) return static_cast<int>(std::min<long>(n, 1L << 30));
+  log_warn(cat("EMO_THREADS='", env, "' is not a positive thread count: ignored, using the ",
+               hardware_threads(), " hardware threads"));
+  return hardware_threads();
 }
 
 // How long an idle worker keeps polling for the next job (and the caller for the end of one) before it blocks
@@ -70,11 +82,22 @@ class Pool {
 
   int size() const { return n_; }
 
+  // Starts n - 1 workers. When the system refuses one (thread limit, no memory for its stack) the pool keeps
+  // only the caller's thread and the failure is an emo::Error, never an uncaught std::system_error.
   void resize(int n) {
     stop();
-    n_ = n;
     quit_ = false;
-    for (int i = 1; i < n_; ++i) workers_.emplace_back([this] { loop(); });
+    n_ = 1;
+    try {
+      for (int i = 1; i < n; ++i) workers_.emplace_back([this] { loop(); });
+    } catch (const std::system_error& e) {
+      const size_t started = workers_.size();
+      stop();
+      fail("thread_pool", cat("could not start worker thread ", started + 1, " of ", n - 1, ": ", e.what(),
+                              " (the system's thread limit, `ulimit -u`, or memory for thread stacks): give "
+                              "fewer threads with --threads N or EMO_THREADS"));
+    }
+    n_ = n;
   }
 
   // Runs task(t) for every t in [0, n_tasks), spread over the workers and the caller; rethrows the first
@@ -183,8 +206,16 @@ class Pool {
   std::exception_ptr error_;
 };
 
+// n, or max_threads() with a warning when n is above it.
+int clamp_threads(int n) {
+  if (n <= max_threads()) return n;
+  log_warn(cat(n, " threads asked for: using ", max_threads(), ", the most emo runs (4x the ",
+               hardware_threads(), " hardware threads, at least 16)"));
+  return max_threads();
+}
+
 Pool& pool() {
-  static Pool instance(default_threads());
+  static Pool instance(clamp_threads(default_threads()));
   return instance;
 }
 
@@ -194,8 +225,12 @@ int num_threads() {
   return pool().size();
 }
 
+int max_threads() {
+  return std::max(16, 4 * hardware_threads());
+}
+
 void set_num_threads(int n) {
-  pool().resize(n > 0 ? n : default_threads());
+  pool().resize(clamp_threads(n > 0 ? n : default_threads()));
 }
 
 bool in_parallel_region() {

@@ -7,9 +7,15 @@
 
 namespace emo {
 
-// Number of worker threads (including the caller). Default: EMO_THREADS or the machine's core count.
+// Number of worker threads (including the caller). Default: EMO_THREADS (a positive integer; anything else is
+// ignored with a warning) or the machine's hardware threads.
 int num_threads();
-// Resizes the pool; n <= 0 means the default. Not to be called from inside parallel_for.
+// The most threads the pool runs: 4x the hardware threads, at least 16. More threads than cores only add
+// switching, and a mistyped count (100000) would exhaust the process's thread limit.
+int max_threads();
+// Resizes the pool; n <= 0 means the default, n above max_threads() is clamped to it with a warning. A thread
+// the system refuses to start is an emo::Error naming the count (the pool is left with one thread, the
+// caller's). Not to be called from inside parallel_for.
 void set_num_threads(int n);
 
 // Calls fn(begin, end) on disjoint chunks covering [0, n), in parallel, and returns when all are done.

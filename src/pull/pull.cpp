@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -321,7 +322,14 @@ void Puller::fetch(const std::vector<Range>& all, const std::string& what) {
   };
   const int threads = std::clamp<int>(options_.parallel, 1, 16);
   std::vector<std::thread> pool;
-  for (int t = 1; t < std::min<int>(threads, static_cast<int>(todo.size())); ++t) pool.emplace_back(worker);
+  try {
+    for (int t = 1; t < std::min<int>(threads, static_cast<int>(todo.size())); ++t) pool.emplace_back(worker);
+  } catch (const std::system_error& e) {
+    // The workers already started stop at their next range; they are joined below, never left to abort.
+    std::lock_guard lock(mutex);
+    error = std::make_exception_ptr(Error(cat("[pull] could not start download thread ", pool.size() + 1,
+                                              ": ", e.what(), " (use --parallel 1)")));
+  }
   worker();
   for (std::thread& t : pool) t.join();
   if (error) std::rethrow_exception(error);

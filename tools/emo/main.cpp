@@ -26,7 +26,13 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "emo 0.1.0");
   int threads = 0;
   bool verbose = false;
-  app.add_option("--threads", threads, "Worker threads (default: EMO_THREADS or all cores)");
+  // 0 and negative counts are refused rather than read as "all cores": leaving the option out is the way to
+  // ask for the default.
+  app.add_option(
+         "--threads", threads,
+         "Worker threads, at least 1; above 4x the hardware threads (at least 16) it is clamped with a "
+         "warning (default: EMO_THREADS or all hardware threads)")
+      ->check(CLI::PositiveNumber);
   app.add_flag("-v,--verbose", verbose, "Debug logging");
 
   auto& registry = cli::command_registry();
@@ -44,8 +50,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   if (verbose) set_log_level(LogLevel::kDebug);
-  if (threads > 0) set_num_threads(threads);
   try {
+    if (threads > 0) set_num_threads(threads);
     for (size_t i = 0; i < subs.size(); ++i)
       if (subs[i]->parsed()) return runners[i]();
   } catch (const Error& e) {
