@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
@@ -9,6 +10,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
+#include "run_emo.h"
 #include "tensor/dtype.h"
 #include "tensor/tensor.h"
 
@@ -21,6 +23,65 @@ TEST(Error, MessageStartsWithOperationAndNamesFile) {
   } catch (const Error& e) {
     EXPECT_STREQ(e.what(), "[safetensors] model.safetensors: byte 12: header is truncated");
   }
+}
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMO_TEST_UNDER_ASAN 1
+#endif
+#endif
+
+TEST(ThreadPool, AThreadTheSystemRefusesIsAnErrorAndThePoolStillWorks) {
+#ifdef EMO_TEST_UNDER_ASAN
+  GTEST_SKIP() << "ASan replaces thread creation";
+#else
+  // Every new thread asks for a stack of 2^50 bytes, which no system maps: std::thread throws
+  // std::system_error, which must come out as an emo::Error, not an abort.
+  set_num_threads(2);  // the pool exists before thread creation fails
+  pthread_attr_t saved, huge;
+  ASSERT_EQ(pthread_getattr_default_np(&saved), 0);
+  ASSERT_EQ(pthread_attr_init(&huge), 0);
+  ASSERT_EQ(pthread_attr_setstacksize(&huge, size_t{1} << 50), 0);
+  ASSERT_EQ(pthread_setattr_default_np(&huge), 0);
+  std::string message;
+  try {
+    set_num_threads(3);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  ASSERT_EQ(pthread_setattr_default_np(&saved), 0);
+  pthread_attr_destroy(&huge);
+  pthread_attr_destroy(&saved);
+  EXPECT_NE(message.find("[thread_pool] could not start worker thread 1 of 2"), std::string::npos) << message;
+  EXPECT_EQ(num_threads(), 1);
+  set_num_threads(2);
+  EXPECT_EQ(num_threads(), 2);
+  std::atomic<int> sum{0};
+  parallel_tasks(10, [&](int64_t t) { sum += static_cast<int>(t); });
+  EXPECT_EQ(sum.load(), 45);
+#endif
+}
+
+TEST(ThreadPool, CountsAboveTheMaximumAreClampedAndBadEnvironmentIgnored) {
+  set_num_threads(max_threads() + 100000);
+  EXPECT_EQ(num_threads(), max_threads());
+  EXPECT_GE(max_threads(), 16);
+  set_num_threads(2);
+  // The command line: a huge count is clamped with a warning (it aborted after 15 s before), 0 and -1 are
+  // refused rather than read as "all cores", a bad EMO_THREADS is ignored with a warning.
+  const test::EmoRun huge = test::run_emo("--threads 100000 info /nonexistent-model-dir");
+  EXPECT_EQ(huge.status, 1) << huge.err;
+  EXPECT_NE(huge.err.find("100000 threads asked for: using"), std::string::npos) << huge.err;
+  EXPECT_EQ(huge.err.find("internal error"), std::string::npos) << huge.err;
+  for (const char* bad : {"0", "-1"}) {
+    const test::EmoRun refused =
+        test::run_emo(std::string("--threads ") + bad + " info /nonexistent-model-dir");
+    EXPECT_NE(refused.status, 0) << bad;
+    EXPECT_NE(refused.err.find("--threads"), std::string::npos) << refused.err;
+  }
+  const test::EmoRun bad_env = test::run_emo_env("EMO_THREADS=lots", "info /nonexistent-model-dir");
+  EXPECT_NE(bad_env.err.find("EMO_THREADS='lots' is not a positive thread count"), std::string::npos)
+      << bad_env.err;
 }
 
 TEST(ThreadPool, ParallelForCoversRangeOnce) {

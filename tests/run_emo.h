@@ -17,11 +17,13 @@ struct EmoRun {
   std::string err;  // stderr
 };
 
-// `args` go to the shell unquoted: test paths hold no spaces or shell characters.
-inline EmoRun run_emo(const std::string& args) {
+// `args` go to the shell unquoted: test paths hold no spaces or shell characters. `env` ("NAME=value ...")
+// is set for the command only.
+inline EmoRun run_emo_env(const std::string& env, const std::string& args) {
   const std::string err_path =
       (std::filesystem::temp_directory_path() / ("emo_run_" + std::to_string(::getpid()) + ".err")).string();
-  const std::string command = std::string(EMO_BINARY_DIR) + "/bin/emo " + args + " >/dev/null 2>" + err_path;
+  const std::string command =
+      env + " " + std::string(EMO_BINARY_DIR) + "/bin/emo " + args + " >/dev/null 2>" + err_path;
   const int raw = std::system(command.c_str());
   EmoRun run;
   run.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
@@ -31,6 +33,10 @@ inline EmoRun run_emo(const std::string& args) {
   run.err = text.str();
   std::filesystem::remove(err_path);
   return run;
+}
+
+inline EmoRun run_emo(const std::string& args) {
+  return run_emo_env("", args);
 }
 
 // Every file below `dir` with its bytes ("" for a directory), to show that a refused command left it alone.

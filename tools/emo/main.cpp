@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
          "--threads", threads,
          "Worker threads, at least 1; above 4x the hardware threads (at least 16) it is clamped with a "
          "warning (default: EMO_THREADS or all hardware threads)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 1 << 30));
   app.add_flag("-v,--verbose", verbose, "Debug logging");
 
   auto& registry = cli::command_registry();
@@ -51,7 +51,10 @@ int main(int argc, char** argv) {
   }
   if (verbose) set_log_level(LogLevel::kDebug);
   try {
-    if (threads > 0) set_num_threads(threads);
+    if (threads > 0)
+      set_num_threads(threads);
+    else
+      num_threads();  // starts the pool now, so that a bad EMO_THREADS is reported before the work
     for (size_t i = 0; i < subs.size(); ++i)
       if (subs[i]->parsed()) return runners[i]();
   } catch (const Error& e) {
