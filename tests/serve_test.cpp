@@ -1,8 +1,20 @@
 // Specification of the OpenAI wire format of `emo serve` (src/serve/openai): request checking with OpenAI's
 // error object naming the field, stop strings and UTF-8 held back while streaming, response objects.
 #include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "infer/generate.h"
+#include "model/model.h"
 #include "serve/openai.h"
+#include "serve/server.h"
 
 namespace emo::serve {
 namespace {
@@ -138,6 +150,362 @@ TEST(ServeOpenAi, ResponseObjectsFollowOpenAi) {
   CompletionRequest completion = parse_completion_request(R"({"prompt": "x"})", false);
   EXPECT_EQ(response_json(completion, ids, result)["choices"][0]["text"], "hi");
   EXPECT_EQ(response_json(completion, ids, result)["object"], "text_completion");
+}
+
+// ---- The server over loopback: a tiny EMO model, one engine, one httplib::Server on a port it picks.
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+const std::string kTokenizer = std::string(EMO_SOURCE_DIR) + "/fuzz/corpus/tokenizer_json/trained300.json";
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("emo_serve_test_" + std::to_string(getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+// V=300 (the tokenizer's), d=16, L=3, E=10 (9 routed + 1 shared), K=3, context 64; weights scaled so
+// routing is far from uniform. No EOS in the vocabulary's reach of greedy decoding is assumed: the
+// reference runs stop at the same EOS.
+void write_model(const std::string& dir) {
+  ModelConfig c;
+  c.model_type = "emo";
+  c.vocab_size = 300;
+  c.hidden_size = 16;
+  c.intermediate_size = 12;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  c.max_position_embeddings = 64;
+  c.eos_token_id = 298;
+  c.pad_token_id = 299;
+  c.num_experts = 10;
+  c.num_experts_per_tok = 3;
+  c.num_shared_experts = 1;
+  Model model(c);
+  model.init_weights(5);
+  for (Param& p : model.params())
+    if (p.value->ndim() > 1)
+      for (float& w : p.value->vec()) w *= 12.0f;
+  model.save(dir);
+  fs::copy_file(kTokenizer, fs::path(dir) / "tokenizer.json");
+}
+
+struct Served {
+  TempDir dir;
+  std::string model = dir / "model";
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<Server> server;
+  std::thread thread;
+  int port = 0;
+
+  explicit Served(EngineOptions engine_options = {}, ServerOptions options = {}) {
+    write_model(model);
+    for (auto& [name, path] : engine_options.packs) path = dir / path;
+    write_packs();
+    engine = std::make_unique<Engine>(InferWeights::open(model), Tokenizer::load(kTokenizer), engine_options);
+    options.host = "127.0.0.1";
+    options.port = 0;
+    server = std::make_unique<Server>(*engine, options);
+    port = server->bind();
+    thread = std::thread([this] { server->listen(); });
+  }
+  ~Served() {
+    server->stop();
+    thread.join();
+  }
+  void write_packs() {
+    ExpertSubset subset = ExpertSubset::for_model(InferWeights::open(model)->config(), 4, "test");
+    for (auto& routed : subset.routed) routed = {1, 4, 7};
+    subset.finish();
+    subset.save(dir / "pack.json");
+  }
+  httplib::Client client(const std::string& key = "") const {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    if (!key.empty()) c.set_bearer_token_auth(key);
+    return c;
+  }
+  // The body and status of a POST.
+  std::pair<int, json> post(const std::string& path, const std::string& body,
+                            const std::string& key = "") const {
+    auto res = client(key).Post(path, body, "application/json");
+    if (!res) return {-1, json()};
+    return {res->status, json::parse(res->body)};
+  }
+};
+
+// What `emo generate` produces greedily after `prompt` (the EOS dropped): the reference of the server.
+std::string reference_text(const std::string& model, const std::vector<int32_t>& prompt, int64_t max_new,
+                           const ExpertSubset* subset = nullptr) {
+  auto weights = InferWeights::open(model);
+  if (subset) apply_subset(*weights, *subset);
+  const Tokenizer tokenizer = Tokenizer::load(kTokenizer);
+  Decoder decoder(*weights, 64);
+  GenerateOptions options;
+  options.max_new_tokens = max_new;
+  options.eos_id = 298;
+  GenerateResult r = generate(decoder, prompt, options);
+  if (!r.tokens.empty() && r.tokens.back() == 298) r.tokens.pop_back();
+  return replace_invalid_utf8(tokenizer.decode(r.tokens));
+}
+
+// The `data:` payloads of an SSE body.
+std::vector<std::string> sse_events(const std::string& body) {
+  std::vector<std::string> events;
+  size_t at = 0;
+  while ((at = body.find("data: ", at)) != std::string::npos) {
+    const size_t end = body.find("\n\n", at);
+    events.push_back(body.substr(at + 6, end - at - 6));
+    at = end;
+  }
+  return events;
+}
+
+TEST(ServeHttp, HealthAndModels) {
+  Served s;
+  auto health = s.client().Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto models = s.client().Get("/v1/models");
+  ASSERT_TRUE(models);
+  const json j = json::parse(models->body);
+  EXPECT_EQ(j["object"], "list");
+  EXPECT_EQ(j["data"][0]["id"], "emo");
+  EXPECT_EQ(j["data"][0]["object"], "model");
+}
+
+TEST(ServeHttp, GreedyCompletionIsWhatGenerateProduces) {
+  Served s;
+  const Tokenizer tokenizer = Tokenizer::load(kTokenizer);
+  auto [status, j] = s.post("/v1/completions", R"({"prompt": "The capital of France", "max_tokens": 8,
+                                                   "temperature": 0})");
+  ASSERT_EQ(status, 200) << j.dump();
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["choices"][0]["text"], reference_text(s.model, tokenizer.encode("The capital of France"), 8));
+  EXPECT_EQ(j["usage"]["prompt_tokens"],
+            static_cast<int64_t>(tokenizer.encode("The capital of France").size()));
+  EXPECT_EQ(j["experts"]["id"], "all");
+  EXPECT_TRUE(j["choices"][0]["finish_reason"] == "length" || j["choices"][0]["finish_reason"] == "stop");
+}
+
+TEST(ServeHttp, StreamingSendsOpenAiChunksThenDone) {
+  Served s;
+  const std::string body = R"({"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 6,
+                               "temperature": 0, "stream": true, "stream_options": {"include_usage": true}})";
+  json plain = json::parse(body);
+  plain.erase("stream");
+  plain.erase("stream_options");
+  auto [plain_status, reference] = s.post("/v1/chat/completions", plain.dump());
+  ASSERT_EQ(plain_status, 200) << reference.dump();
+
+  auto res = s.client().Post("/v1/chat/completions", body, "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_NE(res->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  const std::vector<std::string> events = sse_events(res->body);
+  ASSERT_GE(events.size(), 3u) << res->body;
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  std::string finish;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const json chunk = json::parse(events[i]);
+    EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+    if (i == 0) {
+      EXPECT_EQ(chunk["choices"][0]["delta"]["role"], "assistant");
+    }
+    if (chunk["choices"].empty()) {  // the usage chunk, last before [DONE]
+      EXPECT_EQ(i + 2, events.size());
+      EXPECT_EQ(chunk["usage"]["completion_tokens"], reference["usage"]["completion_tokens"]);
+      continue;
+    }
+    EXPECT_TRUE(chunk["usage"].is_null());
+    const json& choice = chunk["choices"][0];
+    if (choice["delta"].contains("content")) text += choice["delta"]["content"].get<std::string>();
+    if (!choice["finish_reason"].is_null()) finish = choice["finish_reason"];
+  }
+  EXPECT_EQ(text, reference["choices"][0]["message"]["content"]);
+  EXPECT_EQ(finish, reference["choices"][0]["finish_reason"]);
+}
+
+TEST(ServeHttp, ASecondTurnReusesTheCachedPrefixAndMatchesAFreshRun) {
+  Served s;
+  auto [status1, turn1] = s.post("/v1/chat/completions",
+                                 R"({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
+                                     "temperature": 0})");
+  ASSERT_EQ(status1, 200) << turn1.dump();
+  json second = {{"messages",
+                  {{{"role", "user"}, {"content", "Hi"}},
+                   {{"role", "assistant"}, {"content", turn1["choices"][0]["message"]["content"]}},
+                   {{"role", "user"}, {"content", "And then?"}}}},
+                 {"max_tokens", 5},
+                 {"temperature", 0}};
+  auto [status2, turn2] = s.post("/v1/chat/completions", second.dump());
+  ASSERT_EQ(status2, 200) << turn2.dump();
+  EXPECT_GT(turn2["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>(), 0);
+  const Tokenizer tokenizer = Tokenizer::load(kTokenizer);
+  std::vector<ChatMessage> messages;
+  for (const json& m : second["messages"]) messages.push_back({m["role"], m["content"]});
+  const std::vector<int32_t> prompt = ChatTemplate::plain().render(messages, tokenizer);
+  EXPECT_EQ(turn2["choices"][0]["message"]["content"], reference_text(s.model, prompt, 5));
+}
+
+TEST(ServeHttp, SampledRunsAreReproducibleForASeedAndStopAtStopStrings) {
+  Served s;
+  const std::string body = R"({"prompt": "abc", "max_tokens": 12, "temperature": 1.5, "top_p": 0.9,
+                               "top_k": 50, "seed": 11})";
+  auto [a_status, a] = s.post("/v1/completions", body);
+  auto [b_status, b] = s.post("/v1/completions", body);
+  ASSERT_EQ(a_status, 200) << a.dump();
+  EXPECT_EQ(a["choices"][0]["text"], b["choices"][0]["text"]);
+  const std::string text = a["choices"][0]["text"];
+  // A stop string: the first printable ASCII character after the first byte (if the text has one).
+  size_t at = 1;
+  while (at < text.size() && !(text[at] > ' ' && text[at] < 127)) ++at;
+  if (at < text.size()) {
+    const std::string stop(1, text[at]);
+    json with_stop = json::parse(body);
+    with_stop["stop"] = stop;
+    auto [c_status, c] = s.post("/v1/completions", with_stop.dump());
+    ASSERT_EQ(c_status, 200) << c.dump();
+    EXPECT_EQ(c["choices"][0]["text"], text.substr(0, text.find(stop)));
+    EXPECT_EQ(c["choices"][0]["finish_reason"], "stop");
+  }
+}
+
+TEST(ServeHttp, ExpertsPacksAndChosenSubsets) {
+  EngineOptions options;
+  options.packs["code"] = "pack.json";
+  Served s(options);
+  const Tokenizer tokenizer = Tokenizer::load(kTokenizer);
+  auto [status, j] = s.post("/v1/completions", R"({"prompt": "def f(x):", "max_tokens": 6, "temperature": 0,
+                                                   "experts": "code"})");
+  ASSERT_EQ(status, 200) << j.dump();
+  EXPECT_EQ(j["experts"]["id"], "code");
+  EXPECT_EQ(j["experts"]["keep_k"], 4);
+  const ExpertSubset pack = ExpertSubset::load(s.dir / "pack.json", InferWeights::open(s.model)->config());
+  EXPECT_EQ(j["choices"][0]["text"], reference_text(s.model, tokenizer.encode("def f(x):"), 6, &pack));
+
+  auto [auto_status, chosen] = s.post("/v1/completions", R"({"prompt": "def f(x):", "max_tokens": 6,
+                                                             "temperature": 0, "experts": {"keep_k": 3}})");
+  ASSERT_EQ(auto_status, 200) << chosen.dump();
+  const std::string id = chosen["experts"]["id"];
+  EXPECT_EQ(id.rfind("auto-", 0), 0u);
+  EXPECT_EQ(chosen["experts"]["source"], "prompt");
+  // The id names the subset in later requests.
+  auto [again_status, again] =
+      s.post("/v1/completions",
+             json{{"prompt", "def f(x):"}, {"max_tokens", 6}, {"temperature", 0}, {"experts", id}}.dump());
+  ASSERT_EQ(again_status, 200) << again.dump();
+  EXPECT_EQ(again["experts"]["id"], id);
+  EXPECT_EQ(again["choices"][0]["text"], chosen["choices"][0]["text"]);
+  auto [examples_status, from_examples] =
+      s.post("/v1/completions", R"({"prompt": "x", "max_tokens": 2, "experts": {"keep_k": 2,
+                                    "examples": ["for i in range(10):", "return x"]}})");
+  ASSERT_EQ(examples_status, 200) << from_examples.dump();
+  EXPECT_EQ(from_examples["experts"]["source"], "examples");
+}
+
+TEST(ServeHttp, BadRequestsGetOpenAiErrorsNamingTheField) {
+  ServerOptions options;
+  options.max_body_bytes = 4096;
+  Served s({}, options);
+  auto expect_error = [&](const std::string& path, const std::string& body, int status,
+                          const std::string& param) {
+    auto [got, j] = s.post(path, body);
+    EXPECT_EQ(got, status) << body << " -> " << j.dump();
+    ASSERT_TRUE(j.contains("error")) << j.dump();
+    EXPECT_TRUE(j["error"]["message"].is_string());
+    if (param.empty())
+      EXPECT_TRUE(j["error"]["param"].is_null()) << j.dump();
+    else
+      EXPECT_EQ(j["error"]["param"], param) << j.dump();
+  };
+  expect_error("/v1/completions", "{not json", 400, "");
+  expect_error("/v1/completions", R"({"prompt": 3})", 400, "prompt");
+  expect_error("/v1/completions", R"({"prompt": "a", "mystery": 1})", 400, "mystery");
+  expect_error("/v1/completions", R"({"prompt": "a", "n": 2})", 400, "n");
+  expect_error("/v1/completions", R"({"prompt": "a", "experts": "nope"})", 400, "experts");
+  expect_error("/v1/completions", R"({"prompt": "a", "experts": {"keep_k": 3, "x": 1}})", 400, "experts.x");
+  expect_error("/v1/completions", R"({"prompt": "a", "max_tokens": 100})", 400, "max_tokens");
+  expect_error("/v1/completions",
+               json{{"prompt", std::string(200, 'z') +
+                                   " y y y y y y y y y y y y y y y y y y y "
+                                   "y y y y y y y y y y y y y y y y y y y y y y y y y y y y y y y y "}}
+                   .dump(),
+               400, "prompt");
+  expect_error("/v1/completions", R"({"prompt": [5, 7000]})", 400, "prompt");
+  expect_error("/v1/chat/completions", R"({"messages": []})", 400, "messages");
+  expect_error("/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"\xff\"}]}", 400,
+               "");
+  auto big = s.client().Post("/v1/completions", std::string(8192, ' '), "application/json");
+  ASSERT_TRUE(big);
+  EXPECT_EQ(big->status, 413);
+  EXPECT_TRUE(json::parse(big->body).contains("error"));
+  auto missing = s.client().Get("/v1/nothing");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+}
+
+TEST(ServeHttp, ApiKeyIsCheckedOnV1AndMetricsCount) {
+  ServerOptions options;
+  options.api_key = "sekret";
+  Served s({}, options);
+  auto [no_key, e1] = s.post("/v1/completions", R"({"prompt": "a", "max_tokens": 1})");
+  EXPECT_EQ(no_key, 401);
+  EXPECT_EQ(e1["error"]["code"], "invalid_api_key");
+  auto [wrong, e2] = s.post("/v1/completions", R"({"prompt": "a", "max_tokens": 1})", "other");
+  EXPECT_EQ(wrong, 401);
+  auto [ok, j] = s.post("/v1/completions", R"({"prompt": "a", "max_tokens": 2})", "sekret");
+  EXPECT_EQ(ok, 200) << j.dump();
+  auto health = s.client().Get("/health");  // outside /v1: no key needed
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto metrics = s.client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("emo_requests_total 1\n"), std::string::npos) << metrics->body;
+  EXPECT_NE(metrics->body.find("# TYPE emo_generated_tokens_total counter"), std::string::npos);
+}
+
+// The command: prints where it listens, serves, and on SIGTERM finishes and exits 0.
+TEST(ServeHttp, CommandPrintsItsAddressAndStopsOnSigterm) {
+  TempDir dir;
+  write_model(dir / "model");
+  const std::string out = dir / "out.txt";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    FILE* f = std::freopen(out.c_str(), "w", stdout);
+    (void)f;
+    const std::string emo = std::string(EMO_BINARY_DIR) + "/bin/emo";
+    const std::string model = dir / "model";
+    execl(emo.c_str(), emo.c_str(), "--threads", "1", "serve", model.c_str(), "--port", "0", nullptr);
+    _exit(127);
+  }
+  int port = 0;
+  for (int i = 0; i < 500 && port == 0; ++i) {  // at most 10 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::ifstream in(out);
+    std::string line;
+    std::getline(in, line);
+    const size_t at = line.find("http://127.0.0.1:");
+    if (at != std::string::npos) port = std::atoi(line.c_str() + at + 17);
+  }
+  ASSERT_GT(port, 0);
+  httplib::Client client("127.0.0.1", port);
+  auto res = client.Post("/v1/completions", R"({"prompt": "hi", "max_tokens": 3})", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  kill(pid, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
 }  // namespace

@@ -376,28 +376,33 @@ std::string TextStream::push(std::string_view bytes) {
         hold = k;
         break;
       }
-  std::string out = pending_.substr(0, pending_.size() - hold);
+  std::string out = replace_invalid_utf8(std::string_view(pending_).substr(0, pending_.size() - hold));
   pending_.erase(0, pending_.size() - hold);
   sent_ += out;
   return out;
 }
 
 std::string TextStream::finish() {
-  std::string out;
+  std::string out = replace_invalid_utf8(pending_);
+  pending_.clear();
+  sent_ += out;
+  return out;
+}
+
+std::string replace_invalid_utf8(std::string_view text) {
   // Invalid bytes (a token that splits a character the model never completed) become U+FFFD.
+  std::string out;
   size_t i = 0;
-  while (i < pending_.size()) {
-    auto bad = invalid_utf8_at(std::string_view(pending_).substr(i));
+  while (i < text.size()) {
+    auto bad = invalid_utf8_at(text.substr(i));
     if (!bad) {
-      out.append(pending_, i, std::string::npos);
+      out.append(text.substr(i));
       break;
     }
-    out.append(pending_, i, *bad);
+    out.append(text.substr(i, *bad));
     out += "\xEF\xBF\xBD";
     i += *bad + 1;
   }
-  pending_.clear();
-  sent_ += out;
   return out;
 }
 

@@ -67,6 +67,9 @@ std::optional<size_t> invalid_utf8_at(std::string_view text);
 // How many bytes at the end of `text` start a UTF-8 sequence that is not complete yet (0..3).
 size_t incomplete_utf8_tail(std::string_view text);
 
+// `text` with every invalid UTF-8 byte replaced by U+FFFD (what a client is sent of a model's bytes).
+std::string replace_invalid_utf8(std::string_view text);
+
 // Cuts generated text at stop strings and holds back what cannot be sent yet: bytes that may still become
 // a stop string, and an incomplete UTF-8 character.
 class TextStream {

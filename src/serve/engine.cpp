@@ -1,0 +1,396 @@
+#include "serve/engine.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <random>
+
+#include "core/error.h"
+#include "infer/generate.h"
+#include "infer/sampler.h"
+
+namespace emo::serve {
+namespace {
+
+[[noreturn]] void unavailable(const std::string& message) {
+  reject(503, "", message, "server_busy", "server_error");
+}
+
+// An id for a chosen subset: the same choice gets the same id (FNV-1a over the kept indices).
+std::string subset_id(const ExpertSubset& subset) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](int64_t v) {
+    for (int i = 0; i < 8; ++i) h = (h ^ static_cast<uint64_t>((v >> (8 * i)) & 0xFF)) * 1099511628211ull;
+  };
+  mix(subset.keep_k);
+  for (const auto& layer : subset.routed) {
+    mix(-1);
+    for (int32_t e : layer) mix(e);
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "auto-%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+}  // namespace
+
+nlohmann::json SubsetEntry::to_json() const {
+  nlohmann::json j = {{"id", id}, {"source", source}};
+  j["keep_k"] = subset ? nlohmann::json(subset->keep_k) : nlohmann::json(nullptr);
+  return j;
+}
+
+Job::Update Job::take(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  changed_.wait_for(lock, timeout, [&] { return !pending_.empty() || done_; });
+  Update update;
+  update.text = std::move(pending_);
+  pending_.clear();
+  if (done_ && !taken_done_) {
+    taken_done_ = true;
+    update.done = true;
+    update.result = result_;
+    update.error = error_;
+  } else if (done_) {
+    update.done = true;
+  }
+  return update;
+}
+
+void Job::emit(const std::string& text) {
+  if (text.empty()) return;
+  std::lock_guard lock(mutex_);
+  pending_ += text;
+  changed_.notify_all();
+}
+
+void Job::finish(CompletionResult result) {
+  std::lock_guard lock(mutex_);
+  result_ = std::move(result);
+  done_ = true;
+  changed_.notify_all();
+}
+
+void Job::fail(ApiError error) {
+  std::lock_guard lock(mutex_);
+  error_ = std::move(error);
+  done_ = true;
+  changed_.notify_all();
+}
+
+Engine::Engine(std::unique_ptr<InferWeights> weights, Tokenizer tokenizer, EngineOptions options)
+    : weights_(std::move(weights)),
+      config_(weights_->config()),
+      tokenizer_(std::move(tokenizer)),
+      options_(std::move(options)),
+      template_(ChatTemplate::load(options_.chat_template)) {
+  eos_ = static_cast<int32_t>(config_.eos_token_id.value_or(tokenizer_.eos_id()));
+  if (options_.keep_k > 0) {
+    try {
+      check_keep_k(options_.keep_k);
+    } catch (const ApiError& e) {
+      fail("serve", "--keep-k: " + e.message);
+    }
+  }
+  subsets_["all"] = {"all", "all", nullptr};
+  for (const auto& [name, path] : options_.packs) {
+    EMO_CHECK(!name.empty() && name != "all" && name != "auto" && name.rfind("auto-", 0) != 0, "serve",
+              "--pack ", name, "=", path,
+              ": the name must not be empty, 'all', 'auto' or start with 'auto-'");
+    auto subset = std::make_shared<const ExpertSubset>(ExpertSubset::load(path, config_));
+    subsets_[name] = {name, "pack", subset};
+  }
+  decoder_ = std::make_unique<Decoder>(*weights_, config_.max_position_embeddings);
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard lock(queue_mutex_);
+    stopping_ = true;
+    queue_changed_.notify_all();
+  }
+  thread_.join();
+  for (auto& job : queue_) {
+    ApiError e;
+    e.status = 503;
+    e.type = "server_error";
+    e.message = "the server is shutting down";
+    job->fail(e);
+  }
+}
+
+std::vector<std::string> Engine::pack_names() const {
+  std::lock_guard lock(subsets_mutex_);
+  std::vector<std::string> names;
+  for (const auto& [name, entry] : subsets_)
+    if (entry.source == "pack") names.push_back(name);
+  return names;
+}
+
+size_t Engine::queue_length() const {
+  std::lock_guard lock(queue_mutex_);
+  return queue_.size();
+}
+
+bool Engine::idle() const {
+  std::lock_guard lock(queue_mutex_);
+  return queue_.empty() && stats_.running == 0;
+}
+
+int64_t Engine::experts_loaded() const {
+  return experts_loaded_;
+}
+
+void Engine::check_keep_k(int64_t keep_k) const {
+  if (!config_.is_moe()) reject(400, "experts", "the model is dense: it has no experts to choose");
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    if (keep_k > config_.experts_in_layer(l))
+      reject(400, "experts.keep_k",
+             cat("keep_k ", keep_k, " exceeds the ", config_.experts_in_layer(l), " experts of layer ", l),
+             "invalid_value");
+    if (keep_k <= config_.shared_in_layer(l))
+      reject(400, "experts.keep_k", cat("keep_k ", keep_k, " keeps no routed expert of layer ", l),
+             "invalid_value");
+  }
+}
+
+SubsetEntry Engine::resolve_named(const std::string& name) const {
+  std::lock_guard lock(subsets_mutex_);
+  auto it = subsets_.find(name);
+  if (it == subsets_.end()) {
+    std::string known;
+    for (const auto& [n, e] : subsets_)
+      if (e.source != "prompt" && e.source != "examples") known += (known.empty() ? "" : ", ") + n;
+    reject(400, "experts",
+           "unknown expert pack or subset id '" + name + "' (packs: " + known +
+               "; ids of chosen subsets are remembered for a while)",
+           "unknown_pack");
+  }
+  return it->second;
+}
+
+SubsetEntry Engine::remember(ExpertSubset subset, const std::string& source) {
+  const std::string id = subset_id(subset);
+  std::lock_guard lock(subsets_mutex_);
+  auto it = subsets_.find(id);
+  if (it != subsets_.end()) return it->second;
+  SubsetEntry entry{id, source, std::make_shared<const ExpertSubset>(std::move(subset))};
+  subsets_[id] = entry;
+  remembered_order_.push_back(id);
+  while (remembered_order_.size() > options_.remembered_subsets) {
+    subsets_.erase(remembered_order_.front());
+    remembered_order_.pop_front();
+  }
+  ++stats_.subsets_chosen;
+  return entry;
+}
+
+std::shared_ptr<Job> Engine::submit(const CompletionRequest& request) {
+  if (!accepting_) unavailable("the server is shutting down");
+  auto job = std::make_shared<Job>();
+  job->request = request;
+  if (request.chat) {
+    job->prompt = template_.render(request.messages, tokenizer_);
+    job->stop = template_.stop;
+  } else if (request.prompt_text) {
+    job->prompt = tokenizer_.encode(*request.prompt_text);
+  } else {
+    job->prompt = request.prompt_tokens;
+    for (int32_t t : job->prompt)
+      if (t >= config_.vocab_size)
+        reject(400, "prompt",
+               cat("'prompt' holds the token id ", t, ", outside the vocabulary of ", config_.vocab_size));
+  }
+  for (const std::string& s : request.stop) job->stop.push_back(s);
+  const auto prompt_length = static_cast<int64_t>(job->prompt.size());
+  const int64_t context = config_.max_position_embeddings;
+  if (prompt_length == 0) reject(400, request.chat ? "messages" : "prompt", "the prompt encodes to no token");
+  if (prompt_length >= context)
+    reject(400, request.chat ? "messages" : "prompt",
+           cat("This model's maximum context length is ", context, " tokens. However, your prompt holds ",
+               prompt_length, " tokens (one more is needed to generate)."),
+           "context_length_exceeded");
+  const int64_t room = context - prompt_length;
+  job->max_tokens = request.max_tokens.value_or(request.chat ? room : 16);
+  if (job->max_tokens > room)
+    reject(400, "max_tokens",
+           cat("This model's maximum context length is ", context, " tokens. However, you requested ",
+               prompt_length + job->max_tokens, " tokens (", prompt_length, " in the prompt, ",
+               job->max_tokens, " for the completion)."),
+           "context_length_exceeded");
+
+  const ExpertsChoice& choice = request.experts;
+  switch (choice.kind) {
+    case ExpertsChoice::Kind::kDefault:
+      if (choice.name == "all" || options_.keep_k <= 0)
+        job->subset = resolve_named("all");
+      else
+        job->choose_keep_k = options_.keep_k;
+      break;
+    case ExpertsChoice::Kind::kNamed:
+      job->subset = resolve_named(choice.name);
+      break;
+    case ExpertsChoice::Kind::kAuto:
+    case ExpertsChoice::Kind::kExamples: {
+      job->choose_keep_k = choice.keep_k > 0 ? choice.keep_k : options_.keep_k;
+      if (job->choose_keep_k <= 0)
+        reject(400, "experts.keep_k",
+               "'experts' chooses a subset but neither 'experts.keep_k' nor the server's --keep-k is set",
+               "missing_required_parameter");
+      check_keep_k(job->choose_keep_k);
+      if (choice.examples.size() > options_.max_examples)
+        reject(400, "experts.examples", cat("'experts.examples' holds more than ", options_.max_examples));
+      for (const std::string& e : choice.examples) {
+        std::vector<int32_t> tokens = tokenizer_.encode(e);
+        if (static_cast<int64_t>(tokens.size()) > context) tokens.resize(static_cast<size_t>(context));
+        job->example_tokens.push_back(std::move(tokens));
+      }
+      break;
+    }
+  }
+
+  std::lock_guard lock(queue_mutex_);
+  if (stopping_) unavailable("the server is shutting down");
+  if (queue_.size() >= options_.max_queue)
+    unavailable(cat("the queue is full (", options_.max_queue, " waiting)"));
+  queue_.push_back(job);
+  queue_changed_.notify_all();
+  return job;
+}
+
+void Engine::loop() {
+  while (true) {
+    std::shared_ptr<Job> job;
+    {
+      std::unique_lock lock(queue_mutex_);
+      queue_changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      job = queue_.front();
+      queue_.pop_front();
+      ++stats_.running;
+    }
+    ++stats_.requests;
+    try {
+      run(*job);
+    } catch (const ApiError& e) {
+      ++stats_.requests_failed;
+      job->fail(e);
+    } catch (const std::exception& e) {
+      ++stats_.requests_failed;
+      ApiError error;
+      error.status = 500;
+      error.type = "server_error";
+      error.message = e.what();
+      // The cache may be half-written: start from nothing next time.
+      cached_tokens_.clear();
+      decoder_->reset();
+      job->fail(error);
+    }
+    --stats_.running;
+  }
+}
+
+void Engine::apply(const SubsetEntry& entry) {
+  if (applied_subset_ == entry.id) return;
+  if (entry.subset)
+    apply_subset(*weights_, *entry.subset);
+  else if (config_.is_moe())
+    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) weights_->keep_all_experts(l);
+  applied_subset_ = entry.id;
+}
+
+// Runs the prompt through the decoder, reusing the cached prefix when the subset is the same. Returns the
+// logits of the prompt's last token; `cached` gets how many prompt tokens came from the cache.
+const Tensor& Engine::prefill(Job& job, SubsetEntry& entry, int64_t& cached) {
+  cached = 0;
+  if (!job.subset) {
+    // Choose on this engine: from the examples (own decoders), or layerwise from the prompt (which also
+    // prefills it).
+    if (!job.example_tokens.empty()) {
+      entry = remember(select_layerwise(*weights_, job.example_tokens, job.choose_keep_k, "request examples"),
+                       "examples");
+      applied_subset_ = entry.id;  // select_layerwise left the weights restricted to it
+    } else {
+      decoder_->reset();
+      cached_tokens_.clear();
+      ExpertSubset chosen =
+          select_layerwise(*weights_, {decoder_.get()}, {job.prompt}, job.choose_keep_k, "prompt");
+      entry = remember(std::move(chosen), "prompt");
+      applied_subset_ = entry.id;
+      cached_subset_ = entry.id;
+      cached_tokens_ = job.prompt;
+      ++stats_.fresh_prefills;
+      return decoder_->pass().logits;
+    }
+  } else {
+    entry = *job.subset;
+  }
+  apply(entry);
+  size_t common = 0;
+  if (cached_subset_ == entry.id) {
+    const size_t limit = std::min(cached_tokens_.size(), job.prompt.size());
+    while (common < limit && cached_tokens_[common] == job.prompt[common]) ++common;
+  }
+  // At least the last prompt token is run again: its logits are not kept.
+  if (common == job.prompt.size()) --common;
+  decoder_->truncate(static_cast<int64_t>(common));
+  cached_tokens_.resize(common);
+  cached_subset_ = entry.id;
+  if (common > 0)
+    ++stats_.prefix_reuses;
+  else
+    ++stats_.fresh_prefills;
+  cached = static_cast<int64_t>(common);
+  const std::vector<int32_t> rest(job.prompt.begin() + static_cast<std::ptrdiff_t>(common), job.prompt.end());
+  const Tensor& logits = decoder_->forward(rest);
+  cached_tokens_ = job.prompt;
+  return logits;
+}
+
+void Engine::run(Job& job) {
+  SubsetEntry entry;
+  int64_t cached = 0;
+  const Tensor* logits = &prefill(job, entry, cached);
+  stats_.prompt_tokens += static_cast<int64_t>(job.prompt.size());
+  stats_.cached_prompt_tokens += cached;
+
+  SamplingOptions sampling = job.request.sampling;
+  if (!job.request.seeded) sampling.seed = std::random_device{}();
+  Sampler sampler(sampling);
+  TextStream text(job.stop);
+  CompletionResult result;
+  result.prompt_tokens = static_cast<int64_t>(job.prompt.size());
+  result.cached_tokens = cached;
+  result.finish_reason = "length";
+  const int64_t V = config_.vocab_size;
+  while (true) {
+    if (job.cancelled()) {
+      ++stats_.requests_cancelled;
+      break;
+    }
+    const int32_t token = sampler.next(logits->data(), V);
+    ++result.completion_tokens;
+    ++stats_.generated_tokens;
+    if (eos_ && token == *eos_) {
+      result.finish_reason = "stop";
+      break;
+    }
+    job.emit(text.push(tokenizer_.decode({token})));
+    if (text.stopped()) {
+      result.finish_reason = "stop";
+      break;
+    }
+    if (result.completion_tokens >= job.max_tokens) break;
+    logits = &decoder_->forward({token});
+    cached_tokens_.push_back(token);
+  }
+  if (!text.stopped()) job.emit(text.finish());
+  result.text = text.text();
+  result.experts = entry.to_json();
+  kv_bytes_ = decoder_->cache().bytes_used(decoder_->length());
+  experts_loaded_ = weights_->experts_loaded();
+  job.finish(std::move(result));
+}
+
+}  // namespace emo::serve
