@@ -25,6 +25,7 @@
 #include "select/examples.h"
 #include "select/prune.h"
 #include "select/selection.h"
+#include "tiny_emo.h"
 #include "tokenizer/tokenizer.h"
 
 extern char** environ;
@@ -34,45 +35,11 @@ namespace {
 
 namespace fs = std::filesystem;
 const std::string kRepo = "org/tiny-emo";
-const std::string kTokenizer = std::string(EMO_SOURCE_DIR) + "/fuzz/corpus/tokenizer_json/trained300.json";
+using test::TempDir;
+const std::string kTokenizer = test::kTrainedTokenizer;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("emo_pull_test_" + std::to_string(getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-// V=300 (the tokenizer's), d=16, L=3, E=10 (9 routed + 1 shared), K=3; weights scaled so routing is far
-// from uniform. Saved in shards of at most 24 kB, with the tokenizer beside it.
 void write_fixture(const std::string& dir) {
-  ModelConfig c;
-  c.model_type = "emo";
-  c.vocab_size = 300;
-  c.hidden_size = 16;
-  c.intermediate_size = 12;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.max_position_embeddings = 64;
-  c.eos_token_id = 298;
-  c.pad_token_id = 299;
-  c.num_experts = 10;
-  c.num_experts_per_tok = 3;
-  c.num_shared_experts = 1;
-  Model model(c);
-  model.init_weights(5);
-  for (Param& p : model.params())
-    if (p.value->ndim() > 1)
-      for (float& w : p.value->vec()) w *= 12.0f;
-  model.save(dir, "float32", 24'000);
-  fs::copy_file(kTokenizer, fs::path(dir) / "tokenizer.json");
-  std::ofstream(fs::path(dir) / "tokenizer_config.json") << "{\"eos_token\": \"<|endoftext|>\"}\n";
+  test::write_tiny_emo(dir);
 }
 
 std::string read_bytes(const fs::path& p) {
@@ -80,7 +47,7 @@ std::string read_bytes(const fs::path& p) {
 }
 
 struct Fixture {
-  TempDir dir;
+  TempDir dir{"emo_pull_test_"};
   std::string full = dir / "full";
   std::string examples = dir / "examples.txt";
   testing::FakeHub hub{kRepo};

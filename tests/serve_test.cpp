@@ -15,6 +15,7 @@
 #include "model/model.h"
 #include "serve/openai.h"
 #include "serve/server.h"
+#include "tiny_emo.h"
 
 namespace emo::serve {
 namespace {
@@ -156,49 +157,15 @@ TEST(ServeOpenAi, ResponseObjectsFollowOpenAi) {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-const std::string kTokenizer = std::string(EMO_SOURCE_DIR) + "/fuzz/corpus/tokenizer_json/trained300.json";
+using test::TempDir;
+const std::string kTokenizer = test::kTrainedTokenizer;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("emo_serve_test_" + std::to_string(getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-// V=300 (the tokenizer's), d=16, L=3, E=10 (9 routed + 1 shared), K=3, context 64; weights scaled so
-// routing is far from uniform. No EOS in the vocabulary's reach of greedy decoding is assumed: the
-// reference runs stop at the same EOS.
 void write_model(const std::string& dir) {
-  ModelConfig c;
-  c.model_type = "emo";
-  c.vocab_size = 300;
-  c.hidden_size = 16;
-  c.intermediate_size = 12;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.max_position_embeddings = 64;
-  c.eos_token_id = 298;
-  c.pad_token_id = 299;
-  c.num_experts = 10;
-  c.num_experts_per_tok = 3;
-  c.num_shared_experts = 1;
-  Model model(c);
-  model.init_weights(5);
-  for (Param& p : model.params())
-    if (p.value->ndim() > 1)
-      for (float& w : p.value->vec()) w *= 12.0f;
-  model.save(dir);
-  fs::copy_file(kTokenizer, fs::path(dir) / "tokenizer.json");
+  test::write_tiny_emo(dir);
 }
 
 struct Served {
-  TempDir dir;
+  TempDir dir{"emo_serve_test_"};
   std::string model = dir / "model";
   std::unique_ptr<Engine> engine;
   std::unique_ptr<Server> server;
@@ -405,11 +372,39 @@ TEST(ServeHttp, ExpertsPacksAndChosenSubsets) {
   ASSERT_EQ(again_status, 200) << again.dump();
   EXPECT_EQ(again["experts"]["id"], id);
   EXPECT_EQ(again["choices"][0]["text"], chosen["choices"][0]["text"]);
+  // ... and keeps the KV cache of the earlier request on it (the same prompt: all but its last token).
+  EXPECT_EQ(again["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>(),
+            again["usage"]["prompt_tokens"].get<int64_t>() - 1);
+  // A subset switch in between means a fresh prefill.
+  s.post("/v1/completions", R"({"prompt": "def f(x):", "max_tokens": 1, "experts": "code"})");
+  auto [switched_status, switched] =
+      s.post("/v1/completions",
+             json{{"prompt", "def f(x):"}, {"max_tokens", 6}, {"temperature", 0}, {"experts", id}}.dump());
+  ASSERT_EQ(switched_status, 200) << switched.dump();
+  EXPECT_EQ(switched["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  EXPECT_EQ(switched["choices"][0]["text"], chosen["choices"][0]["text"]);
   auto [examples_status, from_examples] =
       s.post("/v1/completions", R"({"prompt": "x", "max_tokens": 2, "experts": {"keep_k": 2,
                                     "examples": ["for i in range(10):", "return x"]}})");
   ASSERT_EQ(examples_status, 200) << from_examples.dump();
   EXPECT_EQ(from_examples["experts"]["source"], "examples");
+}
+
+TEST(ServeHttp, KeepKChoosesFromThePromptByDefault) {
+  EngineOptions options;
+  options.keep_k = 3;
+  Served s(options);
+  auto [status, j] = s.post("/v1/completions", R"({"prompt": "abc", "max_tokens": 2})");
+  ASSERT_EQ(status, 200) << j.dump();
+  EXPECT_EQ(j["experts"]["source"], "prompt");
+  EXPECT_EQ(j["experts"]["keep_k"], 3);
+  auto [all_status, all] =
+      s.post("/v1/completions", R"({"prompt": "abc", "max_tokens": 2, "experts": "all"})");
+  ASSERT_EQ(all_status, 200) << all.dump();
+  EXPECT_EQ(all["experts"]["id"], "all");
+  auto [bad, e] = s.post("/v1/completions", R"({"prompt": "abc", "experts": {"keep_k": 11}})");
+  EXPECT_EQ(bad, 400);
+  EXPECT_EQ(e["error"]["param"], "experts.keep_k");
 }
 
 TEST(ServeHttp, BadRequestsGetOpenAiErrorsNamingTheField) {
@@ -475,7 +470,7 @@ TEST(ServeHttp, ApiKeyIsCheckedOnV1AndMetricsCount) {
 
 // The command: prints where it listens, serves, and on SIGTERM finishes and exits 0.
 TEST(ServeHttp, CommandPrintsItsAddressAndStopsOnSigterm) {
-  TempDir dir;
+  TempDir dir{"emo_serve_test_"};
   write_model(dir / "model");
   const std::string out = dir / "out.txt";
   const pid_t pid = fork();
