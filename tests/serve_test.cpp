@@ -503,5 +503,26 @@ TEST(ServeHttp, CommandPrintsItsAddressAndStopsOnSigterm) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
+// OpenAI's official Node client (openai 5.23.2, fetched into the cache) against the server: skipped where
+// node is absent, unless CI is set.
+TEST(ServeHttp, OfficialOpenAiNodeClientParsesEverything) {
+  if (std::system("command -v node >/dev/null 2>&1") != 0) {
+    if (std::getenv("CI")) FAIL() << "node is not installed";
+    GTEST_SKIP() << "node is not installed";
+  }
+  ServerOptions options;
+  options.api_key = "test-key";
+  Served s({}, options);
+  const std::string source = EMO_SOURCE_DIR;
+  const std::string package = s.dir / "openai_dir.txt";
+  ASSERT_EQ(std::system((source + "/scripts/fetch-npm openai@5.23.2 >" + package).c_str()), 0);
+  std::ifstream in(package);
+  std::string dir;
+  std::getline(in, dir);
+  const std::string command =
+      "node " + source + "/tests/openai_client/client_test.js " + dir + " " + std::to_string(s.port);
+  EXPECT_EQ(std::system(command.c_str()), 0) << command;
+}
+
 }  // namespace
 }  // namespace emo::serve
