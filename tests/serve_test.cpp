@@ -466,6 +466,7 @@ TEST(ServeHttp, ApiKeyIsCheckedOnV1AndMetricsCount) {
   ASSERT_TRUE(metrics);
   EXPECT_NE(metrics->body.find("emo_requests_total 1\n"), std::string::npos) << metrics->body;
   EXPECT_NE(metrics->body.find("# TYPE emo_generated_tokens_total counter"), std::string::npos);
+  EXPECT_NE(metrics->body.find("emo_requests_by_experts_total{experts=\"all\"} 1\n"), std::string::npos);
 }
 
 // The command: prints where it listens, serves, and on SIGTERM finishes and exits 0.

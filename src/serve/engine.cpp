@@ -40,6 +40,16 @@ nlohmann::json SubsetEntry::to_json() const {
   return j;
 }
 
+void SubsetCounts::add(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  ++counts_[id];
+}
+
+std::map<std::string, int64_t> SubsetCounts::snapshot() const {
+  std::lock_guard lock(mutex_);
+  return counts_;
+}
+
 Job::Update Job::take(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mutex_);
   changed_.wait_for(lock, timeout, [&] { return !pending_.empty() || done_; });
@@ -354,6 +364,7 @@ void Engine::run(Job& job) {
   const Tensor* logits = &prefill(job, entry, cached);
   stats_.prompt_tokens += static_cast<int64_t>(job.prompt.size());
   stats_.cached_prompt_tokens += cached;
+  by_subset_.add(entry.id);
 
   SamplingOptions sampling = job.request.sampling;
   if (!job.request.seeded) sampling.seed = std::random_device{}();

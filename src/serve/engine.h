@@ -94,6 +94,17 @@ struct EngineStats {
   std::atomic<int64_t> running{0};
 };
 
+// Requests run per subset id ("all", a pack, "auto-..."), for /metrics.
+class SubsetCounts {
+ public:
+  void add(const std::string& id);
+  std::map<std::string, int64_t> snapshot() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::string, int64_t> counts_;
+};
+
 class Engine {
  public:
   Engine(std::unique_ptr<InferWeights> weights, Tokenizer tokenizer, EngineOptions options);
@@ -107,6 +118,7 @@ class Engine {
   std::vector<std::string> pack_names() const;
   const ChatTemplate& chat_template() const { return template_; }
   const EngineStats& stats() const { return stats_; }
+  std::map<std::string, int64_t> requests_by_subset() const { return by_subset_.snapshot(); }
   size_t queue_length() const;
   // Nothing queued and nothing running.
   bool idle() const;
@@ -148,6 +160,7 @@ class Engine {
   std::atomic<int64_t> kv_bytes_{0}, experts_loaded_{0};
 
   EngineStats stats_;
+  SubsetCounts by_subset_;
   std::thread thread_;
 };
 

@@ -42,6 +42,20 @@ ApiError timeout_error() {
   return e;
 }
 
+// A Prometheus label value: backslash, quote and newline escaped.
+std::string label_value(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
 }  // namespace
 
 Server::Server(Engine& engine, ServerOptions options)
@@ -224,6 +238,10 @@ std::string Server::metrics() const {
          static_cast<double>(engine_.experts_loaded()));
   metric("kv_cache_bytes", "gauge", "Bytes of the KV cache in use.",
          static_cast<double>(engine_.kv_cache_bytes()));
+  out << "# HELP emo_requests_by_experts_total Requests run per expert subset (all, a pack, a chosen id).\n"
+      << "# TYPE emo_requests_by_experts_total counter\n";
+  for (const auto& [id, count] : engine_.requests_by_subset())
+    out << "emo_requests_by_experts_total{experts=\"" << label_value(id) << "\"} " << count << "\n";
   metric("uptime_seconds", "gauge", "Seconds since the server started.",
          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
   return out.str();
