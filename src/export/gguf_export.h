@@ -1,5 +1,5 @@
 // `emo export gguf`: an EMO (or standard MoE) checkpoint as a GGUF file that stock llama.cpp runs with EMO's
-// semantics (docs/gguf.md). The mapping: llama.cpp's "qwen2moe" architecture; routed experts stacked as
+// semantics (docs/export.md). The mapping: llama.cpp's "qwen2moe" architecture; routed experts stacked as
 // ffn_{gate,up,down}_exps and routed by softmax over the routed experts, top-k raw probabilities (no
 // renormalisation); the shared expert(s) as ffn_{gate,up,down}_shexp (several shared experts concatenated
 // into one wider SwiGLU, which sums them), whose sigmoid gate llama.cpp computes as silu(g)/g: its gate

@@ -1,5 +1,5 @@
 // `emo export gguf MODEL -o FILE.gguf [--dtype f32|bf16|q8_0]`: a checkpoint as a GGUF file that llama.cpp
-// (and the tools built on it: Ollama, LM Studio) runs with EMO's semantics, docs/gguf.md.
+// (and the tools built on it: Ollama, LM Studio) runs with EMO's semantics, docs/export.md.
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
