@@ -18,7 +18,10 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "data/dataset.h"
+#include "io/json_file.h"
+#include "io/output_dir.h"
 #include "model/forward_state.h"
+#include "run_emo.h"
 #include "tokenizer/tokenizer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -652,6 +655,100 @@ TEST(Trainer, StandardAndDenseModelsTrainToo) {
   }
 }
 
+// ---------------------------------------------------------------------------------- the run directory
+
+// `emo train` of the tiny model of tiny_config(): a checkpoint after each step, well under a second.
+std::string tiny_train(const std::string& out, const std::string& extra = "--steps 2") {
+  return "--threads 1 train --no-progress --out " + out +
+         " model.d=32 model.layers=2 model.heads=2 model.kv_heads=1 model.experts=8 model.top_k=3"
+         " model.expert_width=32 model.vocab=64 batch.row_length=32 batch.micro_batch_rows=2"
+         " batch.global_batch_rows=4 run.checkpoint_every=1 run.validate_every=0 " +
+         extra;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path) << text;
+}
+
+int64_t step_of_run(const std::string& run) {
+  TrainState state;
+  read_checkpoint_config(resolve_checkpoint(run), &state);
+  return state.step;
+}
+
+TEST(RunDirectory, TrainRefusesWhatItDidNotWriteAndContinuesItsOwnRun) {
+  using test::run_emo, test::tree_bytes;
+  const std::string dir = temp_dir("guard");
+  write_text(dir + "/foreign/sub/notes.txt", "the user's");
+  write_text(dir + "/file.txt", "a file");
+  write_text(dir + "/pruned/.emo-output", R"({"format": "emo-output", "command": "prune"})");
+  write_text(dir + "/pruned/model.safetensors", "weights");
+  write_text(dir + "/configs/run.json", "{}\n");
+  const std::string before = tree_bytes(dir);
+  struct Refusal {
+    std::string args, why;
+  };
+  const std::vector<Refusal> refusals = {
+      {tiny_train(dir + "/foreign"), "not written by emo"},
+      {tiny_train(dir + "/foreign", "--resume --steps 2"), "not written by emo"},
+      {tiny_train(dir + "/file.txt"), "is not a directory"},
+      {tiny_train(dir + "/pruned"), "holds the output of 'emo prune', not of 'emo train'"},
+      {tiny_train(dir + "/configs", "--config " + dir + "/configs/run.json"), "contains the input"},
+      {tiny_train(dir + "/data", "--data " + dir + "/data/train.bin"), "contains the input"},
+      {tiny_train(dir + "/configs/run.json/x", "--config " + dir + "/configs/run.json"), "lies inside"},
+  };
+  for (const Refusal& r : refusals) {
+    const test::EmoRun run = run_emo(r.args);
+    EXPECT_EQ(run.status, 1) << r.args;
+    EXPECT_NE(run.err.find(r.why), std::string::npos) << r.args << ": " << run.err;
+  }
+  EXPECT_TRUE(tree_bytes(dir) == before);  // nothing created, changed or removed
+
+  // Its own run: marked, continued by --resume.
+  const std::string run = dir + "/run";
+  ASSERT_EQ(run_emo(tiny_train(run)).status, 0);
+  EXPECT_EQ(read_json_file(run + "/.emo-output")["command"], "train");
+  const test::EmoRun resumed = run_emo(tiny_train(run, "--resume --steps 4"));
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_EQ(step_of_run(run), 4);
+}
+
+TEST(RunDirectory, ASecondTrainOnTheSameRunIsRefusedNamingTheHolder) {
+  const std::string run = temp_dir("locked");
+  ASSERT_EQ(test::run_emo(tiny_train(run)).status, 0);
+  {
+    DirectoryLock held(run, "train");  // this process stands for a run in progress
+    const std::string before = test::tree_bytes(run);
+    const test::EmoRun second = test::run_emo(tiny_train(run, "--resume --steps 4"));
+    EXPECT_EQ(second.status, 1);
+    EXPECT_NE(second.err.find(cat("in use by another 'emo train' (pid ", ::getpid(), ")")), std::string::npos)
+        << second.err;
+    EXPECT_TRUE(test::tree_bytes(run) == before);  // not a metrics line or checkpoint of the second run
+  }
+  EXPECT_EQ(test::run_emo(tiny_train(run, "--resume --steps 4")).status, 0);
+  EXPECT_EQ(step_of_run(run), 4);
+}
+
+TEST(RunDirectory, AnOlderEmosRunIsRefusedWithTheLineThatAdoptsIt) {
+  const std::string run = temp_dir("older");
+  ASSERT_EQ(test::run_emo(tiny_train(run)).status, 0);
+  fs::remove(run + "/.emo-output");  // as an emo from before the marker left it
+  const std::string before = test::tree_bytes(run);
+  const test::EmoRun refused = test::run_emo(tiny_train(run, "--resume --steps 4"));
+  EXPECT_EQ(refused.status, 1);
+  const std::string line =
+      "echo '{\"format\": \"emo-output\", \"command\": \"train\"}' > " + run + "/.emo-output";
+  EXPECT_NE(refused.err.find(run + ": has no .emo-output marker, but holds checkpoints"), std::string::npos)
+      << refused.err;
+  EXPECT_NE(refused.err.find("\n  " + line + "\n"), std::string::npos) << refused.err;
+  EXPECT_TRUE(test::tree_bytes(run) == before);
+  ASSERT_EQ(std::system(line.c_str()), 0);  // the user adopts it
+  const test::EmoRun adopted = test::run_emo(tiny_train(run, "--resume --steps 4"));
+  ASSERT_EQ(adopted.status, 0) << adopted.err;
+  EXPECT_EQ(step_of_run(run), 4);
+}
+
 // ---------------------------------------------------------------------------------------------- MPI
 
 // Worker half of TwoRanksMatchOneRank: runs only under mpirun, started by the test below.
@@ -668,11 +765,13 @@ TEST(Mpi, TwoRanksMatchOneRank) {
   GTEST_SKIP() << "built without MPI";
 #endif
   std::string two = temp_dir("mpi2"), one = temp_dir("mpi1");
+  // The log beside the run directory: inside it, it would make the directory one emo did not write.
+  const std::string log = temp_dir("mpi2_log") + "/mpirun.log";
   std::string self = fs::read_symlink("/proc/self/exe").string();
   std::string command = "EMO_TRAIN_TEST_MPI_OUT=" + two +
                         " mpirun --oversubscribe --allow-run-as-root -np 2 -x EMO_TRAIN_TEST_MPI_OUT " +
-                        self + " --gtest_filter=Mpi.Worker > " + two + "/mpirun.log 2>&1";
-  ASSERT_EQ(std::system(command.c_str()), 0) << read_text(two + "/mpirun.log");
+                        self + " --gtest_filter=Mpi.Worker > " + log + " 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << read_text(log);
   Trainer single(tiny_config(), quiet(one));
   single.run();
 
@@ -695,6 +794,30 @@ TEST(Mpi, TwoRanksMatchOneRank) {
   for (size_t p = 0; p < a.size(); ++p)
     for (size_t k = 0; k < a[p].size(); ++k) worst = std::max(worst, std::fabs(double(a[p][k]) - b[p][k]));
   EXPECT_LT(worst, 1e-4);
+}
+
+// Only rank 0 looks at the run directory; the other rank must stop with its refusal, not wait for it.
+TEST(Mpi, ARefusedRunDirectoryStopsEveryRankWithTheSameError) {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun is not installed";
+#ifndef EMO_HAVE_MPI
+  GTEST_SKIP() << "built without MPI";
+#endif
+  const std::string foreign = temp_dir("mpi_foreign"), log = temp_dir("mpi_foreign_log") + "/mpirun.log";
+  write_text(foreign + "/notes.txt", "the user's");
+  // `timeout`: should a rank hang after all, the test fails instead of stalling the suite.
+  const std::string command = "timeout 120 mpirun --oversubscribe --allow-run-as-root -np 2 " +
+                              std::string(EMO_BINARY_DIR) + "/bin/emo " + tiny_train(foreign) + " > " + log +
+                              " 2>&1";
+  const int status = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(status)) << read_text(log);
+  EXPECT_NE(WEXITSTATUS(status), 0) << read_text(log);
+  EXPECT_NE(WEXITSTATUS(status), 124) << "a rank hung: " << read_text(log);
+  const std::string text = read_text(log),
+                    error = "emo: error: [train] " + foreign + ": exists, is not empty";
+  size_t count = 0;
+  for (size_t at = text.find(error); at != std::string::npos; at = text.find(error, at + 1)) ++count;
+  EXPECT_EQ(count, 2u) << text;
+  EXPECT_EQ(test::tree_bytes(foreign), "notes.txt\nthe user's\n");
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -88,6 +89,39 @@ nlohmann::json read_marker(const std::string& dir) {
   return marker;
 }
 
+// A path as one shell word: unchanged when it holds only safe characters, else single-quoted.
+std::string shell_word(const std::string& text) {
+  const bool safe = !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || std::strchr("_./-+:@%,=", c) != nullptr;
+  });
+  if (safe) return text;
+  std::string quoted = "'";
+  for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+// A non-empty directory without our marker. When it holds what an older emo's output of the command holds,
+// it may well be one: the refusal then says how to adopt it, since silently taking it over could write into
+// a directory of the user's.
+[[noreturn]] void refuse_unmarked(const std::string& dir, const OutputRules& rules) {
+  std::string found;
+  for (const std::string& entry : rules.legacy_entries) {
+    std::error_code ec;
+    if (fs::exists(fs::symlink_status(fs::path(dir) / entry, ec)))
+      found += (found.empty() ? "" : ", ") + entry;
+  }
+  if (found.empty())
+    fail_file(rules.command, dir,
+              cat("exists, is not empty and was not written by emo (no ", kOutputMarker,
+                  " marker): choose another output, emo never deletes what it did not write"));
+  fail_file(
+      rules.command, dir,
+      cat("has no ", kOutputMarker, " marker, but holds ", found, " as an output of 'emo ", rules.command,
+          "' written by an older emo does. If it is one, adopt it with\n  ",
+          adoption_command(dir, rules.command),
+          "\nand run again; otherwise choose another output (emo never writes into a directory of yours)"));
+}
+
 enum class Existing { kAbsent, kEmpty, kOurs };
 
 // What is at `dir`; throws unless it is nothing, an empty directory or an output of the same command.
@@ -102,10 +136,7 @@ Existing examine(const std::string& dir, const OutputRules& rules) {
               "exists and is not a directory (emo never replaces a file it did not write)");
   if (fs::is_empty(dir)) return Existing::kEmpty;
   const nlohmann::json marker = read_marker(dir);
-  if (marker.is_null())
-    fail_file(rules.command, dir,
-              cat("exists, is not empty and was not written by emo (no ", kOutputMarker,
-                  " marker): choose another output, emo never deletes what it did not write"));
+  if (marker.is_null()) refuse_unmarked(dir, rules);
   const std::string command = marker["command"].get<std::string>();
   if (command != rules.command)
     fail_file(rules.command, dir,
@@ -140,6 +171,14 @@ void remove_stale_siblings(const std::string& dir) {
 }
 
 }  // namespace
+
+std::string adoption_command(const std::string& dir, const std::string& command) {
+  // Written out by hand: nlohmann orders keys alphabetically, and the hint reads better "format" first.
+  const std::string json = cat("{\"format\": ", nlohmann::json(kFormat).dump(),
+                               ", \"command\": ", nlohmann::json(command).dump(), "}");
+  return cat("echo ", shell_word(json), " > ",
+             shell_word((fs::path(without_trailing_slashes(dir)) / kOutputMarker).string()));
+}
 
 void check_new_output(const std::string& dir, const OutputRules& rules) {
   EMO_CHECK(!dir.empty(), rules.command, "no output directory given");

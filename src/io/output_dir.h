@@ -27,7 +27,14 @@ struct OutputRules {
   std::string command;              // "prune", "merge", ...: recorded in the marker, the operation of errors
   std::vector<std::string> inputs;  // every path the command reads (model dirs, subset, examples, tokenizer)
   bool force = false;               // replace a previous output of the same command
+  // Entries an output of this command holds when an older emo (before markers) wrote it, e.g. "checkpoints"
+  // and "metrics.jsonl" of a train run: an unmarked directory holding any of them is still refused, but the
+  // error tells how to adopt it (the one-line marker to write) rather than only to choose another output.
+  std::vector<std::string> legacy_entries = {};
 };
+
+// The shell line that marks `dir` as an output of `command` (the adoption of an older emo's output).
+std::string adoption_command(const std::string& dir, const std::string& command);
 
 // Throws an emo::Error naming `dir` and the reason unless a whole new output of `rules.command` may be
 // written at `dir` (absent, an empty directory, or with --force a previous output of the same command).
@@ -62,7 +69,8 @@ void write_output_directory(const std::string& dir, const OutputRules& rules,
 
 // For outputs written in place and continued by a later run (train --out, reproduce, sweep, corpus build,
 // analyze): creates `dir` with the marker when it is absent or empty, accepts it when it carries the
-// marker of the same command, refuses anything else (and any overlap with an input).
+// marker of the same command, refuses anything else (and any overlap with an input). A marker of only
+// "format" and "command" (what adoption_command writes) is enough: "version" and "complete" are optional.
 void claim_output_directory(const std::string& dir, const OutputRules& rules);
 
 // An exclusive lock (flock) on "<dir>/.emo-lock" held for the object's life: a second process on the same

@@ -125,6 +125,17 @@ void Distributed::broadcast(int64_t* value) const {
 #endif
 }
 
+void Distributed::broadcast(std::string* value) const {
+  if (!active()) return;
+  int64_t size = static_cast<int64_t>(value->size());
+  broadcast(&size);
+  value->resize(static_cast<size_t>(size));
+#ifdef EMO_HAVE_MPI
+  if (size > 0)
+    check_mpi(MPI_Bcast(value->data(), static_cast<int>(size), MPI_CHAR, 0, MPI_COMM_WORLD), "MPI_Bcast");
+#endif
+}
+
 void Distributed::barrier() const {
 #ifdef EMO_HAVE_MPI
   if (active()) check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");

@@ -31,6 +31,7 @@ class Distributed {
   void all_reduce_counts(std::vector<std::vector<double>>& counts) const;
   // Copies root's value to every rank (used for "is the loss finite", "stop now").
   void broadcast(int64_t* value) const;
+  void broadcast(std::string* value) const;  // e.g. root's refusal of the run directory
   void barrier() const;
 
   // For messages: "rank 1/2" or "" when single-process.

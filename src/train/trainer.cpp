@@ -121,8 +121,24 @@ Trainer::Trainer(TrainConfig config, TrainOptions options)
 
 Trainer::~Trainer() = default;
 
+// The datasets, tokenizer and checkpoint the run reads (synthetic sources are no paths).
+std::vector<std::string> Trainer::read_paths() const {
+  std::vector<std::string> paths = options_.inputs;
+  auto add_source = [&](const std::string& spec) {
+    if (spec.rfind("synthetic", 0) != 0) paths.push_back(spec.substr(0, spec.find('#')));
+  };
+  add_source(config_.data.train);
+  for (const auto& [domain, spec] : config_.data.validation) add_source(spec);
+  paths.push_back(config_.data.tokenizer);
+  paths.push_back(options_.init_from);
+  return paths;
+}
+
 void Trainer::setup() {
   const Distributed& dist = Distributed::instance();
+  // Before anything is read or written: a run directory that is not ours, or in use, stops the run here.
+  if (!options_.out_dir.empty())
+    run_directory_ = std::make_unique<RunDirectory>(options_.out_dir, read_paths());
   // Vocabulary and EOS: from the tokenizer when the config names one. The embedding gets the tokenizer's
   // vocabulary rounded up to a multiple of 128 rows (dolma2: 100278 -> 100352, as the released models).
   if (!config_.data.tokenizer.empty() && (config_.model.vocab == 0 || config_.data.eos_id < 0)) {

@@ -23,6 +23,7 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/row_source.h"
+#include "train/run_directory.h"
 #include "train/usage.h"
 
 namespace emo {
@@ -38,7 +39,8 @@ struct StepMetrics {
 };
 
 struct TrainOptions {
-  std::string out_dir;
+  std::string out_dir;              // claimed and locked for the run (train/run_directory.h)
+  std::vector<std::string> inputs;  // paths read beyond the config's own (the --config file)
   bool resume = false;    // continue from out_dir's latest checkpoint (fresh start when there is none)
   std::string init_from;  // start from this checkpoint's weights, optimizer, data position and step
   int64_t stop_after =
@@ -79,6 +81,7 @@ class Trainer {
 
  private:
   void setup();
+  std::vector<std::string> read_paths() const;
   RowSourceOptions source_options(int64_t global_rows, bool single_pass) const;
   std::vector<Batch> next_micro_batches(int64_t* micro_batches_in_global_batch);
   void append_metrics(const nlohmann::json& line) const;
@@ -87,6 +90,7 @@ class Trainer {
 
   TrainConfig config_;
   TrainOptions options_;
+  std::unique_ptr<RunDirectory> run_directory_;  // held for the whole run: the lock is released last
   std::unique_ptr<Model> model_;
   std::vector<Param> params_;
   std::unique_ptr<AdamW> optimizer_;

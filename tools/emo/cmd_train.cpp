@@ -98,6 +98,8 @@ EMO_COMMAND(
         TrainConfig config = build_config(*args, &init_from);
         TrainOptions options;
         options.out_dir = args->out_dir;
+        options.inputs.push_back(args->config_path);
+        options.inputs.push_back(args->anneal_from);
         options.resume = args->resume;
         options.init_from = init_from;
         options.show_progress = !args->no_progress;
