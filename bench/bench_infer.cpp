@@ -11,11 +11,12 @@
 // experts of width 512, top 8, vocab 4096), randomly initialised, written once to a temp dir; each in fp32,
 // bf16 and int8, with all experts and with 12.5% (8 of 64).
 //   bench_infer [--quick] [--dir DIR] [--steps N]
+//   bench_infer --released DIR [--keep-k 8,16,32] [--steps N]
 // With --released DIR: the released Emo_1b14b_1T's shapes instead (13.57B parameters in bf16, random values,
-// 27 GB written once into DIR, about a minute), run at keep-16 from a cold page cache: peak resident memory
-// beside the kept weights + KV cache (the target: "the 27 GB model in about 5 GB") and decode beside its
-// bound. Ends with one JSON line. Targets: decode >= 60% of the bound; peak RSS within 15% of kept weights +
-// KV.
+// 27 GB written once into DIR, about a minute), run at keep-16 (or each k of --keep-k 8,16,32, each in a
+// fresh process) from a cold page cache: peak resident memory beside the kept weights + KV cache (the
+// target: "the 27 GB model in about 5 GB") and decode beside its bound. Ends with one JSON line. Targets:
+// decode >= 60% of the bound; peak RSS within 15% of kept weights + KV.
 #include <fcntl.h>
 #include <immintrin.h>
 #include <spawn.h>
@@ -330,52 +331,91 @@ void ensure_released_shape(const std::string& dir) {
       emo::cat("wrote the released-shape checkpoint to ", dir, " in ", emo::human_duration(t.seconds())));
 }
 
-// The released shapes at keep-16 (16 of 128 experts per layer chosen from the prompt): peak resident memory
-// beside the kept weights + KV cache, and decode speed beside the bandwidth bound. The target: the
-// 27 GB model in about 5 GB.
-int released_run(const char* self, const std::string& dir, int64_t steps, const std::vector<float>& buffer) {
-  ensure_released_shape(dir);
+// One keep-k run of the released shapes (k of 128 experts per layer chosen from the prompt) in a fresh
+// process from a cold page cache: peak resident memory beside the kept weights + KV cache, and decode speed
+// beside the bandwidth bound. Returns the child's JSON line with the ratios added (null if it failed).
+nlohmann::json released_keep_run(const char* self, const std::string& dir, int64_t keep_k, int64_t steps,
+                                 const std::vector<float>& buffer) {
   std::vector<double> reads = read_bandwidths(buffer, 3);
-  nlohmann::json r = resident_in_child(self, dir, 16, steps);
+  nlohmann::json r = resident_in_child(self, dir, keep_k, steps);
   for (double rate : read_bandwidths(buffer, 3)) reads.push_back(rate);
-  if (!r.is_object()) {
-    std::printf("the keep-16 run failed\n");
-    return 1;
-  }
+  if (!r.is_object()) return nullptr;
   const double kept = r["kept_weights"].get<double>() + r["kv_cache"].get<double>();
   const double peak = r["peak_rss"].get<double>(), start = r["rss_start"].get<double>();
   const double bound = median(reads) * 1e9 / r["bytes_per_token"].get<double>();
   const double decode = r["decode_tokens_per_second"].get<double>();
   std::printf(
-      "released shapes (13.57B parameters, bf16, %s), keep-16 chosen from a %lld-token prompt, "
-      "cold page cache:\n",
-      dir.c_str(), static_cast<long long>(kPromptTokens));
-  std::printf("  peak RSS %.2f GB beside kept weights + KV %.2f GB: ratio %.3f ((peak - start) %.3f)\n",
-              peak / 1e9, kept / 1e9, peak / kept, (peak - start) / kept);
-  std::printf("  decode %.2f tok/s beside bandwidth %.1f GB/s / %.2f GB per token = %.2f tok/s: ratio %.2f\n",
-              decode, median(reads), r["bytes_per_token"].get<double>() / 1e9, bound, decode / bound);
-  std::printf("  prompt %.1f tok/s (each layer's 16 experts read from disk as the layer is reached)\n",
-              r["prompt_tokens_per_second"].get<double>());
-  r["bench"] = "infer_released";
+      "keep-%-3lld peak RSS %6.2f GB beside kept weights + KV %6.2f GB: ratio %.3f ((peak - start) "
+      "%.3f)\n",
+      static_cast<long long>(keep_k), peak / 1e9, kept / 1e9, peak / kept, (peak - start) / kept);
+  std::printf(
+      "         decode %.2f tok/s beside bandwidth %.1f GB/s / %.2f GB per token = %.2f tok/s: "
+      "ratio %.2f; prompt %.1f tok/s (each layer's experts read from disk as it is reached)\n",
+      decode, median(reads), r["bytes_per_token"].get<double>() / 1e9, bound, decode / bound,
+      r["prompt_tokens_per_second"].get<double>());
+  r["keep_k"] = keep_k;
   r["peak_over_kept"] = peak / kept;
   r["decode_bandwidth_bound"] = bound;
   r["decode_ratio"] = decode / bound;
   r["bandwidth_gbs"] = median(reads);
-  std::printf("%s\n", r.dump().c_str());
+  return r;
+}
+
+// The released shapes at each k of keep_ks, each in its own process from a cold page cache. The target:
+// the 27 GB model in about 5 GB at keep-16.
+int released_run(const char* self, const std::string& dir, const std::vector<int64_t>& keep_ks, int64_t steps,
+                 const std::vector<float>& buffer) {
+  ensure_released_shape(dir);
+  std::printf(
+      "released shapes (13.57B parameters, bf16, %s), experts chosen from a %lld-token prompt, "
+      "cold page cache, %lld decode steps:\n",
+      dir.c_str(), static_cast<long long>(kPromptTokens), static_cast<long long>(steps));
+  nlohmann::json runs = nlohmann::json::array();
+  for (int64_t keep_k : keep_ks) {
+    nlohmann::json r = released_keep_run(self, dir, keep_k, steps, buffer);
+    if (r.is_null()) {
+      std::printf("the keep-%lld run failed\n", static_cast<long long>(keep_k));
+      return 1;
+    }
+    runs.push_back(std::move(r));
+  }
+  const nlohmann::json summary = {{"bench", "infer_released"},
+                                  {"threads", emo::num_threads()},
+                                  {"prompt_tokens", kPromptTokens},
+                                  {"decode_steps", steps},
+                                  {"runs", runs}};
+  std::printf("%s\n", summary.dump().c_str());
   return 0;
 }
 
-}  // namespace
+// "8,16,32" -> {8, 16, 32}; each k within the released model's 1..128 experts.
+std::vector<int64_t> parse_keep_list(const std::string& text) {
+  std::vector<int64_t> keep_ks;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, comma - start);
+    char* end = nullptr;
+    const long long k = std::strtoll(item.c_str(), &end, 10);
+    EMO_CHECK(!item.empty() && *end == '\0' && k >= 1 && k <= 128, "bench_infer", "--keep-k: '", item,
+              "' is not an expert count in 1..128 (give e.g. 8,16,32)");
+    keep_ks.push_back(k);
+    start = comma + 1;
+  }
+  return keep_ks;
+}
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   if (argc >= 5 && std::strcmp(argv[1], "--resident") == 0)
     return resident_child(argv[2], std::stoll(argv[3]), std::stoll(argv[4]));
   bool quick = false;
   std::string dir = (fs::temp_directory_path() / "emo_bench_infer").string();
   int64_t steps = 64;
   std::string released;
+  std::vector<int64_t> keep_ks = {16};
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--released") == 0 && i + 1 < argc) released = argv[++i];
+    if (std::strcmp(argv[i], "--keep-k") == 0 && i + 1 < argc) keep_ks = parse_keep_list(argv[++i]);
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir = argv[++i];
     if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc) steps = std::stoll(argv[++i]);
@@ -384,7 +424,7 @@ int main(int argc, char** argv) {
   std::printf("emo inference benchmark: %d threads, models in %s (absolute figures: a shared machine)\n",
               emo::num_threads(), dir.c_str());
   const std::vector<float> buffer(static_cast<size_t>(1) << 26, 1.0f);  // 256 MiB, far beyond the caches
-  if (!released.empty()) return released_run(argv[0], released, steps, buffer);
+  if (!released.empty()) return released_run(argv[0], released, keep_ks, steps, buffer);
   const std::vector<double> start_reads = read_bandwidths(buffer, quick ? 2 : 5);
   const double bandwidth = *std::max_element(start_reads.begin(), start_reads.end());
   std::printf(
@@ -444,4 +484,15 @@ int main(int argc, char** argv) {
                             {"resident", resident}};
   std::printf("%s\n", summary.dump().c_str());
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
 }
