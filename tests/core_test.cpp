@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "run_emo.h"
@@ -158,6 +159,25 @@ TEST(Tensor, ShapeChecks) {
   EXPECT_EQ(t.size(), 6);
   EXPECT_THROW(t.reshape({4, 2}), Error);
   EXPECT_THROW(Tensor({2, 2}, std::vector<float>(3)), Error);
+}
+
+TEST(Sizes, ParseBytesReadsUnitsAndRefusesTheRest) {
+  EXPECT_EQ(parse_bytes("1048576", "--x"), 1048576);
+  EXPECT_EQ(parse_bytes("512MiB", "--x"), 512ll << 20);
+  EXPECT_EQ(parse_bytes("2GiB", "--x"), 2ll << 30);
+  EXPECT_EQ(parse_bytes("2g", "--x"), 2ll << 30);
+  EXPECT_EQ(parse_bytes("1.5 KiB", "--x"), 1536);
+  EXPECT_EQ(parse_bytes("3MB", "--x"), 3'000'000);
+  EXPECT_EQ(parse_bytes("10B", "--x"), 10);
+  for (const char* bad : {"", "GiB", "2XB", "2 GiBs", "-1", "1.2.3", "1e3", "99999999999TiB"}) {
+    SCOPED_TRACE(bad);
+    try {
+      parse_bytes(bad, "--memory-budget");
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--memory-budget '"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace emo

@@ -12,7 +12,9 @@
 #include <thread>
 
 #include "infer/generate.h"
+#include "infer/resident.h"
 #include "model/model.h"
+#include "run_emo.h"
 #include "serve/openai.h"
 #include "serve/server.h"
 #include "tiny_emo.h"
@@ -160,8 +162,8 @@ using nlohmann::json;
 using test::TempDir;
 const std::string kTokenizer = test::kTrainedTokenizer;
 
-void write_model(const std::string& dir) {
-  test::write_tiny_emo(dir);
+void write_model(const std::string& dir, int64_t expert_width = 12) {
+  test::write_tiny_emo(dir, expert_width, expert_width > 12 ? 64 << 20 : 24'000);
 }
 
 struct Served {
@@ -172,8 +174,8 @@ struct Served {
   std::thread thread;
   int port = 0;
 
-  explicit Served(EngineOptions engine_options = {}, ServerOptions options = {}) {
-    write_model(model);
+  explicit Served(EngineOptions engine_options = {}, ServerOptions options = {}, int64_t expert_width = 12) {
+    write_model(model, expert_width);
     for (auto& [name, path] : engine_options.packs) path = dir / path;
     write_packs();
     engine = std::make_unique<Engine>(InferWeights::open(model), Tokenizer::load(kTokenizer), engine_options);
@@ -187,11 +189,18 @@ struct Served {
     server->stop();
     thread.join();
   }
+  // pack.json keeps routed experts {1, 4, 7} of every layer, pack_b.json {2, 5, 8}, pack_big.json 0..6.
   void write_packs() {
-    ExpertSubset subset = ExpertSubset::for_model(InferWeights::open(model)->config(), 4, "test");
-    for (auto& routed : subset.routed) routed = {1, 4, 7};
-    subset.finish();
-    subset.save(dir / "pack.json");
+    const ModelConfig config = InferWeights::open(model)->config();
+    auto write = [&](const std::string& name, const std::vector<int32_t>& routed) {
+      ExpertSubset subset = ExpertSubset::for_model(config, static_cast<int64_t>(routed.size()) + 1, "test");
+      for (auto& layer : subset.routed) layer = routed;
+      subset.finish();
+      subset.save(dir / name);
+    };
+    write("pack.json", {1, 4, 7});
+    write("pack_b.json", {2, 5, 8});
+    write("pack_big.json", {0, 1, 2, 3, 4, 5, 6});
   }
   httplib::Client client(const std::string& key = "") const {
     httplib::Client c("127.0.0.1", port);
@@ -467,6 +476,97 @@ TEST(ServeHttp, ApiKeyIsCheckedOnV1AndMetricsCount) {
   EXPECT_NE(metrics->body.find("emo_requests_total 1\n"), std::string::npos) << metrics->body;
   EXPECT_NE(metrics->body.find("# TYPE emo_generated_tokens_total counter"), std::string::npos);
   EXPECT_NE(metrics->body.find("emo_requests_by_experts_total{experts=\"all\"} 1\n"), std::string::npos);
+}
+
+// The value of a metric line "emo_NAME VALUE" of /metrics.
+double metric(const std::string& metrics, const std::string& name) {
+  const size_t at = metrics.find("\nemo_" + name + " ");
+  EXPECT_NE(at, std::string::npos) << name;
+  if (at == std::string::npos) return -1;
+  return std::stod(metrics.substr(at + name.size() + 6));
+}
+
+// A budget that holds one pack but not two: alternating requests on both all succeed (and equal generate on
+// the pack), the cache evicts between them, the experts' pages in memory stay within the budget; what
+// cannot fit gets a 503 with code memory_budget.
+TEST(ServeHttp, AMemoryBudgetHoldingOnePackServesTwoInTurn) {
+  constexpr int64_t kWidth = 4096, kExpert = 3 * 16 * kWidth * 4;  // 768 KiB per expert
+  constexpr int64_t kBudget = 10 << 20;                            // 13 experts; a pack is 12 (3 layers x 4)
+  EngineOptions options;
+  options.packs = {{"a", "pack.json"}, {"b", "pack_b.json"}, {"big", "pack_big.json"}};
+  options.memory_budget = kBudget;
+  Served s(options, {}, kWidth);
+  const Tokenizer tokenizer = Tokenizer::load(kTokenizer);
+  const ModelConfig config = InferWeights::open(s.model)->config();
+  std::map<std::string, std::string> expected;
+  for (const auto& [name, file] :
+       std::map<std::string, std::string>{{"a", "pack.json"}, {"b", "pack_b.json"}}) {
+    const ExpertSubset pack = ExpertSubset::load(s.dir / file, config);
+    expected[name] = reference_text(s.model, tokenizer.encode("def f(x):"), 6, &pack);
+  }
+  const int64_t rss_before = current_rss_bytes();
+  for (int round = 0; round < 3; ++round)
+    for (const std::string pack : {"a", "b"}) {
+      auto [status, j] = s.post(
+          "/v1/completions",
+          json{{"prompt", "def f(x):"}, {"max_tokens", 6}, {"temperature", 0}, {"experts", pack}}.dump());
+      ASSERT_EQ(status, 200) << j.dump();
+      EXPECT_EQ(j["choices"][0]["text"], expected[pack]) << pack << " round " << round;
+    }
+  const int64_t rss_growth = current_rss_bytes() - rss_before;
+  auto metrics = s.client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  const std::string& m = metrics->body;
+  // The first request loads 12 experts; each switch keeps the 3 shared ones and makes room for the other
+  // pack's routed ones by evicting 8 of the 9 routed ones held (the ninth is a hit when its pack returns).
+  EXPECT_EQ(metric(m, "expert_cache_evictions_total"), 5 * 8) << m;
+  EXPECT_EQ(metric(m, "expert_cache_misses_total"), 12 + 9 + 4 * 8) << m;
+  EXPECT_EQ(metric(m, "expert_cache_hits_total"), 3 + 4 * 4) << m;
+  EXPECT_EQ(metric(m, "expert_cache_budget_bytes"), kBudget);
+  EXPECT_LE(metric(m, "expert_cache_resident_bytes"), kBudget);
+  EXPECT_EQ(metric(m, "expert_cache_pinned_bytes"), 0);
+
+  // The pages of the experts mapped in this process: within the budget plus what the kernel maps around a
+  // held expert's ends (fault-around: at most 64 KiB each side). Both packs held would be 21 experts.
+  const InferWeights& weights = s.engine->weights();
+  int64_t mapped = 0, loaded = 0;
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l)
+    for (int64_t e = 0; e < config.experts_in_layer(l); ++e) {
+      loaded += weights.expert_loaded(l, e) ? 1 : 0;
+      for (const MemoryRange& r : weights.expert_ranges(l, e))
+        mapped += mapped_resident_bytes(r.begin, r.bytes);
+    }
+  EXPECT_LE(loaded * kExpert, kBudget);
+  const int64_t bound = kBudget + loaded * 2 * (64 << 10);
+  EXPECT_LE(mapped, bound);
+  EXPECT_LT(bound, 21 * kExpert);
+  // The process as a whole: at most the budget and the decoder's scratch more than before any request.
+  EXPECT_LE(rss_growth, kBudget + (4 << 20)) << rss_growth;
+  std::printf("experts mapped %.2f MiB (bound %.2f MiB), RSS growth %.2f MiB, budget %.2f MiB\n",
+              mapped / 1048576.0, bound / 1048576.0, rss_growth / 1048576.0, kBudget / 1048576.0);
+
+  for (const json& experts : {json("big"), json("all"), json{{"keep_k", 9}}}) {
+    auto [status, e] = s.post("/v1/completions", json{{"prompt", "x"}, {"experts", experts}}.dump());
+    EXPECT_EQ(status, 503) << e.dump();
+    EXPECT_EQ(e["error"]["code"], "memory_budget") << e.dump();
+    EXPECT_EQ(e["error"]["type"], "server_error");
+    EXPECT_EQ(e["error"]["param"], "experts");
+    EXPECT_NE(e["error"]["message"].get<std::string>().find("--memory-budget"), std::string::npos);
+  }
+  // A choice from the prompt that fits runs (pinned layer by layer).
+  auto [chosen_status, chosen] =
+      s.post("/v1/completions", R"({"prompt": "x", "max_tokens": 2, "experts": {"keep_k": 4}})");
+  EXPECT_EQ(chosen_status, 200) << chosen.dump();
+}
+
+TEST(ServeHttp, CommandRefusesABadMemoryBudget) {
+  TempDir dir{"emo_serve_test_"};
+  write_model(dir / "model");
+  for (const char* bad : {"2XB", "0", "lots"}) {
+    const test::EmoRun run = test::run_emo("serve " + (dir / "model") + " --port 0 --memory-budget " + bad);
+    EXPECT_EQ(run.status, 1) << bad;
+    EXPECT_NE(run.err.find("--memory-budget"), std::string::npos) << run.err;
+  }
 }
 
 // The command: prints where it listens, serves, and on SIGTERM finishes and exits 0.

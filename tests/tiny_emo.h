@@ -32,12 +32,14 @@ struct TempDir {
 
 // V=300 (the tokenizer's), d=16, L=3, E=10 (9 routed + 1 shared), K=3, context 64, EOS 298; weights scaled
 // so routing is far from uniform. Saved in shards of at most 24 kB, with the tokenizer beside it.
-inline void write_tiny_emo(const std::string& dir) {
+// `intermediate` (expert width) and `max_shard_bytes` make experts large enough to span many pages.
+inline void write_tiny_emo(const std::string& dir, int64_t intermediate = 12,
+                           int64_t max_shard_bytes = 24'000) {
   ModelConfig c;
   c.model_type = "emo";
   c.vocab_size = 300;
   c.hidden_size = 16;
-  c.intermediate_size = 12;
+  c.intermediate_size = intermediate;
   c.num_hidden_layers = 3;
   c.num_attention_heads = 2;
   c.num_key_value_heads = 1;
@@ -52,7 +54,7 @@ inline void write_tiny_emo(const std::string& dir) {
   for (Param& p : model.params())
     if (p.value->ndim() > 1)
       for (float& w : p.value->vec()) w *= 12.0f;
-  model.save(dir, "float32", 24'000);
+  model.save(dir, "float32", max_shard_bytes);
   std::filesystem::copy_file(kTrainedTokenizer, std::filesystem::path(dir) / "tokenizer.json");
   std::ofstream(std::filesystem::path(dir) / "tokenizer_config.json")
       << "{\"eos_token\": \"<|endoftext|>\"}\n";

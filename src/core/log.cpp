@@ -3,10 +3,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <string>
+
+#include "core/error.h"
 
 namespace emo {
 namespace {
@@ -75,6 +79,37 @@ std::string human_bytes(double b) {
   }
   std::snprintf(buf, sizeof buf, i == 0 ? "%.0f %s" : "%.1f %s", b, suffix[i]);
   return buf;
+}
+
+int64_t parse_bytes(const std::string& text, const std::string& what) {
+  auto bad = [&]() -> int64_t {
+    fail("size", cat(what, " '", text, "': expected a size such as 2GiB, 512MiB or 1048576 (bytes)"));
+  };
+  size_t at = 0;
+  while (at < text.size() && (std::isdigit(static_cast<unsigned char>(text[at])) || text[at] == '.')) ++at;
+  if (at == 0) return bad();
+  double value = 0;
+  try {
+    size_t used = 0;
+    value = std::stod(text.substr(0, at), &used);
+    if (used != at) return bad();
+  } catch (const std::exception&) {
+    return bad();
+  }
+  std::string unit = text.substr(at);
+  if (!unit.empty() && unit.front() == ' ') unit.erase(0, 1);
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  const std::string prefixes = "KMGT";
+  double scale = 1;
+  if (!unit.empty() && unit != "B") {
+    const size_t power = prefixes.find(unit[0]);
+    const std::string rest = unit.substr(1);
+    if (power == std::string::npos || !(rest.empty() || rest == "B" || rest == "IB")) return bad();
+    scale = std::pow(rest == "B" ? 1000.0 : 1024.0, static_cast<double>(power + 1));
+  }
+  const double bytes = value * scale;
+  if (!(bytes < 9.2e18)) return bad();
+  return static_cast<int64_t>(bytes);
 }
 
 namespace {

@@ -66,5 +66,8 @@ std::string human_count(double value);
 std::string human_duration(double seconds);
 // "12.3 MiB"
 std::string human_bytes(double bytes);
+// A size as people write it: "1048576" (bytes), "512MiB", "2GiB", "1.5 GiB" (K/M/G/T alone, KiB.. TiB: powers
+// of 1024; KB/MB/GB/TB: powers of 1000; a trailing B optional). Throws emo::Error naming `what` otherwise.
+int64_t parse_bytes(const std::string& text, const std::string& what);
 
 }  // namespace emo

@@ -48,6 +48,33 @@ void advise_willneed(const void* p, int64_t bytes) {
   ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_WILLNEED);
 }
 
+// Drops the whole pages inside [p, p + bytes) from this process (a read-only file mapping: they are read
+// again from the file when touched). Pages shared with a neighbouring tensor stay.
+void advise_dontneed(const void* p, int64_t bytes) {
+  if (bytes <= 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes)) & ~(page - 1);
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+// The ranges sorted and merged where they touch (an expert's three matrices usually lie back to back, so
+// the pages between them are whole pages of the expert).
+std::vector<MemoryRange> merged(std::vector<MemoryRange> ranges) {
+  std::sort(ranges.begin(), ranges.end(), [](const MemoryRange& a, const MemoryRange& b) {
+    return reinterpret_cast<uintptr_t>(a.begin) < reinterpret_cast<uintptr_t>(b.begin);
+  });
+  std::vector<MemoryRange> out;
+  for (const MemoryRange& r : ranges) {
+    const auto* begin = static_cast<const char*>(r.begin);
+    if (!out.empty() && static_cast<const char*>(out.back().begin) + out.back().bytes == begin)
+      out.back().bytes += r.bytes;
+    else
+      out.push_back(r);
+  }
+  return out;
+}
+
 bool is_float(DType t) {
   return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16;
 }
@@ -58,6 +85,7 @@ struct InferWeights::Impl {
   struct ExpertSlot {
     bool loaded = false;
     ExpertView view;
+    std::deque<std::vector<float>> converted;  // fp32 copies of its f16 matrices, freed when unloaded
   };
   SafetensorsCheckpoint checkpoint;
   std::deque<std::vector<float>> owned;          // fp32 copies of what the kernels cannot read in place
@@ -78,8 +106,10 @@ struct InferWeights::Impl {
     return info;
   }
 
-  // Checks matrix `name` [rows, cols] and, for int8, its scales; returns the view (f16: converted copy).
-  MatrixView matrix(const std::string& name, int64_t rows, int64_t cols, bool convert) {
+  // Checks matrix `name` [rows, cols] and, for int8, its scales; returns the view (f16: converted copy,
+  // held by `into`, or by `owned` when null).
+  MatrixView matrix(const std::string& name, int64_t rows, int64_t cols, bool convert,
+                    std::deque<std::vector<float>>* into = nullptr) {
     const TensorInfo& info = tensor(name, {rows, cols});
     MatrixView view;
     view.rows = rows, view.cols = cols, view.dtype = info.dtype, view.data = info.data;
@@ -100,7 +130,7 @@ struct InferWeights::Impl {
               ", which inference does not support (F32, BF16, F16, or I8 with '", name, kScaleSuffix, "')"));
     } else if (info.dtype == DType::kF16 && convert) {
       view.dtype = DType::kF32;
-      view.data = to_f32(info);
+      view.data = to_f32(info, into ? *into : owned);
     }
     return view;
   }
@@ -114,20 +144,24 @@ struct InferWeights::Impl {
           cat("tensor '", name, "' has dtype ", dtype_name(info.dtype), ", norms must be F32, BF16 or F16"));
     if (info.dtype == DType::kF32 && reinterpret_cast<uintptr_t>(info.data) % alignof(float) == 0)
       return static_cast<const float*>(info.data);
-    return to_f32(info);
+    return to_f32(info, owned);
   }
 
-  const float* to_f32(const TensorInfo& info) {
-    owned.emplace_back(static_cast<size_t>(info.numel()));
-    convert_to_f32(info.dtype, info.data, owned.back().data(), owned.back().size());
-    return owned.back().data();
+  const float* to_f32(const TensorInfo& info, std::deque<std::vector<float>>& into) {
+    into.emplace_back(static_cast<size_t>(info.numel()));
+    convert_to_f32(info.dtype, info.data, into.back().data(), into.back().size());
+    return into.back().data();
   }
 
-  ExpertView expert_view(const ModelConfig& config, int64_t l, int64_t e, bool convert) {
+  // The views of expert e of layer l; f16 matrices converted into `into` when given (else only checked).
+  ExpertView expert_view(const ModelConfig& config, int64_t l, int64_t e,
+                         std::deque<std::vector<float>>* into) {
     const int64_t C = config.hidden_size, F = config.intermediate_size;
     const std::string p = expert_prefix(config, l, e);
-    return {matrix(p + "gate_proj.weight", F, C, convert), matrix(p + "up_proj.weight", F, C, convert),
-            matrix(p + "down_proj.weight", C, F, convert)};
+    const bool convert = into != nullptr;
+    return {matrix(p + "gate_proj.weight", F, C, convert, into),
+            matrix(p + "up_proj.weight", F, C, convert, into),
+            matrix(p + "down_proj.weight", C, F, convert, into)};
   }
 };
 
@@ -160,7 +194,7 @@ std::unique_ptr<InferWeights> InferWeights::open(const std::string& dir) {
     const int64_t E = config.is_moe() ? config.experts_in_layer(l) : 1;
     if (config.is_moe()) layer.router = im.matrix(p + "mlp.gate.weight", E, C, true);
     // Every expert's header is checked now; the views are made again (and f16 converted) when loaded.
-    for (int64_t e = 0; e < E; ++e) im.expert_view(config, l, e, false);
+    for (int64_t e = 0; e < E; ++e) im.expert_view(config, l, e, nullptr);
     w->layers_.push_back(layer);
     im.experts.emplace_back(static_cast<size_t>(E));
     im.kept.emplace_back();
@@ -215,10 +249,30 @@ const ExpertView& InferWeights::load_expert(int64_t l, int64_t e) {
   const bool shared = !config_.is_moe() || e >= config_.routed_in_layer(l);
   EMO_CHECK(!kept_list || shared || std::binary_search(kept_list->begin(), kept_list->end(), e), kOp,
             "layer ", l, ": expert ", e, " is not in the kept subset");
-  slot.view = impl_->expert_view(config_, l, e, true);
-  for (const MemoryRange& r : expert_ranges(l, e)) advise_willneed(r.begin, r.bytes);
+  slot.view = impl_->expert_view(config_, l, e, &slot.converted);
+  if (slot.converted.empty())
+    for (const MemoryRange& r : expert_ranges(l, e)) advise_willneed(r.begin, r.bytes);
+  else  // read once for the copy, never again
+    for (const MemoryRange& r : merged(expert_ranges(l, e))) advise_dontneed(r.begin, r.bytes);
   slot.loaded = true;
   return slot.view;
+}
+
+void InferWeights::unload_expert(int64_t l, int64_t e) {
+  auto& slot = impl_->experts.at(l).at(e);
+  if (!slot.loaded) return;
+  slot.loaded = false;
+  slot.view = {};
+  slot.converted.clear();
+  for (const MemoryRange& r : merged(expert_ranges(l, e))) advise_dontneed(r.begin, r.bytes);
+}
+
+int64_t InferWeights::expert_bytes(int64_t l, int64_t e) const {
+  int64_t bytes = 0;
+  for (const MemoryRange& r : expert_ranges(l, e)) bytes += r.bytes;
+  const TensorInfo& gate = impl_->checkpoint.info(expert_prefix(config_, l, e) + "gate_proj.weight");
+  // An f16 expert lives as its fp32 copy: twice the stored bytes.
+  return gate.dtype == DType::kF16 ? 2 * bytes : bytes;
 }
 
 const ExpertView& InferWeights::expert(int64_t l, int64_t e) const {

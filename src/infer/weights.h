@@ -7,8 +7,10 @@
 // of its routed experts (subset routing, docs/emo.md §1), and then no byte of the other experts
 // is read, so the resident memory follows the subset. "Loading" an expert = resolving its views, converting
 // it if needed and asking the kernel to read its pages ahead (MADV_WILLNEED); the bookkeeping records which
-// experts were loaded. The header of every tensor is checked at open, so a bad checkpoint fails before any
-// token is generated, with a message naming the tensor.
+// experts were loaded. An expert can be unloaded again (an expert cache under a memory budget,
+// infer/expert_cache.h): its whole pages leave this process (MADV_DONTNEED) and a converted copy is freed.
+// The header of every tensor is checked at open, so a bad checkpoint fails before any token is generated,
+// with a message naming the tensor.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +78,13 @@ class InferWeights {
   const ExpertView& expert(int64_t l, int64_t e) const;
   bool expert_loaded(int64_t l, int64_t e) const;
   int64_t experts_loaded() const;
+  // Unloads expert e of layer l (no-op when not loaded): the whole pages of its byte ranges are dropped from
+  // this process's mapping (MADV_DONTNEED; they are read again from the file when next loaded), a converted
+  // copy is freed. The caller guarantees no decoding uses it meanwhile. Not thread-safe.
+  void unload_expert(int64_t l, int64_t e);
+  // Bytes expert e of layer l occupies while loaded: its stored matrices (scales included), or the fp32 copy
+  // of an f16 one.
+  int64_t expert_bytes(int64_t l, int64_t e) const;
   // Byte ranges of expert e of layer l in the mapping (its three matrices, scales included).
   std::vector<MemoryRange> expert_ranges(int64_t l, int64_t e) const;
 

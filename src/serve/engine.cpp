@@ -6,6 +6,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "infer/generate.h"
 #include "infer/sampler.h"
 
@@ -14,6 +15,14 @@ namespace {
 
 [[noreturn]] void unavailable(const std::string& message) {
   reject(503, "", message, "server_busy", "server_error");
+}
+
+[[noreturn]] void over_budget(const std::string& what, int64_t bytes, int64_t budget) {
+  reject(503, "experts",
+         cat("the experts of this request (", what, ", ", human_bytes(static_cast<double>(bytes)),
+             ") do not fit the server's --memory-budget of ", human_bytes(static_cast<double>(budget)),
+             " for the experts held at once"),
+         "memory_budget", "server_error");
 }
 
 // An id for a chosen subset: the same choice gets the same id (FNV-1a over the kept indices).
@@ -91,6 +100,7 @@ void Job::fail(ApiError error) {
 Engine::Engine(std::unique_ptr<InferWeights> weights, Tokenizer tokenizer, EngineOptions options)
     : weights_(std::move(weights)),
       config_(weights_->config()),
+      cache_(*weights_, options.memory_budget),
       tokenizer_(std::move(tokenizer)),
       options_(std::move(options)),
       template_(ChatTemplate::load(options_.chat_template)) {
@@ -163,6 +173,57 @@ void Engine::check_keep_k(int64_t keep_k) const {
       reject(400, "experts.keep_k", cat("keep_k ", keep_k, " keeps no routed expert of layer ", l),
              "invalid_value");
   }
+}
+
+std::vector<ExpertKey> Engine::layer_keys(int64_t l, const std::vector<int32_t>& routed) const {
+  std::vector<ExpertKey> keys;
+  if (!config_.is_moe()) return keys;
+  for (int32_t e : routed) keys.push_back({static_cast<int32_t>(l), e});
+  for (int64_t e = config_.routed_in_layer(l); e < config_.experts_in_layer(l); ++e)
+    keys.push_back({static_cast<int32_t>(l), static_cast<int32_t>(e)});
+  return keys;
+}
+
+std::vector<ExpertKey> Engine::keys_of(const ExpertSubset* subset) const {
+  std::vector<ExpertKey> keys;
+  if (!config_.is_moe()) return keys;
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    std::vector<int32_t> routed;
+    if (subset)
+      routed = subset->routed[l];
+    else
+      for (int32_t e = 0; e < config_.routed_in_layer(l); ++e) routed.push_back(e);
+    for (ExpertKey k : layer_keys(l, routed)) keys.push_back(k);
+  }
+  return keys;
+}
+
+void Engine::check_budget(const SubsetEntry& entry) const {
+  const std::vector<ExpertKey> keys = keys_of(entry.subset.get());
+  if (cache_.fits(keys)) return;
+  over_budget(cat(entry.source == "pack" ? "pack '" + entry.id + "'" : "'" + entry.id + "'", ": ",
+                  keys.size(), " experts"),
+              cache_.bytes_of(keys), options_.memory_budget);
+}
+
+void Engine::check_budget(int64_t keep_k) const {
+  if (options_.memory_budget <= 0 || !config_.is_moe()) return;
+  int64_t most = 0;  // the shared experts and the largest keep_k - n_s routed ones of every layer
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    std::vector<int64_t> routed;
+    for (int32_t e = 0; e < config_.routed_in_layer(l); ++e)
+      routed.push_back(cache_.bytes_of({{static_cast<int32_t>(l), e}}));
+    std::sort(routed.rbegin(), routed.rend());
+    const int64_t shared = config_.shared_in_layer(l);
+    for (int64_t i = 0; i < keep_k - shared; ++i) most += routed[i];
+    most += cache_.bytes_of(layer_keys(l, {}));
+  }
+  if (most > options_.memory_budget)
+    over_budget(cat(keep_k, " experts per layer chosen for it"), most, options_.memory_budget);
+}
+
+void Engine::pin(ExpertPins& pins, const std::vector<ExpertKey>& keys, const std::string& what) const {
+  if (!pins.add(keys)) over_budget(what, cache_.bytes_of(keys), options_.memory_budget);
 }
 
 SubsetEntry Engine::resolve_named(const std::string& name) const {
@@ -259,6 +320,10 @@ std::shared_ptr<Job> Engine::submit(const CompletionRequest& request) {
       break;
     }
   }
+  if (job->subset)
+    check_budget(*job->subset);
+  else
+    check_budget(job->choose_keep_k);
 
   std::lock_guard lock(queue_mutex_);
   if (stopping_) unavailable("the server is shutting down");
@@ -312,20 +377,26 @@ void Engine::apply(const SubsetEntry& entry) {
 
 // Runs the prompt through the decoder, reusing the cached prefix when the subset is the same. Returns the
 // logits of the prompt's last token; `cached` gets how many prompt tokens came from the cache.
-const Tensor& Engine::prefill(Job& job, SubsetEntry& entry, int64_t& cached) {
+const Tensor& Engine::prefill(Job& job, SubsetEntry& entry, int64_t& cached, ExpertPins& pins) {
   cached = 0;
   if (!job.subset) {
     // Choose on this engine: from the examples (own decoders), or layerwise from the prompt (which also
-    // prefills it).
+    // prefills it). Each layer's choice is pinned before its experts are read; the weights' restriction is
+    // unknown until the choice is complete.
+    applied_subset_.clear();
+    auto pin_layer = [&](int64_t l, const std::vector<int32_t>& routed) {
+      pin(pins, layer_keys(l, routed), cat("layer ", l, "'s chosen experts"));
+    };
     if (!job.example_tokens.empty()) {
-      entry = remember(select_layerwise(*weights_, job.example_tokens, job.choose_keep_k, "request examples"),
-                       "examples");
+      entry = remember(
+          select_layerwise(*weights_, job.example_tokens, job.choose_keep_k, "request examples", pin_layer),
+          "examples");
       applied_subset_ = entry.id;  // select_layerwise left the weights restricted to it
     } else {
       decoder_->reset();
       cached_tokens_.clear();
       ExpertSubset chosen =
-          select_layerwise(*weights_, {decoder_.get()}, {job.prompt}, job.choose_keep_k, "prompt");
+          select_layerwise(*weights_, {decoder_.get()}, {job.prompt}, job.choose_keep_k, "prompt", pin_layer);
       entry = remember(std::move(chosen), "prompt");
       applied_subset_ = entry.id;
       cached_subset_ = entry.id;
@@ -335,6 +406,7 @@ const Tensor& Engine::prefill(Job& job, SubsetEntry& entry, int64_t& cached) {
     }
   } else {
     entry = *job.subset;
+    pin(pins, keys_of(entry.subset.get()), "'" + entry.id + "'");
   }
   apply(entry);
   size_t common = 0;
@@ -361,7 +433,8 @@ const Tensor& Engine::prefill(Job& job, SubsetEntry& entry, int64_t& cached) {
 void Engine::run(Job& job) {
   SubsetEntry entry;
   int64_t cached = 0;
-  const Tensor* logits = &prefill(job, entry, cached);
+  ExpertPins pins(cache_);  // released when the sequence ends
+  const Tensor* logits = &prefill(job, entry, cached, pins);
   stats_.prompt_tokens += static_cast<int64_t>(job.prompt.size());
   stats_.cached_prompt_tokens += cached;
   by_subset_.add(entry.id);

@@ -8,6 +8,11 @@
 // it; that is sound because one sequence runs at a time. The KV cache of the last sequence is kept: a
 // request on the same subset whose prompt shares a prefix with the cached tokens reuses it (Decoder::truncate
 // to the common prefix); another subset means a fresh prefill.
+//
+// Memory: the experts a sequence may use are pinned in an ExpertCache (infer/expert_cache.h) for the time
+// it runs; with a budget (--memory-budget) the least recently used unpinned experts are dropped to make
+// room. A request whose experts cannot fit the budget even alone is refused at submit with a 503
+// (code "memory_budget").
 #pragma once
 
 #include <atomic>
@@ -24,6 +29,7 @@
 #include <vector>
 
 #include "infer/decoder.h"
+#include "infer/expert_cache.h"
 #include "select/subset.h"
 #include "serve/chat_template.h"
 #include "serve/openai.h"
@@ -84,6 +90,7 @@ struct EngineOptions {
   size_t max_queue = 64;                     // waiting requests beyond it get a 503
   size_t remembered_subsets = 256;           // chosen subsets kept for clients to send back (oldest dropped)
   size_t max_examples = 64;
+  int64_t memory_budget = 0;  // bytes the experts held at once may take (0: no limit)
 };
 
 // Counters for /metrics.
@@ -126,6 +133,9 @@ class Engine {
   void stop_accepting() { accepting_ = false; }
   int64_t experts_loaded() const;
   int64_t kv_cache_bytes() const { return kv_bytes_; }
+  ExpertCacheStats expert_cache_stats() const { return cache_.stats(); }
+  // The weights, for reports of their memory: read only while idle().
+  const InferWeights& weights() const { return *weights_; }
 
  private:
   void loop();
@@ -134,10 +144,20 @@ class Engine {
   SubsetEntry remember(ExpertSubset subset, const std::string& source);
   void apply(const SubsetEntry& entry);
   void check_keep_k(int64_t keep_k) const;
-  const Tensor& prefill(Job& job, SubsetEntry& entry, int64_t& cached);
+  // The experts a subset pins (routed kept + shared per layer; every expert for "all"); of one layer's
+  // choice.
+  std::vector<ExpertKey> keys_of(const ExpertSubset* subset) const;
+  std::vector<ExpertKey> layer_keys(int64_t l, const std::vector<int32_t>& routed) const;
+  // Refuses (503) a request whose experts cannot fit the budget: a known subset, or the most a choice of
+  // keep_k per layer can take.
+  void check_budget(const SubsetEntry& entry) const;
+  void check_budget(int64_t keep_k) const;
+  void pin(ExpertPins& pins, const std::vector<ExpertKey>& keys, const std::string& what) const;
+  const Tensor& prefill(Job& job, SubsetEntry& entry, int64_t& cached, ExpertPins& pins);
 
   std::unique_ptr<InferWeights> weights_;
   const ModelConfig config_;
+  ExpertCache cache_;
   const Tokenizer tokenizer_;
   const EngineOptions options_;
   const ChatTemplate template_;

@@ -2,6 +2,8 @@
 
 #include <httplib.h>
 
+#include <cmath>
+#include <limits>
 #include <random>
 #include <sstream>
 
@@ -54,6 +56,16 @@ std::string label_value(const std::string& s) {
     out += c;
   }
   return out;
+}
+
+// A sample value as Prometheus reads it: integers in full (byte counts beyond 6 digits), +Inf.
+std::string metric_value(double value) {
+  if (std::isinf(value)) return value > 0 ? "+Inf" : "-Inf";
+  if (value == std::floor(value) && std::fabs(value) < 9e15)
+    return std::to_string(static_cast<int64_t>(value));
+  std::ostringstream out;
+  out << value;
+  return out.str();
 }
 
 }  // namespace
@@ -216,7 +228,7 @@ std::string Server::metrics() const {
   std::ostringstream out;
   auto metric = [&](const char* name, const char* type, const char* help, double value) {
     out << "# HELP emo_" << name << " " << help << "\n# TYPE emo_" << name << " " << type << "\nemo_" << name
-        << " " << value << "\n";
+        << " " << metric_value(value) << "\n";
   };
   metric("requests_total", "counter", "Completion requests the engine ran.", s.requests);
   metric("requests_failed_total", "counter", "Requests that ended with an error in the engine.",
@@ -238,6 +250,20 @@ std::string Server::metrics() const {
          static_cast<double>(engine_.experts_loaded()));
   metric("kv_cache_bytes", "gauge", "Bytes of the KV cache in use.",
          static_cast<double>(engine_.kv_cache_bytes()));
+  const ExpertCacheStats cache = engine_.expert_cache_stats();
+  metric("expert_cache_hits_total", "counter", "Experts a request pinned that were already held.",
+         static_cast<double>(cache.hits));
+  metric("expert_cache_misses_total", "counter", "Experts a request pinned that had to be loaded.",
+         static_cast<double>(cache.misses));
+  metric("expert_cache_evictions_total", "counter", "Experts dropped from memory to stay within the budget.",
+         static_cast<double>(cache.evictions));
+  metric("expert_cache_resident_bytes", "gauge", "Bytes of the experts held (pinned or cached).",
+         static_cast<double>(cache.resident_bytes));
+  metric("expert_cache_pinned_bytes", "gauge", "Bytes of the experts pinned by running requests.",
+         static_cast<double>(cache.pinned_bytes));
+  metric("expert_cache_budget_bytes", "gauge", "The --memory-budget for the experts (+Inf: no limit).",
+         cache.budget_bytes > 0 ? static_cast<double>(cache.budget_bytes)
+                                : std::numeric_limits<double>::infinity());
   out << "# HELP emo_requests_by_experts_total Requests run per expert subset (all, a pack, a chosen id).\n"
       << "# TYPE emo_requests_by_experts_total counter\n";
   for (const auto& [id, count] : engine_.requests_by_subset())

@@ -30,7 +30,7 @@ void on_signal(int signal) {
 
 std::function<int()> setup_serve(CLI::App& app) {
   struct Options {
-    std::string model, tokenizer, model_name;
+    std::string model, tokenizer, model_name, memory_budget;
     std::vector<std::string> packs;
     int64_t timeout = 600, max_body = 4 << 20;
     size_t max_queue = 64;
@@ -52,6 +52,8 @@ std::function<int()> setup_serve(CLI::App& app) {
   app.add_option("--model-name", o->model_name,
                  "The model id /v1/models reports (default: the directory name)");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  app.add_option("--memory-budget", o->memory_budget,
+                 "Most memory the experts held at once may take: 2GiB, 512MiB, bytes (default: no limit)");
   app.add_option("--timeout", o->timeout, "Seconds a request may run")->capture_default_str();
   app.add_option("--max-body", o->max_body, "Largest request body in bytes")->capture_default_str();
   app.add_option("--max-queue", o->max_queue, "Requests waiting beyond this get a 503")
@@ -66,6 +68,11 @@ std::function<int()> setup_serve(CLI::App& app) {
     EMO_CHECK(o->timeout > 0 && o->max_body > 0 && o->max_queue > 0, "serve",
               "--timeout, --max-body and --max-queue must be positive");
     o->engine.max_queue = o->max_queue;
+    if (!o->memory_budget.empty()) {
+      o->engine.memory_budget = emo::parse_bytes(o->memory_budget, "--memory-budget");
+      EMO_CHECK(o->engine.memory_budget > 0, "serve", "--memory-budget ", o->memory_budget,
+                ": must be positive");
+    }
     o->server.request_timeout = std::chrono::seconds(o->timeout);
     o->server.max_body_bytes = static_cast<size_t>(o->max_body);
     o->server.model_name =
