@@ -12,6 +12,10 @@
 // bf16 and int8, with all experts and with 12.5% (8 of 64).
 //   bench_infer [--quick] [--dir DIR] [--steps N]
 //   bench_infer --released DIR [--keep-k 8,16,32] [--steps N]
+// With --load-check: what the load-time check for NaN / infinity costs instead. The 1.6 GB model (fp32, bf16,
+// int8) opened for inference with every expert loaded, checked (the default) and not (emo --allow-nonfinite),
+// from the page cache; the same-run reference is one plain read of the same bytes (an OR over the mapped
+// tensors), which the check should match, since it reads each byte once.
 // With --released DIR: the released Emo_1b14b_1T's shapes instead (13.57B parameters in bf16, random values,
 // 27 GB written once into DIR, about a minute), run at keep-16 (or each k of --keep-k 8,16,32, each in a
 // fresh process) from a cold page cache: peak resident memory beside the kept weights + KV cache (the
@@ -39,8 +43,11 @@
 #include "infer/generate.h"
 #include "infer/quantize.h"
 #include "infer/resident.h"
+#include "infer/weights.h"
+#include "io/safetensors.h"
 #include "kernels/gemm.h"
 #include "model/model.h"
+#include "model/weights_check.h"
 
 extern char** environ;
 
@@ -404,6 +411,66 @@ std::vector<int64_t> parse_keep_list(const std::string& text) {
   }
   return keep_ks;
 }
+// Seconds of InferWeights::open plus loading every expert (what a run with all experts uses).
+double open_and_load_all(const std::string& dir) {
+  Timer t;
+  auto weights = emo::InferWeights::open(dir);
+  const emo::ModelConfig& c = weights->config();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    for (int64_t e = 0; e < c.experts_in_layer(l); ++e) weights->load_expert(l, e);
+  return t.seconds();
+}
+
+// Seconds of one plain read (an OR of 32-byte loads) over every tensor of the mapped checkpoint; *bytes set.
+double plain_read(const std::string& dir, double* bytes) {
+  const emo::SafetensorsCheckpoint checkpoint = emo::SafetensorsCheckpoint::open(dir);
+  Timer t;
+  __m256i any = _mm256_setzero_si256();
+  *bytes = 0;
+  for (const std::string& name : checkpoint.names()) {
+    const emo::TensorInfo& info = checkpoint.info(name);
+    const char* p = static_cast<const char*>(info.data);
+    for (size_t i = 0; i + 32 <= info.nbytes; i += 32)
+      any = _mm256_or_si256(any, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+    *bytes += static_cast<double>(info.nbytes);
+  }
+  const double seconds = t.seconds();
+  if (_mm256_testz_si256(any, any)) std::printf(" ");  // keep the reads alive
+  return seconds;
+}
+
+int load_check_run(const std::string& dir, int rounds) {
+  ensure_models(dir, "big", big_config());
+  nlohmann::json out = {{"bench", "infer_load_check"}, {"rounds", rounds}};
+  for (const char* dtype : {"f32", "bf16", "int8"}) {
+    const std::string path = (fs::path(dir) / "big" / dtype).string();
+    double bytes = 0;
+    plain_read(path, &bytes);  // into the page cache
+    std::vector<double> checked, unchecked, reads;
+    for (int r = 0; r < rounds; ++r) {
+      emo::set_allow_nonfinite_weights(false);
+      checked.push_back(open_and_load_all(path));
+      emo::set_allow_nonfinite_weights(true);
+      unchecked.push_back(open_and_load_all(path));
+      reads.push_back(plain_read(path, &bytes));
+    }
+    emo::set_allow_nonfinite_weights(false);
+    const double cost = median(checked) - median(unchecked), reference = median(reads);
+    std::printf(
+        "%-4s %.2f GB: open + every expert %.1f ms checked, %.1f ms with --allow-nonfinite: the check costs "
+        "%.1f ms; one plain read of the bytes %.1f ms; ratio %.2f\n",
+        dtype, bytes / 1e9, 1e3 * median(checked), 1e3 * median(unchecked), 1e3 * cost, 1e3 * reference,
+        cost / reference);
+    out[dtype] = {{"bytes", bytes},
+                  {"checked_ms", 1e3 * median(checked)},
+                  {"unchecked_ms", 1e3 * median(unchecked)},
+                  {"check_ms", 1e3 * cost},
+                  {"plain_read_ms", 1e3 * reference},
+                  {"ratio", cost / reference}};
+  }
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
 
 int run(int argc, char** argv) {
   if (argc >= 5 && std::strcmp(argv[1], "--resident") == 0)
@@ -413,7 +480,9 @@ int run(int argc, char** argv) {
   int64_t steps = 64;
   std::string released;
   std::vector<int64_t> keep_ks = {16};
+  bool load_check = false;
   for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--load-check") == 0) load_check = true;
     if (std::strcmp(argv[i], "--released") == 0 && i + 1 < argc) released = argv[++i];
     if (std::strcmp(argv[i], "--keep-k") == 0 && i + 1 < argc) keep_ks = parse_keep_list(argv[++i]);
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
@@ -425,6 +494,7 @@ int run(int argc, char** argv) {
               emo::num_threads(), dir.c_str());
   const std::vector<float> buffer(static_cast<size_t>(1) << 26, 1.0f);  // 256 MiB, far beyond the caches
   if (!released.empty()) return released_run(argv[0], released, keep_ks, steps, buffer);
+  if (load_check) return load_check_run(dir, quick ? 1 : 5);
   const std::vector<double> start_reads = read_bandwidths(buffer, quick ? 2 : 5);
   const double bandwidth = *std::max_element(start_reads.begin(), start_reads.end());
   std::printf(

@@ -15,10 +15,13 @@
 #include "infer/generate.h"
 #include "infer/quantize.h"
 #include "infer/resident.h"
+#include "io/json_file.h"
 #include "io/safetensors.h"
 #include "kernels/quant.h"
 #include "model/forward_state.h"
+#include "model/weights_check.h"
 #include "run_emo.h"
+#include "select/prune.h"
 #include "select/selection.h"
 
 namespace emo {
@@ -590,6 +593,125 @@ TEST(InferRefusals, ConfigSizesThatDisagreeWithTheWeightsNameTheField) {
   expect_in(errors_with([](ModelConfig& c) { c.num_hidden_layers = 100'000'000; }),
             "num_hidden_layers 100000000 but the weights in " + (dir / "m") + " hold 2 layer(s)");
   EXPECT_FALSE(fs::exists(dir / "q"));
+}
+
+// The scan itself: every float dtype, any alignment, the first bad element past whole blocks and in the tail.
+TEST(NonFinite, TheFirstNanOrInfinityIsFoundInEveryFloatDtypeAtAnyAlignment) {
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    const size_t size = dtype_size(dtype);
+    for (int64_t n : {1, 255, 256, 1000}) {
+      std::vector<float> values(static_cast<size_t>(n), 1.5f);
+      std::vector<char> bytes(static_cast<size_t>(n) * size + 1);
+      char* unaligned = bytes.data() + 1;
+      convert_from_f32(dtype, values.data(), unaligned, values.size());
+      EXPECT_EQ(first_nonfinite(dtype, unaligned, n), -1) << dtype_name(dtype) << " " << n;
+      for (float bad : {NAN, INFINITY, -INFINITY})
+        for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
+          std::vector<float> with = values;
+          with[static_cast<size_t>(at)] = bad;
+          if (at + 1 < n) with[static_cast<size_t>(n - 1)] = NAN;  // a later one is not the first
+          convert_from_f32(dtype, with.data(), unaligned, with.size());
+          EXPECT_EQ(first_nonfinite(dtype, unaligned, n), at) << dtype_name(dtype) << " " << n << " " << bad;
+        }
+    }
+  }
+  std::vector<int8_t> ints(300, -128);
+  EXPECT_EQ(first_nonfinite(DType::kI8, ints.data(), 300), -1);
+}
+
+// A NaN or infinity in the weights is named (tensor, index, element, file) by every loader when it reads the
+// tensor: inference when the tensor is loaded for use (an expert when kept, never an expert left out), the
+// training engine, the eval / select path, prune, quantize (before writing anything) and `emo` itself;
+// `emo --allow-nonfinite` lets them through.
+TEST(InferRefusals, NonFiniteWeightsAreNamedByEveryLoaderUnlessAllowed) {
+  TempDir dir;
+  auto model = random_model(tiny_config(), 12);
+  const std::string expert = "model.layers.1.mlp.experts.3.up_proj.weight";  // [24, 32]
+  auto write_with = [&](const std::string& name, int64_t index, float value, const std::string& out) {
+    float& w = model->weight(name).vec()[static_cast<size_t>(index)];
+    const float good = w;
+    w = value;
+    write_edited(
+        out, [](auto&) {}, *model);
+    w = good;
+  };
+  write_with(expert, 5 * 32 + 7, NAN, dir / "expert");
+  write_with("model.norm.weight", 31, -INFINITY, dir / "norm");
+  const std::string expert_file = dir / "expert/model.safetensors",
+                    norm_file = dir / "norm/model.safetensors";
+  const std::string expert_says =
+      "[model] " + expert_file + ": tensor '" + expert + "' [24, 32] holds nan at index 167 (element [5, 7])";
+  const std::string norm_says =
+      "[model] " + norm_file + ": tensor 'model.norm.weight' [32] holds -inf at index 31 (element [31])";
+
+  auto weights = InferWeights::open(dir / "expert");  // experts are checked when loaded
+  weights->keep_experts(1, {0, 1});                   // expert 3 left out: never read
+  EXPECT_FALSE(weights->expert_loaded(1, 3));
+  std::string msg = error_of([&] { weights->keep_experts(1, {2, 3}); });
+  EXPECT_NE(msg.find(expert_says), std::string::npos) << msg;
+  EXPECT_NE(msg.find("emo --allow-nonfinite"), std::string::npos) << msg;
+  for (const std::string& m : {error_of([&] { InferWeights::open(dir / "norm"); }),
+                               error_of([&] { load_model_dequantized(dir / "norm"); }),
+                               error_of([&] { Model::load(dir / "norm"); })})
+    EXPECT_NE(m.find(norm_says), std::string::npos) << m;
+  for (const std::string& m :
+       {error_of([&] { load_model_dequantized(dir / "expert"); }),
+        error_of([&] { Model::load(dir / "expert"); }),
+        error_of([&] { quantize_checkpoint(dir / "expert", dir / "q", DType::kI8); }), error_of([&] {
+          ExpertSubset all = ExpertSubset::for_model(model->config(), 4, "test");
+          for (auto& routed : all.routed) routed = {0, 1, 3};
+          all.finish();
+          prune_checkpoint(dir / "expert", all, dir / "p");
+        })})
+    EXPECT_NE(m.find(expert_says), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(dir / "q"));
+  EXPECT_FALSE(fs::exists(dir / "p"));
+
+  test::EmoRun refused =
+      test::run_emo("quantize " + (dir / "expert") + " --dtype bf16 -o " + (dir / "q") + " --skip-eval");
+  EXPECT_EQ(refused.status, 1) << refused.err;
+  EXPECT_NE(refused.err.find("emo: error: " + expert_says), std::string::npos) << refused.err;
+  EXPECT_FALSE(fs::exists(dir / "q"));
+  test::EmoRun allowed = test::run_emo("--allow-nonfinite quantize " + (dir / "expert") +
+                                       " --dtype bf16 -o " + (dir / "q") + " --skip-eval");
+  EXPECT_EQ(allowed.status, 0) << allowed.err;
+  set_allow_nonfinite_weights(true);
+  EXPECT_TRUE(std::isnan(load_model_dequantized(dir / "q")->weight(expert).vec()[5 * 32 + 7]));
+  set_allow_nonfinite_weights(false);
+}
+
+// `emo quantize` checks config.json against the weights and in itself (the check every loader makes) before
+// it writes anything: an inconsistent config never becomes a "successful" output.
+TEST(InferRefusals, QuantizeRefusesAnInconsistentConfigAndWritesNothing) {
+  TempDir dir;
+  random_model(tiny_config(), 13)->save(dir / "m");
+  const std::string config_path = dir / "m/config.json";
+  const nlohmann::json good = read_json_file(config_path);
+  struct Edit {
+    const char* key;
+    nlohmann::json value;
+    std::string says;
+  };
+  for (const Edit& e : std::vector<Edit>{{"num_attention_heads", 3, "num_attention_heads"},
+                                         {"num_experts_per_tok", 9, "num_experts_per_tok"},
+                                         {"eos_token_id", 64, "eos_token_id 64 is outside the vocabulary"},
+                                         {"intermediate_size", 48, "intermediate_size 48 but tensor"},
+                                         {"num_key_value_heads", 3, "num_key_value_heads"}}) {
+    nlohmann::json bad = good;
+    bad[e.key] = e.value;
+    write_json_file(config_path, bad);
+    const std::string msg = error_of([&] { quantize_checkpoint(dir / "m", dir / "q", DType::kI8); });
+    EXPECT_NE(msg.find(config_path), std::string::npos) << e.key << ": " << msg;
+    EXPECT_NE(msg.find(e.says), std::string::npos) << e.key << ": " << msg;
+    const test::EmoRun run =
+        test::run_emo("quantize " + (dir / "m") + " --dtype bf16 -o " + (dir / "q") + " --skip-eval");
+    EXPECT_EQ(run.status, 1) << e.key << ": " << run.err;
+    EXPECT_NE(run.err.find(e.says), std::string::npos) << e.key << ": " << run.err;
+    EXPECT_FALSE(fs::exists(dir / "q")) << e.key;
+  }
+  write_json_file(config_path, good);
+  quantize_checkpoint(dir / "m", dir / "q", DType::kI8);
+  EXPECT_TRUE(fs::exists(dir / "q/config.json"));
 }
 
 TEST(InferRefusals, APromptLongerThanTheContextIsAnErrorAndLeavesTheCacheAlone) {

@@ -79,6 +79,7 @@ QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::str
       fail_file(kOp, in.file_of(name).path(),
                 cat("tensor '", name, "' is ", dtype_name(info.dtype),
                     "; only F32, BF16 or F16 checkpoints can ", "be converted"));
+    check_finite(in, name);  // before anything is written
     summary.bytes_in += static_cast<int64_t>(info.nbytes);
     ++summary.tensors;
     const bool matrix = info.shape.size() == 2;
@@ -129,12 +130,14 @@ std::unique_ptr<Model> load_model_dequantized(const std::string& dir) {
                 cat("tensor '", name, "' has shape ", shape_str(info.shape), ", the config.json implies ",
                     shape_str(value.shape())));
     if (info.dtype != DType::kI8) {
+      check_finite(in, name);
       in.read_fp32_into(name, value.data(), value.size());
       continue;
     }
     const std::string scale = name + "_scale";
     if (!in.contains(scale))
       fail_file(kOp, dir, cat("int8 tensor '", name, "' has no row scales '", scale, "'"));
+    check_finite(in, scale);
     MatrixView view{DType::kI8, info.data, static_cast<const float*>(in.info(scale).data), info.shape[0],
                     info.shape[1]};
     dequantize_rows(value.data(), view, 0, view.rows);

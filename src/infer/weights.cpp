@@ -39,13 +39,18 @@ void advise_random(const SafetensorsFile& file) {
   if (base != 0 && end > base) ::madvise(reinterpret_cast<void*>(base), end - base, MADV_RANDOM);
 }
 
-// Asks the kernel to read [p, p + bytes) ahead (whole pages).
-void advise_willneed(const void* p, int64_t bytes) {
+// madvise over the whole pages of [p, p + bytes).
+void advise_pages(const void* p, int64_t bytes, int advice) {
   if (bytes <= 0) return;
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t begin = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
   const uintptr_t end = reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes);
-  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_WILLNEED);
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, advice);
+}
+
+// Asks the kernel to read [p, p + bytes) ahead.
+void advise_willneed(const void* p, int64_t bytes) {
+  advise_pages(p, bytes, MADV_WILLNEED);
 }
 
 // Drops the whole pages inside [p, p + bytes) from this process (a read-only file mapping: they are read
@@ -106,11 +111,13 @@ struct InferWeights::Impl {
     return info;
   }
 
-  // Checks matrix `name` [rows, cols] and, for int8, its scales; returns the view (f16: converted copy,
-  // held by `into`, or by `owned` when null).
-  MatrixView matrix(const std::string& name, int64_t rows, int64_t cols, bool convert,
+  // Checks matrix `name` [rows, cols] and, for int8, its scales; returns the view. `use`: the matrix is
+  // loaded for use now (its values checked for NaN / infinity, f16 converted into `into`, or into `owned`
+  // when null), not only its header checked.
+  MatrixView matrix(const std::string& name, int64_t rows, int64_t cols, bool use,
                     std::deque<std::vector<float>>* into = nullptr) {
     const TensorInfo& info = tensor(name, {rows, cols});
+    if (use) check_finite(checkpoint, name);
     MatrixView view;
     view.rows = rows, view.cols = cols, view.dtype = info.dtype, view.data = info.data;
     if (info.dtype == DType::kI8) {
@@ -122,13 +129,14 @@ struct InferWeights::Impl {
       if (s.dtype != DType::kF32)
         fail_file(kOp, checkpoint.file_of(scale).path(),
                   cat("tensor '", scale, "' has dtype ", dtype_name(s.dtype), ", row scales must be F32"));
+      if (use) check_finite(checkpoint, scale);
       view.scales = static_cast<const float*>(s.data);
     } else if (!is_float(info.dtype)) {
       fail_file(
           kOp, checkpoint.file_of(name).path(),
           cat("tensor '", name, "' has dtype ", dtype_name(info.dtype),
               ", which inference does not support (F32, BF16, F16, or I8 with '", name, kScaleSuffix, "')"));
-    } else if (info.dtype == DType::kF16 && convert) {
+    } else if (info.dtype == DType::kF16 && use) {
       view.dtype = DType::kF32;
       view.data = to_f32(info, into ? *into : owned);
     }
@@ -138,6 +146,7 @@ struct InferWeights::Impl {
   // A 1-D fp32 vector (norm weights): in place when stored as F32, else converted.
   const float* vector(const std::string& name, int64_t n) {
     const TensorInfo& info = tensor(name, {n});
+    check_finite(checkpoint, name);
     if (!is_float(info.dtype))
       fail_file(
           kOp, checkpoint.file_of(name).path(),
@@ -145,6 +154,20 @@ struct InferWeights::Impl {
     if (info.dtype == DType::kF32 && reinterpret_cast<uintptr_t>(info.data) % alignof(float) == 0)
       return static_cast<const float*>(info.data);
     return to_f32(info, owned);
+  }
+
+  // The embedding [V, C]. Checking its values reads all its pages, but a run reads only the rows of its
+  // tokens: unless tied (then it is the LM head, read whole), the pages leave the process's resident set
+  // piece by piece as they are checked (they stay in the page cache), so the check raises no peak RSS.
+  MatrixView embedding(int64_t V, int64_t C, bool tied) {
+    const std::string name = "model.embed_tokens.weight";
+    const TensorInfo& info = checkpoint.info(name);
+    if (tied || info.dtype == DType::kF16) return matrix(name, V, C, true);
+    MatrixView view = matrix(name, V, C, false);
+    check_finite(info, checkpoint.file_of(name).path(),
+                 [](const void* p, int64_t bytes) { advise_dontneed(p, bytes); });
+    if (view.scales) check_finite(checkpoint, name + kScaleSuffix);
+    return view;
   }
 
   const float* to_f32(const TensorInfo& info, std::deque<std::vector<float>>& into) {
@@ -181,7 +204,7 @@ std::unique_ptr<InferWeights> InferWeights::open(const std::string& dir) {
   const int64_t C = config.hidden_size, V = config.vocab_size, hd = config.head_dim();
   const int64_t H = config.num_attention_heads, Hkv = config.num_key_value_heads,
                 L = config.num_hidden_layers;
-  w->embed_ = im.matrix("model.embed_tokens.weight", V, C, true);
+  w->embed_ = im.embedding(V, C, config.tie_word_embeddings);
   for (int64_t l = 0; l < L; ++l) {
     const std::string p = layer_prefix(l);
     LayerView layer;

@@ -60,6 +60,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
       fail_file("checkpoint", checkpoint.file_of(entry.name).path(),
                 cat("tensor '", entry.name, "' has shape ", shape_str(info.shape),
                     ", the config.json implies ", shape_str(entry.value.shape())));
+    check_finite(checkpoint, entry.name);
     checkpoint.read_fp32_into(entry.name, entry.value.data(), entry.value.size());
     used.insert(entry.name);
   }

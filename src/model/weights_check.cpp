@@ -2,11 +2,15 @@
 // dim.
 #include "model/weights_check.h"
 
+#include <algorithm>
+#include <atomic>
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <vector>
 
 #include "core/error.h"
+#include "tensor/dtype.h"
 
 namespace emo {
 namespace {
@@ -119,6 +123,72 @@ class Checker {
 void check_config_matches_weights(const ModelConfig& config, const SafetensorsCheckpoint& weights,
                                   const std::string& config_path) {
   Checker(config, weights, config_path).run();
+}
+
+namespace {
+
+std::atomic<bool> allow_nonfinite{false};
+
+// "nan", "inf" or "-inf": the element at `index` as a float.
+std::string nonfinite_name(const TensorInfo& tensor, int64_t index) {
+  float value = 0;
+  const size_t size = dtype_size(tensor.dtype);
+  convert_to_f32(tensor.dtype, static_cast<const char*>(tensor.data) + static_cast<size_t>(index) * size,
+                 &value, 1);
+  if (std::isnan(value)) return "nan";
+  return value > 0 ? "inf" : "-inf";
+}
+
+// The row-major coordinates of a flat index: [38, 18] in a [64, 32] tensor.
+std::string element_of(const Shape& shape, int64_t index) {
+  Shape coordinates(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    coordinates[d] = shape[d] > 0 ? index % shape[d] : 0;
+    index = shape[d] > 0 ? index / shape[d] : 0;
+  }
+  return shape_str(coordinates);
+}
+
+}  // namespace
+
+void set_allow_nonfinite_weights(bool allow) {
+  allow_nonfinite = allow;
+}
+
+bool nonfinite_weights_allowed() {
+  return allow_nonfinite;
+}
+
+void check_finite(const TensorInfo& tensor, const std::string& file) {
+  check_finite(tensor, file, nullptr);
+}
+
+void check_finite(const TensorInfo& tensor, const std::string& file,
+                  const std::function<void(const void* begin, int64_t bytes)>& after_piece) {
+  const bool floats =
+      tensor.dtype == DType::kF32 || tensor.dtype == DType::kBF16 || tensor.dtype == DType::kF16;
+  if (allow_nonfinite || !floats) return;  // integer weights (int8 with scales) hold no NaN
+  const int64_t n = tensor.numel();
+  const int64_t size = static_cast<int64_t>(dtype_size(tensor.dtype));
+  const int64_t piece = kCheckPieceBytes / size;
+  int64_t bad = -1;
+  for (int64_t begin = 0; begin < n && bad < 0; begin += piece) {
+    const char* p = static_cast<const char*>(tensor.data) + begin * size;
+    const int64_t count = std::min(piece, n - begin);
+    const int64_t found = first_nonfinite(tensor.dtype, p, count);
+    if (found >= 0) bad = begin + found;
+    if (after_piece) after_piece(p, count * size);
+  }
+  if (bad < 0) return;
+  fail_file(kOp, file,
+            cat("tensor '", tensor.name, "' ", shape_str(tensor.shape), " holds ",
+                nonfinite_name(tensor, bad), " at index ", bad, " (element ", element_of(tensor.shape, bad),
+                "): the weights are damaged or come from a run that diverged; emo --allow-nonfinite loads "
+                "them anyway"));
+}
+
+void check_finite(const SafetensorsCheckpoint& weights, const std::string& name) {
+  check_finite(weights.info(name), weights.file_of(name).path());
 }
 
 CheckedCheckpoint open_checked_checkpoint(const std::string& dir) {

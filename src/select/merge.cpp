@@ -114,7 +114,9 @@ MergeSummary merge_checkpoint(const std::string& parent_dir, const std::string& 
   MergeSummary summary;
   std::vector<SafetensorsEntry> entries;
   std::deque<Tensor> merged;  // fp32 values of the tensors that change; the others are written zero-copy
+  for (const std::string& name : pruned_weights.names()) check_finite(pruned_weights, name);
   for (const std::string& name : parent_weights.names()) {
+    check_finite(parent_weights, name);
     const TensorInfo& info = parent_weights.info(name);
     const ExpertRef ref = parse_ref(name);
     const bool is_router = ref.layer >= 0 && ref.expert < 0;

@@ -172,6 +172,7 @@ PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& 
   std::deque<std::vector<char>> sliced;  // router rows gathered out of the mapping (the rest is zero-copy)
   for (const PrunedTensor& t : prune_plan(subset, checkpoint.names())) {
     const TensorInfo& info = checkpoint.info(t.source);
+    check_finite(checkpoint, t.source);
     if (t.rows.empty()) {
       entries.push_back(SafetensorsEntry::raw(t.name, info.dtype, info.shape, info.data));
     } else {

@@ -42,4 +42,9 @@ void convert_to_f32(DType from, const void* src, float* dst, size_t n);
 // Converts n fp32 values to `to` (kF32, kBF16 or kF16).
 void convert_from_f32(DType to, const float* src, void* dst, size_t n);
 
+// Index of the first NaN or infinity among n elements of type t at data (any alignment), or -1 when all are
+// finite; integer types (and kQ4_0, whose scales are f16 inside its blocks: not scanned) hold none.
+// Vectorised: it runs at about the speed memory delivers the bytes.
+int64_t first_nonfinite(DType t, const void* data, int64_t n);
+
 }  // namespace emo

@@ -10,6 +10,7 @@
 #include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/weights_check.h"
 
 namespace emo {
 
@@ -175,6 +176,7 @@ void load_optimizer(const std::string& checkpoint_dir, AdamW& optimizer, const s
   SafetensorsFile file = SafetensorsFile::open(path);
   for (auto& [name, tensor] : optimizer.state_tensors(params)) {
     if (!file.contains(name)) fail_file(kOp, path, cat("no tensor '", name, "'"));
+    check_finite(file.info(name), path);
     Tensor loaded = file.read_fp32(name);
     if (loaded.shape() != tensor->shape())
       fail_file(kOp, path,

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/thread_pool.h"
+#include "model/weights_check.h"
 
 namespace emo::cli {
 
@@ -33,6 +34,9 @@ int main(int argc, char** argv) {
          "Worker threads, at least 1; above 4x the hardware threads (at least 16) it is clamped with a "
          "warning (default: EMO_THREADS or all hardware threads)")
       ->check(CLI::Range(1, 1 << 30));
+  bool allow_nonfinite = false;
+  app.add_flag("--allow-nonfinite", allow_nonfinite,
+               "Load weights that hold NaN or infinity (refused by default, naming the tensor and element)");
   app.add_flag("-v,--verbose", verbose, "Debug logging");
 
   auto& registry = cli::command_registry();
@@ -50,6 +54,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   if (verbose) set_log_level(LogLevel::kDebug);
+  set_allow_nonfinite_weights(allow_nonfinite);
   try {
     if (threads > 0)
       set_num_threads(threads);
