@@ -52,23 +52,36 @@ std::function<int()> setup_analyze(CLI::App& app) {
   app.add_option("--name", o->name, "Name of the model in the report (default: its directory)");
   app.add_option("--compare-name", o->compare_name, "Name of the second model");
   app.add_option("--max-tokens", a.trace.max_tokens, "Tokens sampled (domains in turn)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyTokens));
   app.add_option("--doc-tokens", a.trace.max_document_tokens, "First tokens taken of each document")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyTokens));
   app.add_option("--domains", a.trace.domains, "Only these domains (default: all)")->delimiter(',');
-  app.add_option("--clusters", a.clusters, "k of the spherical k-means")->capture_default_str();
+  app.add_option("--clusters", a.clusters, "k of the spherical k-means")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyItems));
   app.add_option("--pca-variance", a.pca_variance, "Share of the variance the PCA keeps")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, 1, true));
   app.add_option("--restarts", a.kmeans_restarts, "k-means++ restarts (the best is kept)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyItems));
   app.add_option("--coverage", a.coverage_fraction, "Coverage: experts holding this share of a domain's mass")
-      ->capture_default_str();
-  app.add_option("--snippets", a.snippets, "Example snippets per cluster")->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, 1, true));
+  app.add_option("--snippets", a.snippets, "Example snippets per cluster")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kManyItems));
   app.add_option("--snippet-context", a.snippet_context, "Tokens shown on each side of a snippet's token")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kManyTokens));
   app.add_option("--seed", a.seed, "Seed of the document sample, k-means and snippets")
-      ->capture_default_str();
-  app.add_option("--batch-rows", a.trace.batch_rows, "Rows per forward")->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
+  app.add_option("--batch-rows", a.trace.batch_rows, "Rows per forward")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, 4096));
   return [o] {
     emo::Timer timer;
     o->analysis.trace.seed = o->analysis.seed;

@@ -26,8 +26,10 @@ std::function<int()> setup_corpus(CLI::App& app) {
   build->add_option("--domains", args->build.domains,
                     "Domains to build (default: all but brown): literature religion news politics law math "
                     "code-python code-c science computing medicine brown");
-  build->add_option("--max-bytes-per-domain", args->build.max_bytes_per_domain,
-                    "Cap each domain at about this many text bytes (0: no cap)");
+  build
+      ->add_option("--max-bytes-per-domain", args->build.max_bytes_per_domain,
+                   "Cap each domain at about this many text bytes (0: no cap)")
+      ->check(emo::cli::in_range(0, emo::cli::kManyTokens));
   build->add_option("--cache", args->build.cache_dir,
                     "Download cache (default: $EMO_CACHE or <repo>/.cache)");
   build->add_option("--tokenizer", args->build_tokenizer,

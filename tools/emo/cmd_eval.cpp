@@ -28,23 +28,32 @@ std::function<int()> setup_eval(CLI::App& app) {
                  "Tokenised split for perplexity, e.g. data/corpus/validation.bin");
   app.add_option("--domains", o->request.perplexity.domains, "Only these domains (default: all)")
       ->delimiter(',');
-  app.add_option("--seq-len", o->request.perplexity.seq_len, "Row length (default: min(1024, context))");
-  app.add_option("--batch-rows", o->request.perplexity.batch_rows, "Rows per forward")->capture_default_str();
+  app.add_option("--seq-len", o->request.perplexity.seq_len, "Row length (default: min(1024, context))")
+      ->check(emo::cli::in_range(1, emo::ModelConfig::kMaxPositionEmbeddings));
+  app.add_option("--batch-rows", o->request.perplexity.batch_rows, "Rows per forward")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, 4096));
   app.add_option("--max-tokens", o->request.perplexity.max_tokens, "Scored tokens per domain (0: all)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kManyTokens));
   app.add_flag("--cross-document-attention", o->cross_document,
                "Let packed documents attend to each other (default: attention within each document)");
   app.add_option("--task", o->request.task_paths, "Multiple-choice task file (JSONL, docs/tasks.md)");
   app.add_option("--builtin-mc", o->request.builtin_mc,
                  "Questions per domain of each built-in task: next segment, and definition for dictionary "
                  "domains (0: none)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kManyItems));
   app.add_option("--save-tasks", o->request.save_tasks_dir,
                  "Write the generated dictionary tasks to this directory as task files (--task format)");
   app.add_option("--corpus-split", o->request.corpus_split_path,
                  "Corpus split JSONL for the dictionary task (default: the .jsonl beside --data)");
-  app.add_option("--limit", o->request.limit, "Questions per task file (0: all)")->capture_default_str();
-  app.add_option("--seed", o->request.seed, "Seed of the built-in tasks")->capture_default_str();
+  app.add_option("--limit", o->request.limit, "Questions per task file (0: all)")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kManyItems));
+  app.add_option("--seed", o->request.seed, "Seed of the built-in tasks")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   app.add_option("--json", o->json, "Write the results as JSON to this file");
   return [o] {

@@ -27,10 +27,18 @@ std::function<int()> setup_finetune(CLI::App& app) {
   app.add_option("-o,--out", o->out, "Directory of the fine-tuned model")->required();
   app.add_option("--marker", o->marker, "The loss covers the tokens after the last occurrence of this marker")
       ->capture_default_str();
-  app.add_option("--epochs", o->finetune.epochs, "Passes over the examples")->capture_default_str();
-  app.add_option("--lr", o->finetune.lr, "AdamW learning rate (constant)")->capture_default_str();
-  app.add_option("--batch", o->finetune.batch, "Examples per optimizer step")->capture_default_str();
-  app.add_option("--seed", o->finetune.seed, "Order of the examples")->capture_default_str();
+  app.add_option("--epochs", o->finetune.epochs, "Passes over the examples")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyItems));
+  app.add_option("--lr", o->finetune.lr, "AdamW learning rate (constant)")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, 1, true));
+  app.add_option("--batch", o->finetune.batch, "Examples per optimizer step")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyItems));
+  app.add_option("--seed", o->finetune.seed, "Order of the examples")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
   app.add_flag("--all-params", o->all_params,
                "Train every parameter (default: experts and routers only, what emo merge carries back)");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");

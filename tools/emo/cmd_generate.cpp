@@ -36,19 +36,28 @@ std::function<int()> setup_generate(CLI::App& app) {
   app.add_option("--prompt", o->prompt, "Prompt text");
   app.add_option("--prompt-file", o->prompt_file, "Or read the prompt from this file");
   app.add_option("-n,--max-new-tokens", o->generate.max_new_tokens, "Tokens to generate at most")
-      ->capture_default_str();
-  app.add_option("--temperature", o->generate.sampling.temperature, "0 = greedy")->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::ModelConfig::kMaxPositionEmbeddings));
+  app.add_option("--temperature", o->generate.sampling.temperature, "0 = greedy")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, 100));
   app.add_option("--top-k", o->generate.sampling.top_k, "Sample among the k most likely tokens (0: all)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, 1 << 30));
   app.add_option("--top-p", o->generate.sampling.top_p, "Nucleus sampling threshold (1: off)")
-      ->capture_default_str();
-  app.add_option("--seed", o->generate.sampling.seed, "Sampling seed")->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, 1, true));
+  app.add_option("--seed", o->generate.sampling.seed, "Sampling seed")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
   app.add_option("--subset", o->subset, "Load and route only this expert subset (emo select)");
-  app.add_option("--keep-k", o->keep_k, "Keep K experts per layer chosen layerwise from --examples");
+  app.add_option("--keep-k", o->keep_k, "Keep K experts per layer chosen layerwise from --examples")
+      ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--examples", o->examples, "Calibration examples for --keep-k (text or JSONL)");
   app.add_option(
-      "--auto-experts", o->generate.auto_experts,
-      "Keep K experts per layer chosen layerwise from the prompt, each layer's loaded when reached");
+         "--auto-experts", o->generate.auto_experts,
+         "Keep K experts per layer chosen layerwise from the prompt, each layer's loaded when reached")
+      ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--save-subset", o->save_subset, "Write the subset chosen by --keep-k / --auto-experts");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   app.add_flag("--no-stream", o->no_stream, "Print the text at the end instead of token by token");

@@ -31,7 +31,8 @@ std::function<int()> setup_info(CLI::App& app) {
   CLI::Option* json =
       app.add_option("--json", o->json, "Write the facts as JSON to this file ('-' or none: stdout)")
           ->expected(0, 1);
-  app.add_option("--keep-k", o->keep_k, "Also show the memory of a run keeping K experts per layer");
+  app.add_option("--keep-k", o->keep_k, "Also show the memory of a run keeping K experts per layer")
+      ->check(emo::cli::in_range(1, 1 << 20));
   return [o, json] {
     if (o->model.empty()) {
       print_build_facts();

@@ -22,14 +22,17 @@ std::function<int()> setup_pull(CLI::App& app) {
   app.add_option("-o,--out", o->pull.out, "Directory to write (must not exist or be empty)")->required();
   app.add_flag("--force", o->pull.force, "Replace a previous output of emo pull at --out");
   app.add_option("--keep-k", o->pull.keep_k,
-                 "Experts kept per layer (shared counted), chosen from --examples");
+                 "Experts kept per layer (shared counted), chosen from --examples")
+      ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--examples", o->pull.examples, "Examples: plain text or JSONL, as for emo select");
   app.add_option("--tokenizer", o->pull.tokenizer,
                  "tokenizer.json for the examples (default: the repository's)");
   app.add_option("--subset", o->pull.subset, "Or a subset file made earlier (emo select)");
   app.add_flag("--all", o->pull.all, "Mirror the whole repository");
   app.add_option("--dtype", o->dtype, "f32 (as stored), bf16 or int8")->capture_default_str();
-  app.add_option("--parallel", o->pull.parallel, "Range requests at once")->capture_default_str();
+  app.add_option("--parallel", o->pull.parallel, "Range requests at once")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, 64));
   return [o] {
     if (o->dtype == "bf16")
       o->pull.dtype = emo::DType::kBF16;

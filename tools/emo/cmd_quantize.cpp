@@ -30,8 +30,10 @@ std::function<int()> setup_quantize(CLI::App& app) {
   app.add_option("--text", o->text, "Or a held-out plain text file (tokenised with --tokenizer)");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json for --text (default: MODEL/tokenizer.json)");
   app.add_option("--max-tokens", o->perplexity.max_tokens, "Scored tokens per domain (0: all)")
-      ->capture_default_str();
-  app.add_option("--seq-len", o->perplexity.seq_len, "Row length (default: min(1024, context))");
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kManyTokens));
+  app.add_option("--seq-len", o->perplexity.seq_len, "Row length (default: min(1024, context))")
+      ->check(emo::cli::in_range(1, emo::ModelConfig::kMaxPositionEmbeddings));
   app.add_flag("--skip-eval", o->skip_eval, "Write the checkpoint without measuring perplexity");
   return [o] {
     emo::DType dtype;

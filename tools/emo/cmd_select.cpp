@@ -26,10 +26,16 @@ std::function<int()> setup_select(CLI::App& app) {
                  "Examples: plain text (one example) or JSONL (text, or context+answer)");
   app.add_option("--data", o->data, "Or a tokenised split (e.g. data/corpus/validation.bin) with --domain");
   app.add_option("--domain", o->domain, "Domain of the split's documents to use");
-  app.add_option("--documents", o->documents, "Number of documents of the domain")->capture_default_str();
-  app.add_option("--keep-k", o->keep_k, "Experts kept per layer, the shared expert counted")->required();
+  app.add_option("--documents", o->documents, "Number of documents of the domain")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyItems));
+  app.add_option("--keep-k", o->keep_k, "Experts kept per layer, the shared expert counted")
+      ->required()
+      ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--method", o->method, "layerwise, global, easy_ep or random")->capture_default_str();
-  app.add_option("--seed", o->seed, "Seed of the random method")->capture_default_str();
+  app.add_option("--seed", o->seed, "Seed of the random method")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   app.add_option("-o,--out", o->out, "Subset file to write")->capture_default_str();
   return [o] {

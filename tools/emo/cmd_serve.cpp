@@ -40,7 +40,9 @@ std::function<int()> setup_serve(CLI::App& app) {
   auto o = std::make_shared<Options>();
   app.add_option("model", o->model, "Model directory (config.json, model.safetensors or shards)")->required();
   app.add_option("--host", o->server.host, "Address to listen on")->capture_default_str();
-  app.add_option("--port", o->server.port, "Port to listen on (0: any free port)")->capture_default_str();
+  app.add_option("--port", o->server.port, "Port to listen on (0: any free port)")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, 65535));
   app.add_option("--api-key", o->server.api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
   app.add_option("--chat-template", o->engine.chat_template,
                  "plain, chatml, or a template file (docs/serve.md)")
@@ -48,16 +50,22 @@ std::function<int()> setup_serve(CLI::App& app) {
   app.add_option("--pack", o->packs, "NAME=subset.json: an expert subset requests name with \"experts\"");
   app.add_option("--keep-k", o->engine.keep_k,
                  "Experts per layer a request chooses from its prompt by default (0: all experts)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--model-name", o->model_name,
                  "The model id /v1/models reports (default: the directory name)");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   app.add_option("--memory-budget", o->memory_budget,
                  "Most memory the experts held at once may take: 2GiB, 512MiB, bytes (default: no limit)");
-  app.add_option("--timeout", o->timeout, "Seconds a request may run")->capture_default_str();
-  app.add_option("--max-body", o->max_body, "Largest request body in bytes")->capture_default_str();
+  app.add_option("--timeout", o->timeout, "Seconds a request may run")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, 1e9));
+  app.add_option("--max-body", o->max_body, "Largest request body in bytes")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, int64_t{1} << 40));
   app.add_option("--max-queue", o->max_queue, "Requests waiting beyond this get a 503")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyItems));
   return [o] {
     for (const std::string& p : o->packs) {
       const size_t eq = p.find('=');

@@ -24,13 +24,19 @@ std::function<int()> setup_sweep(CLI::App& app) {
   app.add_option("--methods", o->sweep.methods, "Selection methods")->delimiter(',')->capture_default_str();
   app.add_option("--keep-k", o->sweep.keep_k, "Experts kept per layer (shared counted)")
       ->delimiter(',')
-      ->required();
+      ->required()
+      ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--examples", o->sweep.examples, "Documents of the domain used to select")
-      ->capture_default_str();
-  app.add_option("--seed", o->sweep.seed, "Seed of the random method")->capture_default_str();
-  app.add_option("--seq-len", o->sweep.perplexity.seq_len, "Row length (default: min(1024, context))");
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyItems));
+  app.add_option("--seed", o->sweep.seed, "Seed of the random method")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
+  app.add_option("--seq-len", o->sweep.perplexity.seq_len, "Row length (default: min(1024, context))")
+      ->check(emo::cli::in_range(1, emo::ModelConfig::kMaxPositionEmbeddings));
   app.add_option("--max-tokens", o->sweep.perplexity.max_tokens, "Scored tokens per domain (0: all)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, emo::cli::kManyTokens));
   app.add_option("-o,--out", o->out, "Output directory (results.md, results.csv, quality.svg)")
       ->capture_default_str();
   return [o] {

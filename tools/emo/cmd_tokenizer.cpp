@@ -77,9 +77,11 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
   train->add_option("--corpus", o->corpus, "Corpus files: *.jsonl (field \"text\") or plain text")
       ->required();
   train->add_option("--vocab-size", o->vocab_size, "Vocabulary size including <|endoftext|> and <|pad|>")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(258, 1 << 24));
   train->add_option("--min-frequency", o->min_frequency, "Least count of a pair to be merged")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, emo::cli::kManyTokens));
   train->add_option("-o,--out", o->out_dir, "Output directory")->required();
 
   CLI::App* encode = app.add_subcommand("encode", "Print the token ids of a text");
@@ -89,7 +91,7 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
 
   CLI::App* decode = app.add_subcommand("decode", "Print the text of token ids");
   decode->add_option("-t,--tokenizer", o->tokenizer, "tokenizer.json")->required();
-  decode->add_option("ids", o->ids, "Token ids")->required();
+  decode->add_option("ids", o->ids, "Token ids")->required()->check(emo::cli::in_range(0, 2147483647));
 
   return [=] {
     if (dolma2->parsed()) {

@@ -83,12 +83,14 @@ EMO_COMMAND(
       app.add_flag("--resume", args->resume, "Continue from the run directory's latest checkpoint");
       app.add_option("--anneal-from", args->anneal_from,
                      "Final linear learning-rate anneal starting from this checkpoint (or run directory)");
-      app.add_option("--anneal-steps", args->anneal_steps, "Steps of the anneal");
+      app.add_option("--anneal-steps", args->anneal_steps, "Steps of the anneal")
+          ->check(emo::cli::in_range(1, 1e12));
       app.add_option("--data", args->data,
                      "Training dataset (overrides data.train; \"synthetic\" for generated text)");
       app.add_option("--validation", args->validation,
                      "Held-out dataset: validation loss per domain of it (fills data.validation)");
-      app.add_option("--steps", args->steps, "Total optimizer steps (overrides run.steps)");
+      app.add_option("--steps", args->steps, "Total optimizer steps (overrides run.steps)")
+          ->check(emo::cli::in_range(1, 1e12));
       app.add_flag("--no-progress", args->no_progress, "Plain log lines instead of a progress bar");
       app.add_option("overrides", args->overrides,
                      "Config overrides: section.key=value (e.g. optimizer.lr=1e-3)");

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +22,33 @@ struct CommandInfo {
 };
 
 std::vector<CommandInfo>& command_registry();
+
+// Bounds of the numeric options, declared beside each option with ->check(in_range(lo, hi)).
+inline constexpr double kManyTokens = 1e15;  // more tokens than any corpus or run: the bound of token counts
+inline constexpr double kManyItems = 1e9;    // questions, examples, documents, clusters, snippets, epochs
+inline constexpr double kMaxSeed = 18446744073709551615.0;  // 2^64 - 1
+
+// A value outside [lo, hi], NaN, or not a number at all is refused by the command line before the command
+// runs: "--seq-len: Value 0 not in range 1 to 16777216", exit 1. (CLI::Range lets NaN through.)
+// `above_lo`: lo itself is excluded ("0 (excluded) to 1").
+inline CLI::Validator in_range(double lo, double hi, bool above_lo = false) {
+  auto text = [](double v) {
+    std::ostringstream out;
+    out.precision(15);
+    out << v;
+    return out.str();
+  };
+  const std::string bounds = text(lo) + (above_lo ? " (excluded)" : "") + " to " + text(hi);
+  return CLI::Validator(
+      [lo, hi, above_lo, bounds](std::string& input) -> std::string {
+        char* end = nullptr;
+        const long double value = std::strtold(input.c_str(), &end);
+        const bool number = !input.empty() && end == input.c_str() + input.size();
+        if (number && (above_lo ? value > lo : value >= lo) && value <= hi) return {};
+        return "Value " + input + " not in range " + bounds;
+      },
+      "[" + bounds + "]");
+}
 
 struct CommandRegistrar {
   CommandRegistrar(std::string name, std::string description, CommandSetup setup) {

@@ -51,7 +51,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // CLI11 prints the message naming the option; a bad command line exits 1 like every other bad input
+    // (CLI11's own codes are 100+), --help and --version 0.
+    return app.exit(e) == 0 ? 0 : 1;
   }
   if (verbose) set_log_level(LogLevel::kDebug);
   set_allow_nonfinite_weights(allow_nonfinite);
