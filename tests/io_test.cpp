@@ -19,6 +19,9 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "select/subset.h"
+#include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 
 namespace emo {
@@ -715,6 +718,95 @@ TEST_F(IoTest, ImpossibleSizesAreRejectedAtLoadNamingTheField) {
   EXPECT_EQ(train_config_error({{"routing", {{"pool_min", 4}, {"pool_max", 64}}}}), "");
   // A dense model has no experts to check.
   EXPECT_EQ(train_config_error({{"routing", {{"mode", "dense"}}}, {"model", {{"top_k", 99}}}}), "");
+}
+
+// A wrong-typed value in each JSON file a user hands emo beside config.json (a subset, a tokenizer.json, a
+// checkpoint's train_state.json with its training config) is an emo::Error naming the file and the key,
+// never an nlohmann exception (which the command line reports as "internal error").
+TEST_F(IoTest, WrongTypedValuesInSubsetTokenizerAndTrainStateNameTheFileAndTheKey) {
+  struct Edit {
+    std::string pointer;
+    nlohmann::json value;
+    std::string key;  // what the message must name
+  };
+  auto expect_named = [&](const nlohmann::json& good, const std::vector<Edit>& edits, const std::string& file,
+                          const std::function<void()>& read) {
+    for (const Edit& e : edits) {
+      nlohmann::json j = good;
+      j[nlohmann::json::json_pointer(e.pointer)] = e.value;
+      write_json_file(file, j);
+      std::string msg;
+      try {
+        read();
+      } catch (const Error& error) {
+        msg = error.what();
+      } catch (const std::exception& other) {
+        ADD_FAILURE() << e.pointer << " = " << e.value.dump() << ": not an emo::Error: " << other.what();
+        continue;
+      }
+      EXPECT_NE(msg.find(file), std::string::npos) << e.pointer << ": " << msg;
+      EXPECT_NE(msg.find(e.key), std::string::npos) << e.pointer << " (" << e.key << "): " << msg;
+      EXPECT_EQ(msg.find("json.exception"), std::string::npos) << e.pointer << ": " << msg;
+    }
+  };
+  const std::string fixtures = std::string(EMO_SOURCE_DIR) + "/fuzz/corpus/";
+
+  const std::string subset = path("subset.json");
+  expect_named(read_json_file(fixtures + "subset/two_layers.json"),
+               {{"/version", "1", "version"},
+                {"/model/num_experts", "8", "num_experts"},
+                {"/keep_k", 2.5, "keep_k"},
+                {"/method", 3, "method"},
+                {"/calibration", 5, "calibration"},
+                {"/calibration/examples", "one", "examples"},
+                {"/calibration/seed", -1, "seed"},
+                {"/layers/0/layer", true, "layer"},
+                {"/layers/0/routed", "3", "routed"},
+                {"/layers/1/routed/0", int64_t{1} << 33, "routed"},
+                {"/layers/1/shared", {{"a", 1}}, "shared"}},
+               subset, [&] { ExpertSubset::from_json(read_json_file(subset), subset); });
+
+  const std::string tokenizer = path("tokenizer.json");
+  expect_named(read_json_file(fixtures + "tokenizer_json/trained300.json"),
+               {{"/added_tokens/0/special", "yes", "special"},
+                {"/added_tokens/0/normalized", 0, "normalized"},
+                {"/added_tokens/0/id", "298", "id"},
+                {"/added_tokens/0/content", 7, "content"},
+                {"/model/ignore_merges", 1, "ignore_merges"},
+                {"/model/byte_fallback", "no", "byte_fallback"},
+                {"/model/vocab", nlohmann::json::array(), "vocab"},
+                {"/model/merges", nlohmann::json::object(), "merges"},
+                {"/model/merges/0", 5, "merges[0]"},
+                {"/pre_tokenizer/pretokenizers/0/behavior", 3, "behavior"},
+                {"/pre_tokenizer/pretokenizers/0/invert", "no", "invert"},
+                {"/pre_tokenizer/pretokenizers/0/pattern", "x", "pattern"},
+                {"/pre_tokenizer/type", 1, "type"}},
+               tokenizer, [&] { Tokenizer::load(tokenizer); });
+
+  fs::create_directories(path("step-00000004"));
+  const std::string state = path("step-00000004/train_state.json");
+  TrainState good_state;
+  good_state.step = 4;
+  good_state.data = {{"position", 0}};
+  expect_named(good_state.to_json(TrainConfig{}),
+               {{"/step", "4", "step"},
+                {"/tokens", 1.5, "tokens"},
+                {"/rng/state", -1, "state"},
+                {"/rng", 3, "rng"},
+                {"/world_size", "2", "world_size"},
+                {"/elapsed_seconds", "long", "elapsed_seconds"},
+                {"/config/model/d", "128", "model.d"},
+                {"/config/model/rope_theta", "high", "model.rope_theta"},
+                {"/config/run/steps", true, "run.steps"},
+                {"/config/routing/mode", 2, "routing.mode"},
+                {"/config/routing", "emo", "routing"},
+                {"/config/data/validation", 5, "data.validation"},
+                {"/config/data/validation/news", 3, "data.validation.news"},
+                {"/config/data/train", nlohmann::json::array(), "data.train"}},
+               state, [&] {
+                 TrainState read_state;
+                 read_checkpoint_config(path("step-00000004"), &read_state);
+               });
 }
 
 }  // namespace

@@ -39,7 +39,17 @@ struct Expect<int64_t> {
   static const char* what() { return "an integer"; }
 };
 template <>
-struct Expect<int> : Expect<int64_t> {};
+struct Expect<int> {
+  static bool ok(const nlohmann::json& j) {
+    return j.is_number_integer() && j.get<int64_t>() >= INT32_MIN && j.get<int64_t>() <= INT32_MAX;
+  }
+  static const char* what() { return "a 32-bit integer"; }
+};
+template <>
+struct Expect<uint64_t> {
+  static bool ok(const nlohmann::json& j) { return j.is_number_unsigned(); }
+  static const char* what() { return "an unsigned integer"; }
+};
 template <>
 struct Expect<double> {
   static bool ok(const nlohmann::json& j) { return j.is_number(); }

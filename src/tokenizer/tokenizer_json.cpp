@@ -36,6 +36,22 @@ struct Reader {
     return *it;
   }
 
+  // An optional boolean (absent or null: false); another type is refused naming the key.
+  bool flag(const json& object, const char* key, const std::string& where) const {
+    auto it = object.find(key);
+    if (it == object.end() || it->is_null()) return false;
+    if (!it->is_boolean()) refuse(where + "." + key, cat("expected true or false, found ", json_kind(*it)));
+    return it->get<bool>();
+  }
+
+  // An optional string (absent or null: "").
+  std::string text(const json& object, const char* key, const std::string& where) const {
+    auto it = object.find(key);
+    if (it == object.end() || it->is_null()) return "";
+    if (!it->is_string()) refuse(where + "." + key, cat("expected a string, found ", json_kind(*it)));
+    return it->get<std::string>();
+  }
+
   bool is_null_or(const json& object, const char* key, const json& allowed) const {
     auto it = object.find(key);
     return it == object.end() || it->is_null() || *it == allowed;
@@ -78,8 +94,8 @@ struct Reader {
     if (!pattern.is_object() || !pattern.contains("Regex") || !pattern["Regex"].is_string())
       refuse(split_where + ".pattern", "expected {\"Regex\": \"...\"}");
     // Both forms keep each regex match as one piece; emo also keeps any unmatched bytes (see encode_text).
-    std::string behavior = split.value("behavior", "");
-    bool invert = split.value("invert", false);
+    std::string behavior = text(split, "behavior", split_where);
+    bool invert = flag(split, "invert", split_where);
     if (!((behavior == "Isolated" && !invert) || (behavior == "Removed" && invert)))
       refuse(split_where + ".behavior",
              cat("unsupported split behavior '", behavior, "' with invert = ", invert));
@@ -113,11 +129,11 @@ struct Reader {
       AddedToken token;
       token.id = id.get<int32_t>();
       token.content = content.get<std::string>();
-      token.special = t.value("special", false);
-      token.single_word = t.value("single_word", false);
-      token.lstrip = t.value("lstrip", false);
-      token.rstrip = t.value("rstrip", false);
-      token.normalized = t.value("normalized", false);
+      token.special = flag(t, "special", where);
+      token.single_word = flag(t, "single_word", where);
+      token.lstrip = flag(t, "lstrip", where);
+      token.rstrip = flag(t, "rstrip", where);
+      token.normalized = flag(t, "normalized", where);
       // These change where a token matches (absorbing neighbouring spaces, whole words only); emo does not
       // implement them, and refuses rather than encode differently from Hugging Face.
       if (token.single_word || token.lstrip || token.rstrip)
@@ -149,7 +165,7 @@ struct Reader {
       refuse("model.type",
              cat("unsupported model type ", model["type"].dump(), " (emo reads byte-level BPE)"));
     check_model_options(model);
-    impl->ignore_merges = model.value("ignore_merges", false);
+    impl->ignore_merges = flag(model, "ignore_merges", "model");
     if (!is_null_or(root, "normalizer", nullptr)) refuse("normalizer", "normalizers are not supported");
     impl->pattern = pre_tokenizer_pattern(root.value("pre_tokenizer", json()));
     if (root.contains("decoder") && !root["decoder"].is_null() &&

@@ -62,17 +62,19 @@ nlohmann::json TrainState::to_json(const TrainConfig& config) const {
 
 TrainState TrainState::from_json(const nlohmann::json& j, const std::string& source) {
   TrainState s;
-  try {
-    s.step = j.at("step").get<int64_t>();
-    s.tokens = j.at("tokens").get<int64_t>();
-    s.data = j.at("data");
-    s.rng_state = j.at("rng").at("state").get<uint64_t>();
-    s.rng_inc = j.at("rng").at("inc").get<uint64_t>();
-    s.elapsed_seconds = j.value("elapsed_seconds", 0.0);
-    s.world_size = j.value("world_size", 1);
-  } catch (const nlohmann::json::exception& e) {
-    fail_file(kOp, source, cat("bad training state: ", e.what()));
-  }
+  s.step = json_get<int64_t>(j, "step", source);
+  s.tokens = json_get<int64_t>(j, "tokens", source);
+  if (!j.contains("data")) json_detail::fail_key(source, "data", "missing");
+  s.data = j.at("data");
+  if (!j.contains("rng")) json_detail::fail_key(source, "rng", "missing");
+  s.rng_state = json_get<uint64_t>(j.at("rng"), "state", source + " (rng)");
+  s.rng_inc = json_get<uint64_t>(j.at("rng"), "inc", source + " (rng)");
+  s.elapsed_seconds = json_get_or<double>(j, "elapsed_seconds", 0.0, source);
+  s.world_size = json_get_or<int>(j, "world_size", 1, source);
+  if (s.step < 0 || s.step > kMaxSteps)
+    fail_file(kOp, source, cat("step ", s.step, " is not a step of a run (0 to ", kMaxSteps, ")"));
+  if (s.tokens < 0) fail_file(kOp, source, cat("tokens ", s.tokens, " is negative"));
+  if (s.world_size < 1) fail_file(kOp, source, cat("world_size ", s.world_size, " must be at least 1"));
   return s;
 }
 

@@ -21,6 +21,9 @@
 
 namespace emo {
 
+// The most steps a run may have (a state or checkpoint name beyond it is damaged, not a run).
+inline constexpr int64_t kMaxSteps = 1'000'000'000'000;
+
 struct TrainState {
   int64_t step = 0;     // optimizer steps completed
   int64_t tokens = 0;   // training tokens consumed

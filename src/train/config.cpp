@@ -29,15 +29,46 @@ namespace {
 
 constexpr const char* kOp = "train-config";
 
-// Every key of `given` must exist in `known` (free-form maps such as data.validation excepted).
+// "an integer", ... when `value` cannot stand where the default `known` stands, else "". An integer key takes
+// an integral number written as a float (1e3); a float key any number; a null default (optional) anything.
+std::string type_expected(const nlohmann::json& value, const nlohmann::json& known) {
+  if (known.is_null() || known.is_object()) return "";
+  if (known.is_number_integer()) {
+    const bool integral =
+        value.is_number_integer() ||
+        (value.is_number_float() && std::nearbyint(value.get<double>()) == value.get<double>() &&
+         std::fabs(value.get<double>()) < 9.2e18);
+    return integral ? "" : "an integer";
+  }
+  if (known.is_number()) return value.is_number() ? "" : "a number";
+  if (known.is_boolean()) return value.is_boolean() ? "" : "a boolean";
+  if (known.is_string()) return value.is_string() ? "" : "a string";
+  if (known.is_array()) return value.is_array() ? "" : "an array";
+  return "";
+}
+
+// Every key of `given` must exist in `known` (free-form maps such as data.validation excepted), with a value
+// of the type of its default: "key 'model.d': expected an integer, found a string".
 void check_known_keys(const nlohmann::json& given, const nlohmann::json& known, const std::string& path,
                       const std::string& source) {
   for (auto it = given.begin(); it != given.end(); ++it) {
     std::string key = path.empty() ? it.key() : path + "." + it.key();
     if (!known.contains(it.key())) fail_file(kOp, source, cat("unknown key '", key, "'"));
-    if (key == "data.validation") continue;
-    if (it.value().is_object() && known[it.key()].is_object())
-      check_known_keys(it.value(), known[it.key()], key, source);
+    const nlohmann::json& default_value = known[it.key()];
+    if (it.value().is_null()) continue;  // merge_patch: null restores the default
+    if (key == "data.validation") {      // domain -> dataset path
+      if (!it.value().is_object()) json_detail::fail_type(source, key, "an object", it.value());
+      for (auto domain = it.value().begin(); domain != it.value().end(); ++domain)
+        if (!domain.value().is_string())
+          json_detail::fail_type(source, key + "." + domain.key(), "a string", domain.value());
+      continue;
+    }
+    if (default_value.is_object() && !it.value().is_object())
+      json_detail::fail_type(source, key, "an object", it.value());
+    const std::string expected = type_expected(it.value(), default_value);
+    if (!expected.empty()) json_detail::fail_type(source, key, expected, it.value());
+    if (it.value().is_object() && default_value.is_object())
+      check_known_keys(it.value(), default_value, key, source);
   }
 }
 
