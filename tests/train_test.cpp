@@ -714,6 +714,65 @@ TEST(RunDirectory, TrainRefusesWhatItDidNotWriteAndContinuesItsOwnRun) {
   EXPECT_EQ(step_of_run(run), 4);
 }
 
+// `train --resume` refuses an override that would make it another run, naming the key and both values, and
+// says which changes it takes (steps to extend the run, intervals); a negative or absurd step in the state
+// file or a checkpoint's name is an error naming the file.
+TEST(RunDirectory, AResumeRefusesChangesThatMakeAnotherRunAndSaysWhichItTakes) {
+  using test::run_emo;
+  const std::string run = temp_dir("resume_changes") + "/run";
+  ASSERT_EQ(run_emo(tiny_train(run)).status, 0);
+  struct Refused {
+    std::string overrides, says;
+  };
+  for (const Refused& r :
+       std::vector<Refused>{{"model.d=64", "model.d 32 -> 64"},
+                            {"model.experts=16", "model.experts 8 -> 16"},
+                            {"optimizer.lr=0.5", "optimizer.lr"},
+                            {"batch.row_length=16", "batch.row_length 32 -> 16"},
+                            {"run.seed=9", "run.seed 0 -> 9"},
+                            {"--data synthetic-7", "data.train \"synthetic\" -> \"synthetic-7\""}}) {
+    const test::EmoRun refused = run_emo(tiny_train(run, "--resume --steps 3 " + r.overrides));
+    EXPECT_EQ(refused.status, 1) << r.overrides << "\n" << refused.err;
+    EXPECT_NE(refused.err.find("--resume would change the run: " + r.says), std::string::npos)
+        << r.overrides << "\n"
+        << refused.err;
+    EXPECT_EQ(step_of_run(run), 2) << r.overrides;
+  }
+  const test::EmoRun extended = run_emo(tiny_train(run, "--resume --steps 3 run.log_every=2"));
+  EXPECT_EQ(extended.status, 0) << extended.err;
+  EXPECT_NE(extended.err.find("--resume: run.steps 2 -> 3 (a resumed run may change this)"),
+            std::string::npos)
+      << extended.err;
+  EXPECT_NE(extended.err.find("--resume: run.log_every 1 -> 2"), std::string::npos) << extended.err;
+  EXPECT_EQ(step_of_run(run), 3);
+
+  const std::string state_path = run + "/checkpoints/step-00000003/train_state.json";
+  const nlohmann::json good = read_json_file(state_path);
+  for (const nlohmann::json& step : {nlohmann::json(-4), nlohmann::json(int64_t{1'000'000'000'000'000})}) {
+    nlohmann::json bad = good;
+    bad["step"] = step;
+    write_json_file(state_path, bad);
+    const test::EmoRun refused = run_emo(tiny_train(run, "--resume --steps 4"));
+    EXPECT_EQ(refused.status, 1) << refused.err;
+    EXPECT_NE(refused.err.find(state_path + ": step " + step.dump() + " is not a step of a run"),
+              std::string::npos)
+        << refused.err;
+  }
+  write_json_file(state_path, good);
+  for (const char* name : {"step--0000004", "step-1e15", "step-99999999999999999999"}) {
+    const std::string odd = run + "/checkpoints/" + name;
+    fs::create_directories(odd);
+    write_json_file(odd + "/train_state.json", good);
+    const test::EmoRun refused = run_emo(tiny_train(run, "--resume --steps 4"));
+    EXPECT_EQ(refused.status, 1) << refused.err;
+    EXPECT_NE(refused.err.find(odd + ": not a checkpoint name"), std::string::npos) << refused.err;
+    EXPECT_TRUE(fs::exists(odd));  // not emo's to delete
+    fs::remove_all(odd);
+  }
+  EXPECT_EQ(run_emo(tiny_train(run, "--resume --steps 4")).status, 0);
+  EXPECT_EQ(step_of_run(run), 4);
+}
+
 TEST(RunDirectory, ASecondTrainOnTheSameRunIsRefusedNamingTheHolder) {
   const std::string run = temp_dir("locked");
   ASSERT_EQ(test::run_emo(tiny_train(run)).status, 0);

@@ -1,6 +1,7 @@
 #include "train/checkpoint.h"
 
 #include <algorithm>
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -24,12 +25,20 @@ constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kLatestFile = "latest";
 constexpr const char* kTempPrefix = ".tmp-";
 
-// step-NNNNNNNN -> NNNNNNNN, or -1 for any other name.
-int64_t step_of(const std::string& name) {
-  if (name.rfind("step-", 0) != 0 || name.size() <= 5) return -1;
-  for (size_t i = 5; i < name.size(); ++i)
-    if (name[i] < '0' || name[i] > '9') return -1;
-  return std::stoll(name.substr(5));
+// step-NNNNNNNN -> NNNNNNNN, or -1 for a name that is not "step-..." at all. A "step-" name whose step is
+// no number of 0 to kMaxSteps (step--0000004, step-1e15, 20 digits) is an error naming `path`: a damaged
+// or hand-made checkpoint must not be skipped in silence (the run would resume from an older one).
+int64_t step_of(const fs::path& path) {
+  const std::string name = path.filename().string();
+  if (name.rfind("step-", 0) != 0) return -1;
+  const std::string digits = name.substr(5);
+  int64_t step = -1;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), step);
+  if (digits.empty() || digits[0] == '-' || ec != std::errc() || end != digits.data() + digits.size() ||
+      step > kMaxSteps)
+    fail_file(kOp, path.string(),
+              cat("not a checkpoint name: expected step-NNNNNNNN with a step of 0 to ", kMaxSteps));
+  return step;
 }
 
 // A checkpoint is complete when its state file, written last, exists.
@@ -41,7 +50,8 @@ std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& c
   std::vector<std::pair<int64_t, fs::path>> out;
   if (!fs::is_directory(checkpoints_dir)) return out;
   for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
-    int64_t step = step_of(entry.path().filename().string());
+    if (!entry.is_directory()) continue;
+    int64_t step = step_of(entry.path());
     if (step >= 0 && entry.is_directory() && is_complete(entry.path())) out.emplace_back(step, entry.path());
   }
   std::sort(out.begin(), out.end());
@@ -99,7 +109,7 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
     const bool temp_latest =
         entry_name.rfind(std::string(kLatestFile) + ".tmp", 0) == 0;  // atomic_write_file's
     if (entry_name.rfind(kTempPrefix, 0) == 0 || temp_latest ||
-        (step_of(entry_name) >= 0 && !is_complete(entry.path())))
+        (step_of(entry.path()) >= 0 && !is_complete(entry.path())))
       leftovers.push_back(entry.path());
   }
   for (const fs::path& leftover : leftovers) fs::remove_all(leftover);
@@ -144,6 +154,8 @@ std::string resolve_checkpoint(const std::string& path) {
   if (is_complete(p)) return p.string();
   if (fs::is_directory(p / "checkpoints")) p = p / "checkpoints";
   if (!fs::is_directory(p)) return "";
+  // Listed first: a damaged checkpoint name is an error even when `latest` names a good one.
+  auto all = complete_checkpoints(p);
   if (fs::is_regular_file(p / kLatestFile)) {
     std::ifstream in(p / kLatestFile);
     std::string name;
@@ -152,7 +164,6 @@ std::string resolve_checkpoint(const std::string& path) {
     log_warn(cat("[checkpoint] ", (p / kLatestFile).string(), ": names '", name,
                  "', which is not a complete checkpoint; using the newest complete one"));
   }
-  auto all = complete_checkpoints(p);
   return all.empty() ? std::string() : all.back().second.string();
 }
 

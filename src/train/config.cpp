@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <utility>
 
 #include "core/error.h"
@@ -239,6 +240,59 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& s
 
 TrainConfig TrainConfig::load(const std::string& path) {
   return from_json(read_json_file(path, kOp), path);
+}
+
+namespace {
+
+// Keys whose change a resumed run survives: how long it runs and what it writes along the way.
+bool safe_to_change_on_resume(const std::string& key) {
+  static const char* const kSafe[] = {"run.steps",     "run.tokens",         "run.checkpoint_every",
+                                      "run.keep_last", "run.validate_every", "run.validation_rows",
+                                      "run.log_every", "data.validation"};
+  for (const char* safe : kSafe)
+    if (key == safe || key.rfind(std::string(safe) + ".", 0) == 0) return true;
+  return false;
+}
+
+// "/model/d" (nlohmann's flatten) -> "model.d".
+std::string dotted(const std::string& pointer) {
+  std::string key = pointer.substr(1);
+  for (char& c : key)
+    if (c == '/') c = '.';
+  return key;
+}
+
+}  // namespace
+
+std::vector<std::string> check_resume_changes(const TrainConfig& checkpoint, TrainConfig& now,
+                                              const std::string& source) {
+  if (now.model.vocab == 0) now.model.vocab = checkpoint.model.vocab;
+  if (now.data.eos_id < 0) now.data.eos_id = checkpoint.data.eos_id;
+  const nlohmann::json before = checkpoint.to_json().flatten(), after = now.to_json().flatten();
+  std::vector<std::string> allowed, refused;
+  std::set<std::string> keys;
+  for (auto it = before.begin(); it != before.end(); ++it) keys.insert(it.key());
+  for (auto it = after.begin(); it != after.end(); ++it) keys.insert(it.key());
+  for (const std::string& pointer : keys) {
+    const nlohmann::json was = before.value(pointer, nlohmann::json()),
+                         is = after.value(pointer, nlohmann::json());
+    if (was == is) continue;
+    const std::string key = dotted(pointer);
+    (safe_to_change_on_resume(key) ? allowed : refused)
+        .push_back(cat(key, " ", was.is_null() ? "(none)" : was.dump(), " -> ",
+                       is.is_null() ? "(none)" : is.dump()));
+  }
+  if (!refused.empty()) {
+    std::string list;
+    for (const std::string& r : refused) list += (list.empty() ? "" : "; ") + r;
+    fail_file(
+        "train", source,
+        cat("--resume would change the run: ", list,
+            " (checkpoint -> now). A resumed run keeps its model, data and optimisation; only run.steps, "
+            "run.tokens and the checkpoint, validation and log intervals may change. Start a new run "
+            "(another --out) for the rest"));
+  }
+  return allowed;
 }
 
 void apply_override(nlohmann::json& config, const std::string& assignment) {

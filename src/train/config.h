@@ -116,4 +116,14 @@ struct TrainConfig {
 // value's type (number, bool, string; objects such as data.validation take "data.validation.DOMAIN=path").
 void apply_override(nlohmann::json& config, const std::string& assignment);
 
+// `train --resume`: the configuration of the resumed run (`now`: the checkpoint's own with the command line
+// applied) against the checkpoint's. A change that would make it another run (model sizes, routing, losses,
+// optimizer, schedule, batch, seed, training data, tokenizer) throws "[train] SOURCE: --resume: model.d is
+// 128 in the checkpoint, 64 now; ..." naming the key and both values. Changes a run survives (run.steps /
+// run.tokens to extend it, the checkpoint, validation and log intervals, the validation sets) are allowed
+// and returned as "run.steps 2 -> 4" lines to say so. Values filled in at the start (model.vocab 0,
+// data.eos_id -1) are taken from the checkpoint.
+std::vector<std::string> check_resume_changes(const TrainConfig& checkpoint, TrainConfig& now,
+                                              const std::string& source);
+
 }  // namespace emo

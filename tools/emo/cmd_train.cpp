@@ -56,6 +56,9 @@ emo::TrainConfig build_config(const TrainArgs& args, std::string* init_from) {
   for (const std::string& o : args.overrides) apply_override(j, o);
   TrainConfig config =
       TrainConfig::from_json(j, args.config_path.empty() ? "command line" : args.config_path);
+  if (args.resume && !checkpoint.empty())
+    for (const std::string& change : check_resume_changes(checkpoint_config, config, checkpoint))
+      log_info(cat("--resume: ", change, " (a resumed run may change this)"));
 
   if (!args.anneal_from.empty()) {
     // Continue from the checkpoint's step with a linear decay from the learning rate it had reached.
