@@ -120,6 +120,12 @@ Engine::Engine(std::unique_ptr<InferWeights> weights, Tokenizer tokenizer, Engin
     auto subset = std::make_shared<const ExpertSubset>(ExpertSubset::load(path, config_));
     subsets_[name] = {name, "pack", subset};
   }
+  if (options_.memory_budget > 0 && !cache_.fits(keys_of(nullptr)))
+    log_warn(cat("serve: --memory-budget ", human_bytes(static_cast<double>(options_.memory_budget)),
+                 " is less than all experts (",
+                 human_bytes(static_cast<double>(cache_.bytes_of(keys_of(nullptr)))),
+                 "): requests on \"all\" will get a 503",
+                 options_.keep_k > 0 ? "" : " (also those without \"experts\": set --keep-k)"));
   decoder_ = std::make_unique<Decoder>(*weights_, config_.max_position_embeddings);
   thread_ = std::thread([this] { loop(); });
 }
