@@ -82,13 +82,16 @@ class ExpertCache {
 class ExpertPins {
  public:
   explicit ExpertPins(ExpertCache& cache) : cache_(cache) {}
-  ~ExpertPins() {
-    for (const auto& keys : acquired_) cache_.release(keys);
-  }
+  ~ExpertPins() { release(); }
   ExpertPins(const ExpertPins&) = delete;
   ExpertPins& operator=(const ExpertPins&) = delete;
   // acquire(keys) on the cache; false (nothing pinned) when refused.
   bool add(const std::vector<ExpertKey>& keys);
+  // Unpins everything added so far (again a no-op).
+  void release() {
+    for (const auto& keys : acquired_) cache_.release(keys);
+    acquired_.clear();
+  }
 
  private:
   ExpertCache& cache_;

@@ -480,6 +480,7 @@ void Engine::run(Job& job) {
   result.experts = entry.to_json();
   kv_bytes_ = decoder_->cache().bytes_used(decoder_->length());
   experts_loaded_ = weights_->experts_loaded();
+  pins.release();  // before the client hears of the end, so /metrics read after it shows nothing pinned
   job.finish(std::move(result));
 }
 
