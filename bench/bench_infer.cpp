@@ -22,13 +22,11 @@
 // target: "the 27 GB model in about 5 GB") and decode beside its bound. Ends with one JSON line. Targets:
 // decode >= 60% of the bound; peak RSS within 15% of kept weights + KV.
 #include <fcntl.h>
-#include <immintrin.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -36,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "bandwidth.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
@@ -55,6 +54,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using emo::Timer;
+using emo::bench::median;
+using emo::bench::read_bandwidths;
 
 constexpr int64_t kPromptTokens = 128;
 
@@ -82,38 +83,6 @@ emo::ModelConfig big_config() {
   c.num_key_value_heads = 8;
   c.num_experts_per_tok = 8;
   return c;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// GB/s of summing a buffer far beyond the caches, split over the pool, once per repeat.
-std::vector<double> read_bandwidths(const std::vector<float>& buffer, int repeats) {
-  const int64_t n = static_cast<int64_t>(buffer.size());
-  std::vector<double> rates;
-  for (int r = 0; r < repeats; ++r) {
-    std::atomic<double> total{0.0};
-    Timer t;
-    emo::parallel_for(n, n / 64, [&](int64_t begin, int64_t end) {
-      // 4 independent vector sums hide the add latency: the loop is bound by the loads.
-      __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-      const float* b = buffer.data();
-      for (int64_t i = begin; i + 32 <= end; i += 32) {
-        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(b + i));
-        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(b + i + 8));
-        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(b + i + 16));
-        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(b + i + 24));
-      }
-      float lanes[8];
-      _mm256_storeu_ps(lanes, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-      total += lanes[0] + lanes[7];
-    });
-    rates.push_back(static_cast<double>(n) * 4 / t.seconds() / 1e9);
-    if (total.load() < 0) std::printf(" ");  // keep the sums alive
-  }
-  return rates;
 }
 
 // Writes the model once (fp32, bf16, int8) into dir/<name>/{f32,bf16,int8}.

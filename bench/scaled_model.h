@@ -24,4 +24,19 @@ inline ModelConfig scaled_released_config() {
   return c;
 }
 
+// The model bench_peer runs in emo and in llama.cpp: d=1024, L=16, H=16, E=32 of width 512 (1 shared),
+// K=8 (7 routed + the shared one), vocab 32768: 0.94B parameters, 3.8 GB in fp32.
+inline ModelConfig peer_config() {
+  ModelConfig c = scaled_released_config();
+  c.vocab_size = 32768;
+  c.hidden_size = 1024;
+  c.intermediate_size = 512;
+  c.num_hidden_layers = 16;
+  c.num_attention_heads = 16;
+  c.num_key_value_heads = 16;
+  c.max_position_embeddings = 4096;
+  c.num_experts = 32;
+  return c;
+}
+
 }  // namespace emo::bench
