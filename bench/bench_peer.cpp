@@ -12,7 +12,7 @@
 // Reported: per format the medians over rounds of each figure and of each paired ratio emo / llama.cpp.
 //   bench_peer --write DIR                       writes the models once (about 10 GB, a few minutes)
 //   bench_peer --models DIR --llama-bench PATH [--rounds N] [--threads N] [--sets full,pruned]
-//              [--formats f32,bf16,int8]
+//              [--formats f32,bf16,int8] [--llama-wait-policy passive|active]
 // Ends with one JSON line.
 #include <fcntl.h>
 #include <spawn.h>
@@ -267,10 +267,11 @@ Figures run_emo(const char* self, const std::string& checkpoint, int threads, co
 
 // llama-bench's three tests in one process (one model load), one repetition each after its warmup.
 Figures run_llama(const std::string& llama_bench, const std::string& gguf, int threads,
-                  double weight_bytes_per_token, const emo::ModelConfig& config, const std::string& log) {
+                  const std::string& wait_policy, double weight_bytes_per_token,
+                  const emo::ModelConfig& config, const std::string& log) {
   const ChildResult r = run_child({llama_bench, "-m", gguf, "-t", cat(threads), "-p", "128,512", "-n",
                                    cat(kDecodeTokens), "-r", "1", "-o", "json"},
-                                  {"OMP_WAIT_POLICY=passive"}, log);
+                                  {cat("OMP_WAIT_POLICY=", wait_policy)}, log);
   const nlohmann::json j = emo::parse_json(r.output, cat("llama-bench -m ", gguf), "bench_peer");
   Figures f;
   for (const nlohmann::json& test : j) {
@@ -364,6 +365,9 @@ struct Options {
   fs::path models;
   std::string llama_bench;
   int rounds = 5, threads = 2;
+  // OpenMP's wait policy for llama.cpp's threads: passive (they sleep between graph nodes, the polite choice
+  // on a shared machine) or active (they spin, as emo's pool does between the tasks of a step).
+  std::string llama_wait_policy = "passive";
   std::vector<std::string> sets = {"full", "pruned"}, formats = {"f32", "bf16", "int8"};
 };
 
@@ -373,10 +377,9 @@ int compare_engines(const char* self, const Options& o) {
   const std::string log = (o.models / "peer-children.log").string();
   const std::vector<float> buffer(static_cast<size_t>(1) << 26, 1.0f);  // 256 MiB, far beyond the caches
   std::printf(
-      "emo vs llama.cpp (llama-bench %s), %d threads, %d rounds alternating which engine goes first; models "
-      "in "
-      "%s\n(children's stderr in %s)\n",
-      o.llama_bench.c_str(), o.threads, o.rounds, o.models.c_str(), log.c_str());
+      "emo vs llama.cpp (llama-bench %s, OMP_WAIT_POLICY=%s), %d threads, %d rounds alternating which engine "
+      "goes first;\nmodels in %s (children's stderr in %s)\n",
+      o.llama_bench.c_str(), o.llama_wait_policy.c_str(), o.threads, o.rounds, o.models.c_str(), log.c_str());
   std::map<std::string, PairRounds> results;  // "set/format"
   std::vector<std::pair<std::string, Format>> runs;
   for (const auto& set : o.sets)
@@ -393,9 +396,11 @@ int compare_engines(const char* self, const Options& o) {
       std::vector<double> reads = emo::bench::read_bandwidths(buffer, 3);
       if (round % 2 == 0) {
         r.emo.push_back(run_emo(self, checkpoint, o.threads, log));
-        r.llama.push_back(run_llama(o.llama_bench, gguf, o.threads, llama_weight_bytes, config, log));
+        r.llama.push_back(
+            run_llama(o.llama_bench, gguf, o.threads, o.llama_wait_policy, llama_weight_bytes, config, log));
       } else {
-        r.llama.push_back(run_llama(o.llama_bench, gguf, o.threads, llama_weight_bytes, config, log));
+        r.llama.push_back(
+            run_llama(o.llama_bench, gguf, o.threads, o.llama_wait_policy, llama_weight_bytes, config, log));
         r.emo.push_back(run_emo(self, checkpoint, o.threads, log));
       }
       for (double rate : emo::bench::read_bandwidths(buffer, 3)) reads.push_back(rate);
@@ -443,13 +448,10 @@ int compare_engines(const char* self, const Options& o) {
   std::printf("(of bound: decode tok/s x bytes per token / bandwidth of the same round; %s in all)\n",
               emo::human_duration(total.seconds()).c_str());
   const nlohmann::json stages = print_stages(runs, results);
-  const nlohmann::json summary = {{"bench", "peer"},
-                                  {"threads", o.threads},
-                                  {"rounds", o.rounds},
-                                  {"decode_tokens", kDecodeTokens},
-                                  {"prompt_tokens", {128, 512}},
-                                  {"runs", rows},
-                                  {"emo_decode_stages", stages}};
+  const nlohmann::json summary = {
+      {"bench", "peer"},    {"threads", o.threads},           {"llama_wait_policy", o.llama_wait_policy},
+      {"rounds", o.rounds}, {"decode_tokens", kDecodeTokens}, {"prompt_tokens", {128, 512}},
+      {"runs", rows},       {"emo_decode_stages", stages}};
   std::printf("%s\n", summary.dump().c_str());
   return 0;
 }
@@ -459,7 +461,8 @@ int usage() {
       stderr,
       "usage: bench_peer --write DIR\n"
       "       bench_peer --models DIR --llama-bench PATH [--rounds N] [--threads N] [--sets full,pruned] "
-      "[--formats f32,bf16,int8]\n");
+      "[--formats f32,bf16,int8]\n"
+      "                  [--llama-wait-policy passive|active]\n");
   return 2;
 }
 
@@ -488,6 +491,8 @@ int main(int argc, char** argv) {
         o.sets = split_list(value);
       else if (flag == "--formats")
         o.formats = split_list(value);
+      else if (flag == "--llama-wait-policy" && (value == "passive" || value == "active"))
+        o.llama_wait_policy = value;
       else
         return usage();
     }

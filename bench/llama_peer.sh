@@ -15,20 +15,23 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 usage: bench/llama_peer.sh [--build-only] [--rounds N] [--threads N] [--models DIR]
-                           [--sets full,pruned] [--formats f32,bf16,int8]
+                           [--sets full,pruned] [--formats f32,bf16,int8] [--llama-wait-policy P]
   --build-only   fetch and build llama-bench (cached), then stop
   --rounds N     paired rounds, alternating which engine goes first (default 5)
   --threads N    threads of each engine (default 2)
   --models DIR   where the models are written once (default <cache>/peer-models)
   --sets LIST    full, pruned (12.5% of the experts) or both (default)
   --formats LIST emo formats of f32, bf16, int8 (paired with GGUF f32, bf16, Q8_0; default all)
+  --llama-wait-policy passive|active
+                 OMP_WAIT_POLICY of llama.cpp's threads (default passive: they sleep between graph
+                 nodes; active: they spin, as emo's pool does)
 EOF
 }
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${EMO_CACHE:-$repo_root/.cache}"
 node_llama_cpp=node-llama-cpp@3.21.1  # the version tests/gguf_parity/setup.sh installs
-build_only=0 rounds=5 threads=2 models="$cache/peer-models" sets=full,pruned formats=f32,bf16,int8
+build_only=0 rounds=5 threads=2 models="$cache/peer-models" sets=full,pruned formats=f32,bf16,int8 wait_policy=passive
 
 positive() {  # NAME VALUE: VALUE must be a positive integer
   case "$2" in
@@ -39,7 +42,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
     --build-only) build_only=1; shift; continue ;;
-    --rounds | --threads | --models | --sets | --formats)
+    --rounds | --threads | --models | --sets | --formats | --llama-wait-policy)
       [ $# -ge 2 ] || { echo "llama_peer: $1 needs a value" >&2; exit 2; } ;;
     *) echo "llama_peer: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -57,6 +60,9 @@ while [ $# -gt 0 ]; do
         case "$f" in f32 | bf16 | int8) ;; *) echo "llama_peer: --formats: '$f' is not f32, bf16 or int8" >&2; exit 2 ;; esac
       done
       formats="$2" ;;
+    --llama-wait-policy)
+      case "$2" in passive | active) ;; *) echo "llama_peer: --llama-wait-policy '$2' is not passive or active" >&2; exit 2 ;; esac
+      wait_policy="$2" ;;
   esac
   shift 2
 done
@@ -94,4 +100,4 @@ bench_peer="$repo_root/build/bench/bench_peer"
 mkdir -p "$models"
 "$bench_peer" --write "$models"
 exec "$bench_peer" --models "$models" --llama-bench "$llama_bench" --rounds "$rounds" --threads "$threads" \
-  --sets "$sets" --formats "$formats"
+  --sets "$sets" --formats "$formats" --llama-wait-policy "$wait_policy"
