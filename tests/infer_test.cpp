@@ -23,6 +23,8 @@
 #include "run_emo.h"
 #include "select/prune.h"
 #include "select/selection.h"
+#include "tiny_emo.h"
+#include "tokenizer/tokenizer.h"
 
 namespace emo {
 namespace {
@@ -165,6 +167,122 @@ TEST(InferLogits, Int8CheckpointEqualsTheTrainingForwardOfItsDequantisedWeights)
   auto model = load_model_dequantized(dir / "q");
   const auto tokens = some_tokens(20);
   expect_close(infer_logits(dir / "q", tokens), reference_logits(*model, tokens, eval_routing()), 2e-5);
+}
+
+// Sizes of whole q4 blocks: every projection has 32 or 64 columns.
+ModelConfig q4_config(bool moe = true) {
+  ModelConfig c = tiny_config(moe);
+  c.hidden_size = 64;
+  c.intermediate_size = 32;
+  return c;
+}
+
+// The q4 engine multiplies 4-bit blocks by int8 blocks of the activations (steps of max|block| / 127, as
+// llama.cpp does): its logits follow the fp32 forward of the dequantised weights within that rounding,
+// which the large random weights of these models amplify over 2 layers (measured: 3.7% of the largest
+// logit at most).
+TEST(InferLogits, Q4CheckpointFollowsTheTrainingForwardOfItsDequantisedWeights) {
+  TempDir dir;
+  random_model(q4_config(), 5)->save(dir / "m");
+  QuantizeSummary summary = quantize_checkpoint(dir / "m", dir / "q", DType::kQ4_0);
+  EXPECT_EQ(summary.converted, 1 + 2 * (4 + 8 * 3) + 1);  // embed and lm_head int8, 56 matrices q4
+  EXPECT_LT(summary.bytes_out, summary.bytes_in / 5);
+  const SafetensorsCheckpoint stored = SafetensorsCheckpoint::open(dir / "q");
+  const TensorInfo& q_proj = stored.info("model.layers.1.self_attn.q_proj.weight");
+  EXPECT_EQ(q_proj.dtype, DType::kQ4_0);
+  EXPECT_EQ(q_proj.shape, (Shape{64, 64}));
+  EXPECT_EQ(q_proj.nbytes, size_t(64 * 2 * 18));
+  EXPECT_EQ(stored.info("model.layers.0.mlp.experts.7.down_proj.weight").dtype, DType::kQ4_0);
+  EXPECT_EQ(stored.info("model.embed_tokens.weight").dtype, DType::kI8);
+  EXPECT_EQ(stored.info("lm_head.weight").dtype, DType::kI8);
+  EXPECT_EQ(stored.info("model.layers.0.mlp.gate.weight").dtype, DType::kF32);
+  EXPECT_EQ(stored.metadata().at("emo_weight_format"), "q4_0");
+  const ModelConfig config = ModelConfig::load(dir / "q/config.json");
+  EXPECT_EQ(config.extra.at("quantization_config").at("quant_method"), "emo_q4_0");
+  EXPECT_EQ(config.extra.at("quantization_config").at("block_size"), 32);
+
+  auto model = load_model_dequantized(dir / "q");
+  const auto tokens = some_tokens(20);
+  const Tensor want = reference_logits(*model, tokens, eval_routing());
+  const Tensor prompt = infer_logits(dir / "q", tokens);  // 20 tokens at once: the prompt's products
+  expect_close(prompt, want, 6e-2);
+  // Token by token (the decode matrix-vector products) follows the prompt pass: the same integer kernel per
+  // row; the fp32 paths around it (attention over the cache) round differently, which can move an
+  // activation's int8 rounding by a step.
+  auto weights = InferWeights::open(dir / "q");
+  Decoder step(*weights, 20);
+  const int64_t V = weights->config().vocab_size;
+  step.forward({tokens.begin(), tokens.begin() + 3});
+  for (int64_t t = 3; t < 20; ++t) {
+    const Tensor logits = step.forward({tokens[t]});
+    Tensor row({V}, std::vector<float>(prompt.data() + t * V, prompt.data() + (t + 1) * V));
+    expect_close(logits, row, 3e-4);
+  }
+  // The dequantised weights are the blocks' own values: far closer to them than to the fp32 originals.
+  auto original = Model::load(dir / "m");
+  const std::string name = "model.layers.0.mlp.experts.2.up_proj.weight";
+  const Tensor& w = original->weight(name);
+  std::vector<float> blocks(static_cast<size_t>(w.size()));
+  convert_to_f32(DType::kQ4_0, stored.info(name).data, blocks.data(), blocks.size());
+  EXPECT_EQ(model->weight(name).vec(), blocks);
+}
+
+TEST(InferLogits, Q4KeepsEmbeddingsInBf16WhenAskedAndRefusesPartialBlocksNamingTheTensor) {
+  TempDir dir;
+  random_model(q4_config(false), 8)->save(dir / "m");
+  QuantizeTarget target(DType::kQ4_0);
+  target.others = DType::kBF16;
+  target.scale = Q4Scale::kExtreme;
+  quantize_checkpoint(dir / "m", dir / "q", target);
+  const SafetensorsCheckpoint stored = SafetensorsCheckpoint::open(dir / "q");
+  EXPECT_EQ(stored.info("model.embed_tokens.weight").dtype, DType::kBF16);
+  EXPECT_EQ(stored.info("model.layers.0.mlp.down_proj.weight").dtype, DType::kQ4_0);
+  EXPECT_EQ(stored.info("model.norm.weight").dtype, DType::kF32);
+  auto model = load_model_dequantized(dir / "q");
+  const auto tokens = some_tokens(9);
+  expect_close(infer_logits(dir / "q", tokens), reference_logits(*model, tokens, eval_routing()), 6e-2);
+
+  random_model(tiny_config(), 9)->save(dir / "odd");  // expert width 24: not whole blocks
+  const std::string msg = error_of([&] { quantize_checkpoint(dir / "odd", dir / "odd_q4", DType::kQ4_0); });
+  EXPECT_NE(msg.find("down_proj.weight' [32, 24]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not a multiple of 32"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(dir / "odd_q4"));
+  const std::string again = error_of([&] { quantize_checkpoint(dir / "q", dir / "q2", DType::kQ4_0); });
+  EXPECT_NE(again.find("is Q4_0"), std::string::npos) << again;
+}
+
+// Every command that takes a model runs on a q4 checkpoint: quantize (with its perplexity check), info,
+// generate (full, and on a subset), select, eval, prune, and generate on the pruned q4 model.
+TEST(InferCommands, EveryCommandRunsOnAQ4Checkpoint) {
+  using test::run_emo;
+  TempDir dir;
+  ModelConfig c = q4_config();
+  c.vocab_size = 300;  // the trained tokenizer's
+  c.eos_token_id = 298;
+  c.max_position_embeddings = 64;
+  random_model(c, 11)->save(dir / "m");
+  fs::copy_file(test::kTrainedTokenizer, dir / "m/tokenizer.json");
+  std::ofstream(dir / "text.txt") << "The quick brown fox jumps over the lazy dog. It was the best of times, "
+                                     "it was the worst of times, the age of wisdom and of foolishness.\n";
+  const std::string q = dir / "q";
+  const std::vector<std::string> commands = {
+      "quantize " + dir / "m" + " --dtype q4 --text " + dir / "text.txt" + " -o " + q,
+      "info " + q,
+      "generate " + q + " --prompt 'The quick brown' -n 6 --ignore-eos",
+      "select " + q + " --examples " + dir / "text.txt" + " --keep-k 4 -o " + dir / "subset.json",
+      "generate " + q + " --subset " + dir / "subset.json" + " --prompt 'It was' -n 4 --ignore-eos",
+      "eval " + q + " --data " + dir / "text.bin",
+      "prune " + q + " --subset " + dir / "subset.json" + " -o " + dir / "pruned",
+      "generate " + dir / "pruned" + " --prompt 'It was' -n 4 --ignore-eos",
+  };
+  write_text_dataset(dir / "text.txt", Tokenizer::load(dir / "m/tokenizer.json"), dir / "text.bin");
+  for (const std::string& command : commands) {
+    const test::EmoRun run = run_emo(command);
+    EXPECT_EQ(run.status, 0) << command << "\n" << run.err;
+  }
+  EXPECT_EQ(
+      SafetensorsCheckpoint::open(dir / "pruned").info("model.layers.0.mlp.experts.2.up_proj.weight").dtype,
+      DType::kQ4_0);
 }
 
 // `emo quantize` (the real command line) never deletes or overwrites what emo did not write.

@@ -322,6 +322,50 @@ TEST_F(IoTest, SafetensorsReadIntoChecksSizeAndDtype) {
   EXPECT_EQ(static_cast<const int32_t*>(file.info("ids").data)[1], -7);
 }
 
+// Q4_0 has no safetensors dtype: its blocks are written as U8 [rows, cols / 32 * 18] in a file marked with
+// kQ4MetadataKey, and read back as Q4_0 [rows, cols] (dequantised by read_fp32).
+TEST_F(IoTest, SafetensorsStoresQ4BlocksAsU8BytesAndReadsThemBackAsQ4) {
+  // Two rows of two blocks: scale 0.5 (fp16 0x3800), nibbles j -> element j = j - 8, element j + 16 = 7 - j.
+  std::vector<uint8_t> blocks(2 * 2 * 18);
+  for (size_t b = 0; b < 4; ++b) {
+    blocks[b * 18] = 0x00, blocks[b * 18 + 1] = 0x38;
+    for (int j = 0; j < 16; ++j) blocks[b * 18 + 2 + j] = static_cast<uint8_t>(j | ((15 - j) << 4));
+  }
+  const Tensor other = ramp({3}, 1, 1);
+  write_safetensors(path("m.safetensors"),
+                    {SafetensorsEntry::raw("w", DType::kQ4_0, {2, 64}, blocks.data()), {"b", other}},
+                    {{"format", "pt"}});
+  const std::string bytes = read_bytes(path("m.safetensors"));
+  EXPECT_NE(bytes.find("\"w\":{\"dtype\":\"U8\",\"shape\":[2,36]"), std::string::npos)
+      << bytes.substr(0, 400);
+  const SafetensorsFile file = SafetensorsFile::open(path("m.safetensors"));
+  EXPECT_EQ(file.metadata().at("format"), "pt");
+  EXPECT_TRUE(file.metadata().count(kQ4MetadataKey));
+  const TensorInfo& info = file.info("w");
+  EXPECT_EQ(info.dtype, DType::kQ4_0);
+  EXPECT_EQ(info.shape, (Shape{2, 64}));
+  EXPECT_EQ(info.nbytes, blocks.size());
+  EXPECT_EQ(std::memcmp(info.data, blocks.data(), blocks.size()), 0);
+  const Tensor values = file.read_fp32("w");
+  for (int64_t i = 0; i < 128; ++i) {
+    const int64_t j = i % 32;
+    EXPECT_EQ(values[i], 0.5f * static_cast<float>(j < 16 ? j - 8 : 7 - (j - 16))) << i;
+  }
+  EXPECT_EQ(file.read_fp32("b").vec(), other.vec());
+
+  // A marked file whose U8 tensor is not whole blocks; a Q4_0 entry of a partial block.
+  const std::string key = kQ4MetadataKey;
+  write_bytes(path("bad.safetensors"), safetensors_bytes("{\"__metadata__\":{\"" + key +
+                                                             "\":\"x\"},\"w\":{\"dtype\":\"U8\",\"shape\":[2,"
+                                                             "10],\"data_offsets\":[0,20]}}",
+                                                         std::string(20, '\0')));
+  EXPECT_ERROR_CONTAINS(SafetensorsFile::open(path("bad.safetensors")), path("bad.safetensors"), "tensor 'w'",
+                        "U8 [2, 10]", "18-byte blocks");
+  EXPECT_ERROR_CONTAINS(write_safetensors(path("p.safetensors"),
+                                          {SafetensorsEntry::raw("w", DType::kQ4_0, {2, 48}, blocks.data())}),
+                        "tensor 'w'", "whole blocks of 32");
+}
+
 TEST_F(IoTest, SafetensorsWriterRefusesBadEntries) {
   const Tensor w = ramp({2}, 0, 1);
   EXPECT_ERROR_CONTAINS(write_safetensors(path("m.safetensors"), {{"w", w}, {"w", w}}), "tensor 'w'",

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "data/dataset.h"
 #include "io/safetensors.h"
+#include "kernels/q4.h"
 #include "kernels/quant.h"
 #include "model/weights_check.h"
 #include "select/prune.h"
@@ -24,10 +25,26 @@ bool is_router(const std::string& name) {
   return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// The matrices q4 stores in blocks: attention and expert (or dense MLP) projections.
+bool is_q4_matrix(const std::string& name) {
+  for (const char* suffix :
+       {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight"}) {
+    const std::string s = suffix;
+    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
+  }
+  return false;
+}
+
+bool is_embedding_or_head(const std::string& name) {
+  return name == "model.embed_tokens.weight" || name == "lm_head.weight";
+}
+
 // Buffers that must live until the checkpoint is written.
 struct Storage {
   std::deque<Tensor> fp32;
   std::deque<std::vector<int8_t>> int8;
+  std::deque<std::vector<uint8_t>> q4;
 };
 
 // fp32 values of a tensor: the mapping itself when stored as aligned F32, else a converted copy.
@@ -54,16 +71,49 @@ void add_int8(std::vector<SafetensorsEntry>& out, const SafetensorsCheckpoint& i
   out.emplace_back(info.name + "_scale", DType::kF32, Shape{rows}, storage.fp32.back().data());
 }
 
+void add_q4(std::vector<SafetensorsEntry>& out, const SafetensorsCheckpoint& in, const TensorInfo& info,
+            Q4Scale scale, Storage& storage) {
+  const int64_t rows = info.shape[0], cols = info.shape[1];
+  if (cols % kQ4BlockWeights != 0)
+    fail_file(kOp, in.file_of(info.name).path(),
+              cat("tensor '", info.name, "' ", shape_str(info.shape), ": q4 stores rows in blocks of ",
+                  kQ4BlockWeights, " weights, and ", cols, " columns are not a multiple of ", kQ4BlockWeights,
+                  " (use --dtype int8 or bf16)"));
+  Tensor converted;  // only for inputs that are not aligned fp32; freed once quantised
+  const float* w = static_cast<const float*>(info.data);  // [rows, cols]
+  if (info.dtype != DType::kF32 || reinterpret_cast<uintptr_t>(info.data) % alignof(float) != 0) {
+    converted = in.read_fp32(info.name);
+    w = converted.data();
+  }
+  storage.q4.emplace_back(static_cast<size_t>(rows * q4_row_bytes(cols)));
+  quantize_rows_q4_0(storage.q4.back().data(), w, rows, cols, scale);
+  out.push_back(SafetensorsEntry::raw(info.name, DType::kQ4_0, info.shape, storage.q4.back().data()));
+}
+
+// The stored format of tensor `name` under `target`: kQ4_0, kI8 (with row scales), kBF16 or kF32.
+DType stored_dtype(const std::string& name, const TensorInfo& info, const QuantizeTarget& target) {
+  const bool matrix = info.shape.size() == 2;
+  if (target.dtype == DType::kBF16) return DType::kBF16;
+  if (!matrix || is_router(name)) return DType::kF32;
+  if (target.dtype == DType::kI8) return DType::kI8;
+  if (is_q4_matrix(name)) return DType::kQ4_0;
+  return is_embedding_or_head(name) ? target.others : DType::kF32;
+}
+
 void copy_if_present(const fs::path& from, const fs::path& to) {
   if (fs::exists(from)) fs::copy_file(from, to, fs::copy_options::overwrite_existing);
 }
 
 }  // namespace
 
-QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::string& out_dir, DType dtype,
-                                    OutputRules rules, int64_t max_shard_bytes) {
-  EMO_CHECK(dtype == DType::kBF16 || dtype == DType::kI8, kOp, "cannot write ", dtype_name(dtype),
-            " weights (bf16 or int8)");
+QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::string& out_dir,
+                                    const QuantizeTarget& target, OutputRules rules,
+                                    int64_t max_shard_bytes) {
+  const DType dtype = target.dtype;
+  EMO_CHECK(dtype == DType::kBF16 || dtype == DType::kI8 || dtype == DType::kQ4_0, kOp, "cannot write ",
+            dtype_name(dtype), " weights (bf16, int8 or q4)");
+  EMO_CHECK(target.others == DType::kBF16 || target.others == DType::kI8, kOp,
+            "q4 keeps the embeddings and lm_head in bf16 or int8, not ", dtype_name(target.others));
   rules.inputs.push_back(model_dir);
   OutputDirectory output(out_dir, std::move(rules));
   const fs::path out(output.temp_path());
@@ -82,21 +132,20 @@ QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::str
     check_finite(in, name);  // before anything is written
     summary.bytes_in += static_cast<int64_t>(info.nbytes);
     ++summary.tensors;
-    const bool matrix = info.shape.size() == 2;
-    if (dtype == DType::kI8 && matrix && !is_router(name)) {
+    const DType stored = stored_dtype(name, info, target);
+    if (stored == DType::kQ4_0)
+      add_q4(entries, in, info, target.scale, storage);
+    else if (stored == DType::kI8)
       add_int8(entries, in, info, storage);
-      ++summary.converted;
-    } else if (dtype == DType::kBF16 && info.dtype == DType::kBF16) {
+    else if (stored == DType::kBF16 && info.dtype == DType::kBF16)
       entries.push_back(SafetensorsEntry::raw(name, DType::kBF16, info.shape, info.data));
-    } else {
-      const DType target = dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
-      entries.emplace_back(name, target, info.shape, fp32_values(in, info, storage));
-      summary.converted += target == DType::kBF16 && matrix ? 1 : 0;
-    }
+    else
+      entries.emplace_back(name, stored, info.shape, fp32_values(in, info, storage));
+    summary.converted += stored != DType::kF32 && info.shape.size() == 2 ? 1 : 0;
   }
   for (const SafetensorsEntry& e : entries) summary.bytes_out += static_cast<int64_t>(e.nbytes());
 
-  const std::string format = dtype == DType::kI8 ? "int8-per-row" : "bf16";
+  const std::string format = dtype == DType::kI8 ? "int8-per-row" : dtype == DType::kQ4_0 ? "q4_0" : "bf16";
   write_safetensors_sharded(out.string(), entries, max_shard_bytes,
                             {{"format", "pt"}, {"emo_weight_format", format}});
   if (dtype == DType::kI8) {
@@ -105,6 +154,24 @@ QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::str
                                            {"scale_suffix", "_scale"},
                                            {"modules_not_quantized", {"mlp.gate", "norms"}},
                                            {"note", "emo-specific; other libraries do not read it"}};
+  } else if (dtype == DType::kQ4_0) {
+    config.torch_dtype = "float32";  // the compute dtype
+    const std::string others = target.others == DType::kI8 ? "int8 per row (<name>_scale)" : "bfloat16";
+    config.extra["quantization_config"] = {
+        {"quant_method", "emo_q4_0"},
+        {"block_size", kQ4BlockWeights},
+        {"block_bytes", kQ4BlockBytes},
+        {"layout",
+         "llama.cpp Q4_0: per block an fp16 scale d, then 16 bytes, byte j = element j (low nibble) and j + "
+         "16 "
+         "(high); weight = (nibble - 8) * d; stored as U8 [rows, cols / 32 * 18]"},
+        {"scale", target.scale == Q4Scale::kFitted ? "least squares per block" : "extreme / -8"},
+        {"modules_quantized",
+         {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "gate_proj",
+          "up_proj", "down_proj"}},
+        {"embed_tokens_and_lm_head", others},
+        {"modules_not_quantized", {"mlp.gate", "norms"}},
+        {"note", "emo-specific; other libraries do not read it (emo export gguf --dtype q4_0 does)"}};
   } else {
     config.torch_dtype = "bfloat16";
   }

@@ -1,7 +1,10 @@
-// Weight formats for inference (docs/inference.md): a checkpoint rewritten in bf16, or in int8 with one fp32
+// Weight formats for inference (docs/inference.md): a checkpoint rewritten in bf16, in int8 with one fp32
 // scale per row (emo-specific naming: "<name>" I8 [rows, cols] plus "<name>_scale" F32 [rows]; w = scale *
-// q). int8 covers every matrix but the routers (kept fp32 so routing decisions keep their precision; they are
-// tiny); norms stay fp32. And the quality check of a format: held-out perplexity against the original.
+// q), or in 4-bit Q4_0 blocks (llama.cpp's layout, stored as U8 bytes: io/safetensors kQ4MetadataKey). int8
+// covers every matrix but the routers (kept fp32 so routing decisions keep their precision; they are tiny);
+// q4 covers the attention and expert (MLP) projections, and keeps the embeddings and lm_head in int8 (or
+// bf16) and the routers in fp32. Norms stay fp32. And the quality check of a format: held-out perplexity
+// against the original.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +14,7 @@
 
 #include "eval/perplexity.h"
 #include "io/output_dir.h"
+#include "kernels/q4.h"
 #include "model/model.h"
 #include "tensor/dtype.h"
 #include "tokenizer/tokenizer.h"
@@ -23,17 +27,28 @@ struct QuantizeSummary {
   int64_t bytes_in = 0, bytes_out = 0;
 };
 
-// Writes the weights of `model_dir` (fp32, bf16 or f16; single file or shards) to `out_dir` as kBF16 or kI8,
-// with config.json (torch_dtype, and for int8 a "quantization_config" entry) and, when present,
-// tokenizer.json and pruning_metadata.json. Shards of at most max_shard_bytes. Throws emo::Error for an
-// unsupported target or an input that is already int8. out_dir is written through io/output_dir under
-// `rules` (model_dir is added to its inputs).
-QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::string& out_dir, DType dtype,
-                                    OutputRules rules = {"quantize", {}, false},
+// The format to write: kBF16, kI8 or kQ4_0; for kQ4_0, `others` is the dtype of the embeddings and lm_head
+// (kI8 or kBF16) and `scale` how each block's scale is chosen.
+struct QuantizeTarget {
+  DType dtype = DType::kI8;
+  DType others = DType::kI8;
+  Q4Scale scale = Q4Scale::kFitted;
+  QuantizeTarget(DType dtype_ = DType::kI8) : dtype(dtype_) {}  // NOLINT: a dtype is a target
+};
+
+// Writes the weights of `model_dir` (fp32, bf16 or f16; single file or shards) to `out_dir` in the target
+// format, with config.json (torch_dtype, and for int8 and q4 a "quantization_config" entry) and, when
+// present, tokenizer.json and pruning_metadata.json. Shards of at most max_shard_bytes. Throws emo::Error for
+// an unsupported target, an input that is already quantised, or (q4) a matrix whose rows are not whole
+// blocks of 32, naming the tensor. out_dir is written through io/output_dir under `rules` (model_dir is added
+// to its inputs).
+QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::string& out_dir,
+                                    const QuantizeTarget& target, OutputRules rules = {"quantize", {}, false},
                                     int64_t max_shard_bytes = 5'000'000'000);
 
 // A training-engine Model with the checkpoint's weights in fp32 (int8 matrices dequantised with their
-// scales): the reference the inference engine is tested against, and what perplexity is computed with.
+// scales, q4 blocks dequantised): the reference the inference engine is tested against, and what perplexity
+// is computed with.
 std::unique_ptr<Model> load_model_dequantized(const std::string& dir);
 
 // A one-domain ("text") tokenised dataset file made from a plain text file, for held-out perplexity when no

@@ -131,11 +131,11 @@ struct InferWeights::Impl {
                   cat("tensor '", scale, "' has dtype ", dtype_name(s.dtype), ", row scales must be F32"));
       if (use) check_finite(checkpoint, scale);
       view.scales = static_cast<const float*>(s.data);
-    } else if (!is_float(info.dtype)) {
-      fail_file(
-          kOp, checkpoint.file_of(name).path(),
-          cat("tensor '", name, "' has dtype ", dtype_name(info.dtype),
-              ", which inference does not support (F32, BF16, F16, or I8 with '", name, kScaleSuffix, "')"));
+    } else if (!is_float(info.dtype) && info.dtype != DType::kQ4_0) {
+      fail_file(kOp, checkpoint.file_of(name).path(),
+                cat("tensor '", name, "' has dtype ", dtype_name(info.dtype),
+                    ", which inference does not support (F32, BF16, F16, Q4_0, or I8 with '", name,
+                    kScaleSuffix, "')"));
     } else if (info.dtype == DType::kF16 && use) {
       view.dtype = DType::kF32;
       view.data = to_f32(info, into ? *into : owned);
@@ -336,7 +336,7 @@ std::vector<MemoryRange> InferWeights::memory_ranges(bool unloaded_experts) cons
     ranges.push_back({component, p, bytes});
   };
   auto add_matrix = [&](const char* component, const MatrixView& m) {
-    add(component, m.data, m.rows * m.cols * static_cast<int64_t>(dtype_size(m.dtype)));
+    add(component, m.data, m.rows * matrix_row_bytes(m.dtype, m.cols));
     if (m.scales) add(component, m.scales, m.rows * static_cast<int64_t>(sizeof(float)));
   };
   const int64_t C = config_.hidden_size, norm_bytes = C * static_cast<int64_t>(sizeof(float));

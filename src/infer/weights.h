@@ -1,7 +1,7 @@
 // The weights of a checkpoint as the inference engine uses them: views into the memory-mapped safetensors
-// files, in their stored format (fp32, bf16, or int8 with per-row scales, see docs/inference.md), never
-// copied (f16 and non-fp32 norms, which the kernels do not read, are converted once into small owned
-// buffers).
+// files, in their stored format (fp32, bf16, int8 with per-row scales, or 4-bit Q4_0 blocks, see
+// docs/inference.md), never copied (f16 and non-fp32 norms, which the kernels do not read, are converted
+// once into small owned buffers).
 //
 // Experts are loaded per (layer, expert) only when first needed: a layer can be restricted to a kept subset
 // of its routed experts (subset routing, docs/emo.md §1), and then no byte of the other experts

@@ -44,6 +44,12 @@ bool is_float_dtype(DType t) {
   return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16;
 }
 
+// The value of kQ4MetadataKey: what a reader without emo needs to know to use the bytes.
+constexpr const char* kQ4Layout =
+    "U8 [rows, cols / 32 * 18] tensors are Q4_0 [rows, cols]: llama.cpp blocks of 32 weights, an fp16 scale "
+    "d "
+    "then 16 bytes, byte j = element j (low nibble) and j + 16 (high); weight = (nibble - 8) * d";
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ reading
@@ -98,6 +104,19 @@ void parse_tensor_entry(const std::string& path, const std::string& name, const 
             shape_str(info.shape), " needs ", expected));
   info.name = name;
   info.nbytes = static_cast<size_t>(expected);
+}
+
+// In a file marked with kQ4MetadataKey, U8 [rows, bytes] tensors are the blocks of Q4_0 [rows, cols].
+void read_q4_tensors(const std::string& path, std::map<std::string, TensorInfo>& tensors) {
+  for (auto& [name, info] : tensors) {
+    if (info.dtype != DType::kU8) continue;
+    if (info.shape.empty() || info.shape.back() % kQ4BlockBytes != 0)
+      fail_at(kOp, path, cat("tensor '", name, "'"),
+              cat("U8 ", shape_str(info.shape), " in a file of Q4_0 blocks (__metadata__ '", kQ4MetadataKey,
+                  "'): the last dimension must be whole ", kQ4BlockBytes, "-byte blocks"));
+    info.dtype = DType::kQ4_0;
+    info.shape.back() = info.shape.back() / kQ4BlockBytes * kQ4BlockWeights;
+  }
 }
 
 SafetensorsMetadata parse_metadata(const std::string& path, const nlohmann::json& j) {
@@ -211,6 +230,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     file.tensors_.emplace(name, std::move(info));
   }
   check_tiling(path, std::move(spans), data_size);
+  if (file.metadata_.count(kQ4MetadataKey)) read_q4_tensors(path, file.tensors_);
   return file;
 }
 
@@ -236,25 +256,30 @@ Tensor SafetensorsFile::read_fp32(const std::string& name) const {
 
 void SafetensorsFile::read_fp32_into(const std::string& name, float* dst, int64_t n) const {
   const TensorInfo& t = info(name);
-  if (!is_float_dtype(t.dtype))
+  if (!is_float_dtype(t.dtype) && t.dtype != DType::kQ4_0)
     fail_at(kOp, path_, cat("tensor '", name, "'"),
             cat("dtype ", dtype_name(t.dtype), " is not a float type"));
   if (n != t.numel())
     fail_at(kOp, path_, cat("tensor '", name, "'"),
             cat("has ", t.numel(), " elements ", shape_str(t.shape), ", the destination holds ", n));
-  // Chunks of 1M elements: large enough to amortise the pool, small enough to share a 100M-element tensor.
-  const size_t elem = dtype_size(t.dtype);
+  // Converted in units of one element (a Q4_0 block of 32), chunks of about 1M elements: large enough to
+  // amortise the pool, small enough to share a 100M-element tensor.
+  const int64_t unit = t.dtype == DType::kQ4_0 ? kQ4BlockWeights : 1;
+  const size_t unit_bytes = static_cast<size_t>(dtype_bytes(t.dtype, static_cast<uint64_t>(unit)));
   const unsigned char* src = static_cast<const unsigned char*>(t.data);
-  const bool aligned = reinterpret_cast<uintptr_t>(src) % elem == 0;
-  parallel_for(n, 1 << 20, [&](int64_t begin, int64_t end) {
-    const unsigned char* from = src + static_cast<size_t>(begin) * elem;
-    const size_t count = static_cast<size_t>(end - begin);
-    if (aligned) return convert_to_f32(t.dtype, from, dst + begin, count);
+  // The Q4_0 converter reads bytes; the others need element alignment.
+  const bool aligned = t.dtype == DType::kQ4_0 || reinterpret_cast<uintptr_t>(src) % unit_bytes == 0;
+  parallel_for(n / unit, (1 << 20) / unit, [&](int64_t begin, int64_t end) {
+    const unsigned char* from = src + static_cast<size_t>(begin) * unit_bytes;
+    const size_t count = static_cast<size_t>((end - begin) * unit);
+    float* to = dst + begin * unit;
+    if (aligned) return convert_to_f32(t.dtype, from, to, count);
     // A foreign file may start the data section at any byte (unpadded header): the converters need element
     // alignment, so copy through an aligned buffer.
-    std::vector<uint64_t> buffer((count * elem + 7) / 8);
-    std::memcpy(buffer.data(), from, count * elem);
-    convert_to_f32(t.dtype, buffer.data(), dst + begin, count);
+    const size_t bytes = static_cast<size_t>(end - begin) * unit_bytes;
+    std::vector<uint64_t> buffer((bytes + 7) / 8);
+    std::memcpy(buffer.data(), from, bytes);
+    convert_to_f32(t.dtype, buffer.data(), to, count);
   });
 }
 
@@ -369,7 +394,7 @@ namespace {
 int dtype_rank(DType t) {
   switch (t) {
     case DType::kU8:
-    case DType::kQ4_0:  // stored as U8
+    case DType::kQ4_0:  // stored as U8 (kQ4MetadataKey)
       return 0;
     case DType::kI8:
       return 1;
@@ -398,6 +423,10 @@ void check_entries(const std::string& path, const std::vector<SafetensorsEntry>&
       if (d < 0) fail_at(kOp, path, where, "negative dimension in " + shape_str(t.shape));
     if (!t.raw_bytes && !is_float_dtype(t.dtype))
       fail_at(kOp, path, where, cat("cannot convert fp32 values to ", dtype_name(t.dtype)));
+    if (t.dtype == DType::kQ4_0 && (t.shape.empty() || t.shape.back() % kQ4BlockWeights != 0))
+      fail_at(
+          kOp, path, where,
+          cat("Q4_0 ", shape_str(t.shape), ": the last dimension must be whole blocks of ", kQ4BlockWeights));
     if (!t.raw_bytes && !t.data && t.nbytes() > 0) fail_at(kOp, path, where, "no data");
   }
 }
@@ -464,12 +493,18 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
     return a->name < b->name;
   });
 
+  SafetensorsMetadata file_metadata = metadata;
+  const bool q4 = std::any_of(tensors.begin(), tensors.end(),
+                              [](const SafetensorsEntry& t) { return t.dtype == DType::kQ4_0; });
+  if (q4) file_metadata[kQ4MetadataKey] = kQ4Layout;
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
+  if (!file_metadata.empty()) header["__metadata__"] = file_metadata;
   uint64_t offset = 0;
   for (const SafetensorsEntry* t : order) {
-    header[t->name] = {{"dtype", dtype_name(t->dtype)},
-                       {"shape", t->shape},
+    Shape stored = t->shape;  // Q4_0 as U8 bytes of its blocks
+    if (t->dtype == DType::kQ4_0) stored.back() = stored.back() / kQ4BlockWeights * kQ4BlockBytes;
+    header[t->name] = {{"dtype", t->dtype == DType::kQ4_0 ? "U8" : dtype_name(t->dtype)},
+                       {"shape", stored},
                        {"data_offsets", {offset, offset + t->nbytes()}}};
     offset += t->nbytes();
   }

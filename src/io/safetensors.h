@@ -22,6 +22,12 @@ namespace emo {
 
 using SafetensorsMetadata = std::map<std::string, std::string>;
 
+// 4-bit weights (DType::kQ4_0, llama.cpp's Q4_0 blocks) have no safetensors dtype: a Q4_0 [rows, cols]
+// tensor is stored as U8 [rows, cols / 32 * 18], its block bytes, in a file whose __metadata__ holds this key
+// (the writer adds it). Reading such a file gives every U8 tensor back as Q4_0 [rows, cols] (TensorInfo
+// shape = the weights', nbytes = the blocks'), so a checkpoint's shapes read the same in every format.
+constexpr const char* kQ4MetadataKey = "emo_q4_0";
+
 struct MappedFile;  // a read-only memory mapping (safetensors.cpp)
 
 struct TensorInfo {
@@ -54,7 +60,7 @@ class SafetensorsFile {
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const SafetensorsMetadata& metadata() const { return metadata_; }
 
-  // The tensor converted to fp32 (F32, BF16 and F16 are accepted; other dtypes throw).
+  // The tensor converted to fp32 (F32, BF16, F16 and Q4_0, dequantised, are accepted; other dtypes throw).
   Tensor read_fp32(const std::string& name) const;
   // Same into caller memory; n must equal the tensor's element count.
   void read_fp32_into(const std::string& name, float* dst, int64_t n) const;
@@ -99,7 +105,8 @@ class SafetensorsCheckpoint {
 };
 
 // One tensor to write: fp32 values converted to `dtype` on the way out (kF32, kBF16 or kF16), or, with
-// raw_bytes set, numel*dtype_size bytes already in `dtype` written unchanged (any dtype).
+// raw_bytes set, dtype_bytes(dtype, numel) bytes already in `dtype` written unchanged (any dtype; kQ4_0 as
+// U8 blocks, see kQ4MetadataKey).
 struct SafetensorsEntry {
   std::string name;
   DType dtype = DType::kF32;
@@ -113,7 +120,9 @@ struct SafetensorsEntry {
   SafetensorsEntry(std::string name, DType dtype, Shape shape, const float* data);
   static SafetensorsEntry raw(std::string name, DType dtype, Shape shape, const void* bytes);
 
-  size_t nbytes() const { return static_cast<size_t>(emo::numel(shape)) * dtype_size(dtype); }
+  size_t nbytes() const {
+    return static_cast<size_t>(dtype_bytes(dtype, static_cast<uint64_t>(emo::numel(shape))));
+  }
 };
 
 // Writes one safetensors file atomically. Tensors are laid out as the safetensors library does (by dtype

@@ -171,23 +171,76 @@ void quantize_row_q4_0(const float* w, BlockQ4_0* out, int64_t cols) {
   }
 }
 
-void quantize_rows_q4_0(uint8_t* out, const float* w, int64_t rows, int64_t cols) {
+namespace {
+
+// q = clamp(round(w / d) + 8, 0, 15) for one block; returns the squared error of (q - 8) * d against w.
+float round_block(const float* w, float d, int* q) {
+  const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+  float error = 0.0f;
+  for (int64_t j = 0; j < QK; ++j) {
+    q[j] = std::clamp(static_cast<int>(std::nearbyint(w[j] * inverse)) + 8, 0, 15);
+    const float diff = w[j] - static_cast<float>(q[j] - 8) * d;
+    error += diff * diff;
+  }
+  return error;
+}
+
+// The scale minimising sum (w - (q - 8) d)^2 for fixed q: sum w (q - 8) / sum (q - 8)^2, rounded to fp16 as
+// stored.
+float least_squares_scale(const float* w, const int* q, float fallback) {
+  float wq = 0.0f, qq = 0.0f;
+  for (int64_t j = 0; j < QK; ++j) {
+    const float level = static_cast<float>(q[j] - 8);
+    wq += w[j] * level, qq += level * level;
+  }
+  return qq > 0.0f ? _cvtsh_ss(_cvtss_sh(wq / qq, _MM_FROUND_TO_NEAREST_INT)) : fallback;
+}
+
+}  // namespace
+
+void quantize_row_q4_0_fitted(const float* w, BlockQ4_0* out, int64_t cols) {
+  // Divisors of the extreme value: -8.5 ... -6 put it on the negative end (-8 steps, the longer side),
+  // 6.5 ... 7.5 on the positive end (+7), where a block whose other side is nearly as large fits better.
+  constexpr float kDivisors[] = {-8.5f, -8.25f, -8.0f, -7.75f, -7.5f, -7.25f, -7.0f, -6.75f,
+                                 -6.5f, -6.25f, -6.0f, 6.5f,   6.75f, 7.0f,   7.25f, 7.5f};
+  for (int64_t b = 0; b < cols / QK; ++b) {
+    const float* x = w + b * QK;
+    float max_abs = 0.0f, extreme = 0.0f;
+    for (int64_t j = 0; j < QK; ++j)
+      if (std::fabs(x[j]) > max_abs) max_abs = std::fabs(x[j]), extreme = x[j];
+    int q[QK], best_q[QK];
+    float best_d = 0.0f, best_error = INFINITY;
+    for (const float divisor : kDivisors) {
+      if (max_abs == 0.0f) break;
+      float d = _cvtsh_ss(_cvtss_sh(extreme / divisor, _MM_FROUND_TO_NEAREST_INT));
+      round_block(x, d, q);
+      d = least_squares_scale(x, q, d);
+      const float error = round_block(x, d, q);
+      if (error < best_error) best_error = error, best_d = d, std::copy(q, q + QK, best_q);
+    }
+    if (max_abs == 0.0f) std::fill(best_q, best_q + QK, 8);
+    out[b].d = _cvtss_sh(best_d, _MM_FROUND_TO_NEAREST_INT);
+    for (int64_t j = 0; j < QK / 2; ++j)
+      out[b].qs[j] = static_cast<uint8_t>(best_q[j] | (best_q[j + QK / 2] << 4));
+  }
+}
+
+void quantize_rows_q4_0(uint8_t* out, const float* w, int64_t rows, int64_t cols, Q4Scale scale) {
   EMO_CHECK(cols % QK == 0, "quant", "q4 blocks of ", QK, " weights: ", cols,
             " columns are not a multiple of ", QK);
   parallel_for(rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      quantize_row_q4_0(w + r * cols, reinterpret_cast<BlockQ4_0*>(out + r * q4_row_bytes(cols)), cols);
+    for (int64_t r = begin; r < end; ++r) {
+      auto* blocks = reinterpret_cast<BlockQ4_0*>(out + r * q4_row_bytes(cols));
+      if (scale == Q4Scale::kFitted)
+        quantize_row_q4_0_fitted(w + r * cols, blocks, cols);
+      else
+        quantize_row_q4_0(w + r * cols, blocks, cols);
+    }
   });
 }
 
 void dequantize_row_q4_0(const BlockQ4_0* in, float* out, int64_t cols) {
-  for (int64_t b = 0; b < cols / QK; ++b) {
-    const float d = f16_to_f32(in[b].d);
-    for (int64_t j = 0; j < QK / 2; ++j) {
-      out[b * QK + j] = static_cast<float>((in[b].qs[j] & 0x0F) - 8) * d;
-      out[b * QK + j + QK / 2] = static_cast<float>((in[b].qs[j] >> 4) - 8) * d;
-    }
-  }
+  convert_to_f32(DType::kQ4_0, in, out, static_cast<size_t>(cols));
 }
 
 void quantize_row_q8(const float* x, int8_t* q, float* d, int64_t cols) {

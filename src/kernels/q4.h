@@ -9,10 +9,9 @@
 
 #include <cstdint>
 
-namespace emo {
+#include "tensor/dtype.h"  // kQ4BlockWeights, kQ4BlockBytes
 
-constexpr int64_t kQ4BlockWeights = 32;
-constexpr int64_t kQ4BlockBytes = 18;
+namespace emo {
 
 struct BlockQ4_0 {
   uint16_t d;      // fp16 scale (IEEE half, as llama.cpp's ggml_half)
@@ -28,10 +27,20 @@ inline int64_t q4_row_bytes(int64_t cols) {
 // One row: cols (a multiple of 32) fp32 values -> cols / 32 blocks. As llama.cpp's quantize_row_q4_0_ref:
 // d = (the value of largest magnitude) / -8, q = min(15, trunc(w / d + 8.5)), so that value is exactly -8 d.
 void quantize_row_q4_0(const float* w, BlockQ4_0* out, int64_t cols);
+// The same layout with the scale chosen per block for the least squared error instead of from the extreme
+// value: candidates d = extreme / s for s in [-8.5, -6] and [6.5, 7.5] (the extreme may round inward, giving
+// the other 31 weights finer steps, or sit on the +7 end), each refined once by least squares for its
+// rounded q, the best kept. Dequantises
+// (and multiplies) exactly as Q4_0, so llama.cpp reads it unchanged.
+void quantize_row_q4_0_fitted(const float* w, BlockQ4_0* out, int64_t cols);
+
+// How quantize_rows_q4_0 chooses each block's scale.
+enum class Q4Scale { kExtreme, kFitted };
 // w[rows, cols] -> rows * q4_row_bytes(cols) bytes at out. Rows split over the pool. Throws "[quant] ..."
 // when cols is not a multiple of 32.
-void quantize_rows_q4_0(uint8_t* out, const float* w, int64_t rows, int64_t cols);
-// cols / 32 blocks -> cols fp32 values.
+void quantize_rows_q4_0(uint8_t* out, const float* w, int64_t rows, int64_t cols,
+                        Q4Scale scale = Q4Scale::kExtreme);
+// cols / 32 blocks -> cols fp32 values (convert_to_f32 of tensor/dtype).
 void dequantize_row_q4_0(const BlockQ4_0* in, float* out, int64_t cols);
 
 // Activations in int8 blocks of 32: x[c] ~= d[c / 32] * q[c], d = max|block| / 127 (1 for an all-zero block).

@@ -28,6 +28,13 @@ size_t dtype_size(DType t) {
   return 0;
 }
 
+uint64_t dtype_bytes(DType t, uint64_t count) {
+  if (t != DType::kQ4_0) return count * dtype_size(t);
+  EMO_CHECK(count % kQ4BlockWeights == 0, "dtype", "Q4_0 holds whole blocks of ", kQ4BlockWeights,
+            " weights, not ", count);
+  return count / kQ4BlockWeights * kQ4BlockBytes;
+}
+
 std::string dtype_name(DType t) {
   switch (t) {
     case DType::kF32:
@@ -61,6 +68,30 @@ DType dtype_from_name(const std::string& name) {
   fail("dtype", "unknown dtype '" + name + "' (supported: F32, BF16, F16, I8, I32, I64, U8)");
 }
 
+namespace {
+
+// Q4_0 (llama.cpp's layout): per block an fp16 scale d, then byte j holding element j in its low nibble and
+// element j + 16 in its high nibble; the weight is (nibble - 8) * d.
+void dequantize_q4_0(const unsigned char* src, float* dst, size_t n) {
+  EMO_CHECK(n % kQ4BlockWeights == 0, "dtype", "Q4_0 holds whole blocks of ", kQ4BlockWeights,
+            " weights, not ", n);
+  constexpr size_t half = kQ4BlockWeights / 2;
+  for (size_t b = 0; b < n / kQ4BlockWeights; ++b) {
+    const unsigned char* block = src + b * kQ4BlockBytes;
+    uint16_t bits;
+    std::memcpy(&bits, block, 2);  // blocks are 18 bytes: the scale is only 2-byte aligned at best
+    const float d = _cvtsh_ss(bits);
+    const unsigned char* nibbles = block + 2;
+    float* out = dst + b * kQ4BlockWeights;
+    for (size_t j = 0; j < half; ++j) {
+      out[j] = static_cast<float>((nibbles[j] & 0x0F) - 8) * d;
+      out[j + half] = static_cast<float>((nibbles[j] >> 4) - 8) * d;
+    }
+  }
+}
+
+}  // namespace
+
 float f16_to_f32(uint16_t h) {
   return _cvtsh_ss(h);
 }
@@ -80,6 +111,8 @@ void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
       return;
     }
+    case DType::kQ4_0:
+      return dequantize_q4_0(static_cast<const unsigned char*>(src), dst, n);
     default:
       fail("dtype", "cannot convert " + dtype_name(from) + " to F32");
   }

@@ -11,8 +11,14 @@ namespace emo {
 
 enum class DType { kF32, kBF16, kF16, kI8, kI32, kI64, kU8, kQ4_0 };
 
-// Bytes per element; throws for kQ4_0 (18 bytes per 32 weights: see q4_row_bytes).
+// kQ4_0: blocks of 32 weights along a row, each 18 bytes (an fp16 scale and 16 bytes of nibbles).
+constexpr int64_t kQ4BlockWeights = 32;
+constexpr int64_t kQ4BlockBytes = 18;
+
+// Bytes per element; throws for kQ4_0 (18 bytes per 32 weights: see dtype_bytes).
 size_t dtype_size(DType t);
+// Bytes of `count` elements (kQ4_0: count / 32 whole blocks; count must be a multiple of 32).
+uint64_t dtype_bytes(DType t, uint64_t count);
 // The safetensors spelling: "F32", "BF16", "F16", "I8", "I32", "I64", "U8" ("Q4_0" for kQ4_0, which
 // dtype_from_name does not accept).
 std::string dtype_name(DType t);
@@ -37,7 +43,8 @@ inline uint16_t f32_to_bf16(float f) {
 
 float f16_to_f32(uint16_t h);
 
-// Converts n elements of type `from` at src to fp32 at dst.
+// Converts n elements of type `from` at src to fp32 at dst (kQ4_0: n / 32 blocks dequantised, n a multiple
+// of 32; src needs no alignment).
 void convert_to_f32(DType from, const void* src, float* dst, size_t n);
 // Converts n fp32 values to `to` (kF32, kBF16 or kF16).
 void convert_from_f32(DType to, const float* src, void* dst, size_t n);

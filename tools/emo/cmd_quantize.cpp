@@ -1,5 +1,5 @@
-// `emo quantize MODEL --dtype bf16|int8 -o DIR`: rewrite a checkpoint's weights for inference and measure the
-// quality lost (held-out perplexity against the input checkpoint), docs/inference.md.
+// `emo quantize MODEL --dtype bf16|int8|q4 -o DIR`: rewrite a checkpoint's weights for inference and measure
+// the quality lost (held-out perplexity against the input checkpoint), docs/inference.md.
 #include <unistd.h>
 
 #include <cstdio>
@@ -16,13 +16,18 @@ namespace fs = std::filesystem;
 
 std::function<int()> setup_quantize(CLI::App& app) {
   struct Options {
-    std::string model, dtype, out, data, text, tokenizer;
+    std::string model, dtype, out, data, text, tokenizer, q4_others = "int8", q4_scale = "fitted";
     bool skip_eval = false, force = false;
     emo::PerplexityOptions perplexity;
   };
   auto o = std::make_shared<Options>();
   app.add_option("model", o->model, "Model directory (fp32, bf16 or f16 weights)")->required();
-  app.add_option("--dtype", o->dtype, "bf16 or int8 (per-row scales)")->required();
+  app.add_option("--dtype", o->dtype, "bf16, int8 (per-row scales) or q4 (Q4_0 blocks of 32)")->required();
+  app.add_option("--q4-others", o->q4_others, "q4: dtype of the embeddings and lm_head (int8 or bf16)")
+      ->capture_default_str();
+  app.add_option("--q4-scale", o->q4_scale,
+                 "q4: block scales fitted by least squares, or llama.cpp's extreme / -8 (fitted|extreme)")
+      ->capture_default_str();
   app.add_option("-o,--out", o->out, "Output model directory")->required();
   app.add_flag("--force", o->force, "Replace a previous output of emo quantize at --out");
   app.add_option("--data", o->data,
@@ -36,20 +41,30 @@ std::function<int()> setup_quantize(CLI::App& app) {
       ->check(emo::cli::in_range(1, emo::ModelConfig::kMaxPositionEmbeddings));
   app.add_flag("--skip-eval", o->skip_eval, "Write the checkpoint without measuring perplexity");
   return [o] {
-    emo::DType dtype;
+    emo::QuantizeTarget target;
     if (o->dtype == "bf16" || o->dtype == "bfloat16")
-      dtype = emo::DType::kBF16;
+      target.dtype = emo::DType::kBF16;
     else if (o->dtype == "int8" || o->dtype == "i8")
-      dtype = emo::DType::kI8;
+      target.dtype = emo::DType::kI8;
+    else if (o->dtype == "q4" || o->dtype == "q4_0")
+      target.dtype = emo::DType::kQ4_0;
     else
-      emo::fail("quantize", emo::cat("--dtype '", o->dtype, "' is not bf16 or int8"));
+      emo::fail("quantize", emo::cat("--dtype '", o->dtype, "' is not bf16, int8 or q4"));
+    if (o->q4_others == "bf16")
+      target.others = emo::DType::kBF16;
+    else if (o->q4_others != "int8")
+      emo::fail("quantize", emo::cat("--q4-others '", o->q4_others, "' is not int8 or bf16"));
+    if (o->q4_scale == "extreme")
+      target.scale = emo::Q4Scale::kExtreme;
+    else if (o->q4_scale != "fitted")
+      emo::fail("quantize", emo::cat("--q4-scale '", o->q4_scale, "' is not fitted or extreme"));
     if (!o->skip_eval && o->data.empty() == o->text.empty())
       emo::fail("quantize",
                 "give held-out text for the quality check: --data SPLIT.bin or --text FILE (or --skip-eval)");
 
     emo::Timer timer;
     emo::QuantizeSummary s = emo::quantize_checkpoint(
-        o->model, o->out, dtype, {"quantize", {o->data, o->text, o->tokenizer}, o->force});
+        o->model, o->out, target, {"quantize", {o->data, o->text, o->tokenizer}, o->force});
     emo::log_info(emo::cat("wrote ", o->out, ": ", s.converted, " of ", s.tensors, " tensors as ", o->dtype,
                            ", ", emo::human_bytes(static_cast<double>(s.bytes_in)), " -> ",
                            emo::human_bytes(static_cast<double>(s.bytes_out)), " in ",
@@ -84,8 +99,10 @@ std::function<int()> setup_quantize(CLI::App& app) {
   };
 }
 
-EMO_COMMAND("quantize",
-            "Write a checkpoint in bf16 or int8 (per-row scales) and measure its perplexity change",
-            setup_quantize);
+EMO_COMMAND(
+    "quantize",
+    "Write a checkpoint in bf16, int8 (per-row scales) or q4 (Q4_0 blocks) and measure its perplexity "
+    "change",
+    setup_quantize);
 
 }  // namespace
