@@ -236,6 +236,31 @@ TEST(ExportGguf, MapsEveryTensorAndTheSharedExpertGate) {
   EXPECT_EQ(f.tensor("token_embd.weight").dims, (std::vector<int64_t>{C, 320}));
 }
 
+// q4_0: llama.cpp's Q4_0 blocks, made by emo quantize's quantiser, so a q4_0 file holds the weights of the
+// q4 checkpoint of the same model (dequantised alike); the embedding and output stay at q8_0.
+TEST(ExportGguf, Q4_0HoldsTheBlocksOfEmoQuantizeAndKeepsTheEmbeddingAtQ8_0) {
+  TempDir dir;
+  write_model(dir / "model", tiny_config(), 5, "float32");
+  quantize_checkpoint(dir / "model", dir / "q4", DType::kQ4_0);
+  GgufExportOptions options;
+  options.dtype = "q4_0";
+  export_gguf(dir / "model", dir / "m.gguf", options);
+  GgufFile f = GgufFile::open(dir / "m.gguf");
+  EXPECT_EQ(f.get("general.file_type").integer, 2);  // LLAMA_FTYPE_MOSTLY_Q4_0
+  EXPECT_EQ(f.tensor("blk.0.attn_q.weight").type, GgmlType::kQ4_0);
+  EXPECT_EQ(f.tensor("blk.1.ffn_down_exps.weight").type, GgmlType::kQ4_0);
+  EXPECT_EQ(f.tensor("token_embd.weight").type, GgmlType::kQ8_0);
+  EXPECT_EQ(f.tensor("output.weight").type, GgmlType::kQ8_0);
+  EXPECT_EQ(f.tensor("blk.0.ffn_gate_inp.weight").type, GgmlType::kF32);
+  auto q4 = load_model_dequantized(dir / "q4");
+  const int64_t C = 64, F = 64;
+  const std::vector<float> up = f.read_f32("blk.1.ffn_up_exps.weight");
+  const Tensor& up3 = q4->weight("model.layers.1.mlp.experts.3.up_proj.weight");
+  for (int64_t i = 0; i < F * C; ++i) ASSERT_EQ(up[3 * F * C + i], up3[i]) << i;
+  const std::vector<float> k = f.read_f32("blk.0.attn_k.weight");
+  EXPECT_EQ(k, q4->weight("model.layers.0.self_attn.k_proj.weight").vec());
+}
+
 TEST(ExportGguf, RefusesLayersWithDifferentExpertCounts) {
   TempDir dir;
   ModelConfig c = tiny_config();

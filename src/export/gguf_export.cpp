@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "infer/quantize.h"
 #include "io/gguf.h"
+#include "kernels/q4.h"
 #include "model/model.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/tokenizer.h"
@@ -28,7 +29,23 @@ GgmlType weight_type(const std::string& dtype, uint32_t* file_type) {
   if (dtype == "f32" || dtype == "fp32" || dtype == "float32") return *file_type = 0, GgmlType::kF32;
   if (dtype == "bf16" || dtype == "bfloat16") return *file_type = 32, GgmlType::kBF16;
   if (dtype == "q8_0" || dtype == "Q8_0") return *file_type = 7, GgmlType::kQ8_0;
-  fail(kOp, cat("--dtype '", dtype, "' is not f32, bf16 or q8_0"));
+  if (dtype == "q4_0" || dtype == "Q4_0") return *file_type = 2, GgmlType::kQ4_0;
+  fail(kOp, cat("--dtype '", dtype, "' is not f32, bf16, q8_0 or q4_0"));
+}
+
+// The embedding and output matrices of a q4_0 file stay at q8_0, as emo quantize keeps them at int8 and
+// llama.cpp's own Q4_0 files keep the output at higher precision.
+GgmlType embedding_type(GgmlType weights) {
+  return weights == GgmlType::kQ4_0 ? GgmlType::kQ8_0 : weights;
+}
+
+// n weights (whole blocks) in `type`, appended to out: Q4_0 with the fitted block scales of emo quantize
+// (kernels/q4.h: llama.cpp's layout, dequantised by llama.cpp unchanged), the others by ggml_encode.
+void encode(GgmlType type, const float* w, int64_t n, std::vector<uint8_t>& out) {
+  if (type != GgmlType::kQ4_0) return ggml_encode(type, w, n, out);
+  const size_t start = out.size();
+  out.resize(start + static_cast<size_t>(ggml_row_bytes(type, n)));
+  quantize_row_q4_0_fitted(w, reinterpret_cast<BlockQ4_0*>(out.data() + start), n);
 }
 
 // Concatenates float blocks and encodes them, scaled, in `type`.
@@ -43,7 +60,7 @@ std::function<void(std::vector<uint8_t>&)> encoder(GgmlType type, Pieces pieces)
     std::vector<float> buffer(static_cast<size_t>(pieces.part_size));
     for (const float* part : pieces.parts) {
       for (int64_t i = 0; i < pieces.part_size; ++i) buffer[i] = part[i] * pieces.scale;
-      ggml_encode(type, buffer.data(), pieces.part_size, out);
+      encode(type, buffer.data(), pieces.part_size, out);
     }
   };
 }
@@ -175,13 +192,14 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   auto whole = [&](const std::string& name, float scale = 1.0f) {
     return Pieces{{data(name)}, m.weight(name).size(), scale};
   };
-  w.add_tensor({"token_embd.weight", {C, V}, wt, encoder(wt, whole("model.embed_tokens.weight"))});
+  const GgmlType et = embedding_type(wt);
+  w.add_tensor({"token_embd.weight", {C, V}, et, encoder(et, whole("model.embed_tokens.weight"))});
   w.add_tensor(
       {"output_norm.weight", {C}, GgmlType::kF32, encoder(GgmlType::kF32, whole("model.norm.weight"))});
   w.add_tensor({"output.weight",
                 {C, V},
-                wt,
-                encoder(wt, whole(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"))});
+                et,
+                encoder(et, whole(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"))});
   for (int64_t l = 0; l < L; ++l) {
     const std::string p = cat("model.layers.", l, "."), b = cat("blk.", l, ".");
     auto f32 = [&](const std::string& name, const std::string& from) {

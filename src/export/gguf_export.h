@@ -15,7 +15,8 @@
 namespace emo {
 
 struct GgufExportOptions {
-  std::string dtype = "f32";  // f32, bf16 or q8_0 (norms, biases and routers stay f32)
+  std::string dtype = "f32";  // f32, bf16, q8_0 or q4_0 (norms, biases and routers stay f32; q4_0 keeps the
+                              // embedding and output at q8_0)
   std::string tokenizer;      // tokenizer.json; default MODEL/tokenizer.json
   std::string name;           // general.name; default the model directory's name
 };

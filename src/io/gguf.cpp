@@ -242,7 +242,7 @@ GgufValue get_value(Cursor& in) {
 }
 
 bool known_type(uint32_t t) {
-  return t == 0 || t == 1 || t == 8 || t == 30;
+  return t == 0 || t == 1 || t == 2 || t == 8 || t == 30;
 }
 
 }  // namespace
@@ -255,6 +255,8 @@ std::string ggml_type_name(GgmlType type) {
       return "F32";
     case GgmlType::kF16:
       return "F16";
+    case GgmlType::kQ4_0:
+      return "Q4_0";
     case GgmlType::kQ8_0:
       return "Q8_0";
     case GgmlType::kBF16:
@@ -264,7 +266,7 @@ std::string ggml_type_name(GgmlType type) {
 }
 
 int64_t ggml_block_size(GgmlType type) {
-  return type == GgmlType::kQ8_0 ? 32 : 1;
+  return type == GgmlType::kQ8_0 || type == GgmlType::kQ4_0 ? 32 : 1;
 }
 
 int64_t ggml_block_bytes(GgmlType type) {
@@ -274,6 +276,8 @@ int64_t ggml_block_bytes(GgmlType type) {
     case GgmlType::kF16:
     case GgmlType::kBF16:
       return 2;
+    case GgmlType::kQ4_0:
+      return kQ4BlockBytes;
     case GgmlType::kQ8_0:
       return 2 + 32;
   }
@@ -313,6 +317,8 @@ void ggml_encode(GgmlType type, const float* w, int64_t n, std::vector<uint8_t>&
           dst[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::roundf(x[j] * id)));
       }
       return;
+    case GgmlType::kQ4_0:
+      fail(kOp, "Q4_0 blocks are made by the q4 quantisers (kernels/q4.h), not by ggml_encode");
   }
 }
 
@@ -326,6 +332,10 @@ void ggml_decode(GgmlType type, const uint8_t* src, int64_t n, float* out) {
       return;
     case GgmlType::kBF16:
       convert_to_f32(DType::kBF16, src, out, static_cast<size_t>(n));
+      return;
+    case GgmlType::kQ4_0:
+      EMO_CHECK(n % kQ4BlockWeights == 0, kOp, "Q4_0 holds whole blocks of 32 weights, not ", n);
+      convert_to_f32(DType::kQ4_0, src, out, static_cast<size_t>(n));
       return;
     case GgmlType::kQ8_0:
       EMO_CHECK(n % 32 == 0, kOp, "Q8_0 holds whole blocks of 32 weights, not ", n);

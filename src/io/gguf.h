@@ -8,8 +8,9 @@
 // the whole header against the file size before anything is used, like the safetensors reader: a truncated
 // or corrupt file is an emo::Error naming the file, the byte position and the problem.
 //
-// Tensor data in llama.cpp's block layouts: F32, F16, BF16, and Q8_0 (blocks of 32 weights: an fp16 scale d
-// and 32 int8, w = d * q).
+// Tensor data in llama.cpp's block layouts: F32, F16, BF16, Q8_0 (blocks of 32 weights: an fp16 scale d
+// and 32 int8, w = d * q) and Q4_0 (blocks of 32: an fp16 scale d and 16 bytes of nibbles, w = d * (q - 8);
+// DType::kQ4_0's layout, tensor/dtype.h).
 #pragma once
 
 #include <cstdint>
@@ -21,9 +22,9 @@
 namespace emo {
 
 // ggml_type numbers as llama.cpp stores them.
-enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ8_0 = 8, kBF16 = 30 };
+enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kBF16 = 30 };
 
-// "F32", "F16", "Q8_0", "BF16"; throws "[gguf] unknown ggml type N" for others.
+// "F32", "F16", "Q4_0", "Q8_0", "BF16"; throws "[gguf] unknown ggml type N" for others.
 std::string ggml_type_name(GgmlType type);
 // Weights per block (1 for plain floats) and bytes per block.
 int64_t ggml_block_size(GgmlType type);
@@ -33,6 +34,7 @@ int64_t ggml_row_bytes(GgmlType type, int64_t ne0);
 
 // n fp32 weights (n a multiple of the type's block size) in `type`'s layout, appended to out. Q8_0 as
 // llama.cpp's reference quantiser: d = max|w| / 127 over the block, q = round(w / d), d stored as fp16.
+// Q4_0 is not encoded here (its quantisers are kernels/q4.h's): throws.
 void ggml_encode(GgmlType type, const float* w, int64_t n, std::vector<uint8_t>& out);
 // The inverse: n weights of `type` at src to fp32.
 void ggml_decode(GgmlType type, const uint8_t* src, int64_t n, float* out);
