@@ -379,5 +379,59 @@ TEST(ExportGgufLlamaCpp, Bf16GreedyTokensEqualEmos) {
   expect_llama_equals_emo("bf16", "bfloat16");
 }
 
+// Perplexity of next-token log-probabilities.
+double perplexity_of(const std::vector<double>& logprobs) {
+  double sum = 0;
+  for (double lp : logprobs) sum += lp;
+  return std::exp(-sum / static_cast<double>(logprobs.size()));
+}
+
+// emo's inference engine: log p(ids[t + 1] | ids[0..t]) from one forward.
+std::vector<double> emo_logprobs(const std::string& model_dir, const std::vector<int32_t>& ids) {
+  auto weights = InferWeights::open(model_dir);
+  Decoder decoder(*weights, static_cast<int64_t>(ids.size()));
+  const Tensor logits = decoder.forward(ids, true);  // [T, V]
+  const int64_t V = weights->config().vocab_size;
+  std::vector<double> out;
+  for (size_t t = 0; t + 1 < ids.size(); ++t) {
+    const float* row = logits.data() + static_cast<int64_t>(t) * V;
+    double max = row[0], sum = 0;
+    for (int64_t v = 0; v < V; ++v) max = std::max(max, double(row[v]));
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - max);
+    out.push_back(double(row[ids[t + 1]]) - max - std::log(sum));
+  }
+  return out;
+}
+
+// q4_0 in llama.cpp against emo's q4 checkpoint of the same model (the same blocks, both engines rounding the
+// activations to 8-bit blocks) and against the fp32 model, by perplexity over 48 tokens.
+TEST(ExportGgufLlamaCpp, Q4_0PerplexityFollowsEmosQ4) {
+  SKIP_OR_FAIL_WITHOUT_LLAMA(install);
+  TempDir dir;
+  write_model(dir / "model", tiny_config(), 11, "float32");
+  quantize_checkpoint(dir / "model", dir / "q4", DType::kQ4_0);
+  GgufExportOptions options;
+  options.dtype = "q4_0";
+  export_gguf(dir / "model", dir / "m.gguf", options);
+  const std::vector<int32_t> ids = tiny_tokenizer().encode("the cat sat on the mat; the theme of the math");
+  ASSERT_GE(ids.size(), 16u);
+  auto out = run(cat("node ", parity_dir(), "/llama_logprobs.mjs '", *install, "' '", dir / "m.gguf", "' '",
+                     nlohmann::json(ids).dump(), "'"));
+  ASSERT_TRUE(out) << "llama_logprobs.mjs failed";
+  const nlohmann::json got = nlohmann::json::parse(out->substr(out->rfind('{')));
+  ASSERT_EQ(got["logprobs"].size(), ids.size() - 1);
+  std::vector<double> llama;
+  for (const auto& lp : got["logprobs"]) {
+    ASSERT_TRUE(lp.is_number()) << got.dump();
+    llama.push_back(lp.get<double>());
+  }
+  const double llama_q4 = perplexity_of(llama), emo_q4 = perplexity_of(emo_logprobs(dir / "q4", ids));
+  const double fp32 = perplexity_of(emo_logprobs(dir / "model", ids));
+  std::printf("perplexity over %zu tokens: llama.cpp q4_0 %.4f, emo q4 %.4f, emo fp32 %.4f\n", ids.size() - 1,
+              llama_q4, emo_q4, fp32);
+  EXPECT_NEAR(llama_q4 / emo_q4, 1.0, 0.01);
+  EXPECT_NEAR(llama_q4 / fp32, 1.0, 0.05);
+}
+
 }  // namespace
 }  // namespace emo
