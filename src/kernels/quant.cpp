@@ -312,12 +312,14 @@ void matmul_group(const std::vector<float*>& ys, const float* x, int64_t N,
               ws[i].cols, " columns");
     first[i + 1] = first[i] + ws[i].rows;
   }
-  thread_local Q8Activations x8;  // read by every worker of the region below, written before it
-  if (any_q4(ws)) x8.prepare(x, N, ws[0].cols);
+  thread_local Q8Activations caller_x8;  // written before the region below, read by every worker of it
+  if (any_q4(ws)) caller_x8.prepare(x, N, ws[0].cols);
+  // By pointer: a thread_local named inside the lambda would be each worker's own (empty) instance.
+  const Q8Activations* x8 = &caller_x8;
   parallel_for(first.back(), row_grain(ws[0], N), [&](int64_t begin, int64_t end) {
     for (size_t i = 0; i < ws.size(); ++i) {
       const int64_t b = std::max(begin, first[i]) - first[i], e = std::min(end, first[i + 1]) - first[i];
-      if (b < e) matmul_rows(ys[i] + b, ws[i].rows, x, N, ws[i].row_block(b, e), &x8);
+      if (b < e) matmul_rows(ys[i] + b, ws[i].rows, x, N, ws[i].row_block(b, e), x8);
     }
   });
 }
