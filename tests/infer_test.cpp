@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <random>
+#include <set>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -555,16 +556,24 @@ TEST(InferSampler, BadOptionsAreRefused) {
 
 // ------------------------------------------------------------------------------------------ generate
 
+// The weights of a random tiny model saved in `dir`, for the generate tests.
+std::unique_ptr<InferWeights> generate_weights(const TempDir& dir) {
+  random_model(tiny_config(), 8)->save(dir / "m");
+  return InferWeights::open(dir / "m");
+}
+
 TEST(InferGenerate, StopsAtEosAtTheLengthAndAtTheCapacity) {
   TempDir dir;
-  random_model(tiny_config(), 8)->save(dir / "m");
-  auto weights = InferWeights::open(dir / "m");
+  auto weights = generate_weights(dir);
   const auto prompt = some_tokens(6);
   GenerateOptions options;
   options.max_new_tokens = 5;
   Decoder a(*weights, 20);
   std::vector<int32_t> streamed;
-  GenerateResult r = generate(a, prompt, options, [&](int32_t t) { streamed.push_back(t); });
+  GenerateResult r = generate(a, prompt, options, [&](int32_t t) {
+    streamed.push_back(t);
+    return true;
+  });
   EXPECT_EQ(r.stop_reason, "length");
   EXPECT_EQ(r.tokens, streamed);
   EXPECT_EQ(r.tokens.size(), 5u);
@@ -582,6 +591,39 @@ TEST(InferGenerate, StopsAtEosAtTheLengthAndAtTheCapacity) {
   GenerateResult f = generate(c, prompt, options);
   EXPECT_EQ(f.stop_reason, "context");
   EXPECT_EQ(f.tokens.size(), 4u);  // 3 from the cache's 3 free positions plus the one after the last
+}
+
+TEST(InferGenerate, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogitsOfSeenTokens) {
+  std::vector<float> logits = {2.0f, -1.0f, 0.5f, 3.0f};
+  apply_repetition_penalty(logits.data(), 4, {0, 1, 1, 7}, 2.0);  // 1 seen twice counts once; 7 is no id
+  EXPECT_EQ(logits, (std::vector<float>{1.0f, -2.0f, 0.5f, 3.0f}));
+
+  // Greedy decoding with a penalty picks, at every step, the argmax of the penalised logits of the prompt
+  // and the tokens so far (replayed here with a second decoder).
+  TempDir dir;
+  auto weights = generate_weights(dir);
+  const auto prompt = some_tokens(6);
+  GenerateOptions options;
+  options.max_new_tokens = 12;
+  options.sampling.repetition_penalty = 1.8;
+  Decoder a(*weights, 20);
+  const GenerateResult r = generate(a, prompt, options);
+  ASSERT_EQ(r.tokens.size(), 12u);
+  Decoder b(*weights, 20);
+  std::vector<int32_t> seen = prompt;
+  const Tensor* step_logits = &b.forward(prompt);
+  const int64_t V = weights->config().vocab_size;
+  for (int32_t token : r.tokens) {
+    std::vector<float> scores(step_logits->data(), step_logits->data() + V);
+    for (int32_t id : std::set<int32_t>(seen.begin(), seen.end()))
+      scores[id] = scores[id] > 0 ? scores[id] / 1.8f : scores[id] * 1.8f;
+    EXPECT_EQ(token, std::max_element(scores.begin(), scores.end()) - scores.begin());
+    seen.push_back(token);
+    step_logits = &b.forward({token});
+  }
+  Decoder c(*weights, 20);
+  options.sampling.repetition_penalty = 1.0;
+  EXPECT_NE(generate(c, prompt, options).tokens, r.tokens) << "the penalty changed nothing on this model";
 }
 
 TEST(InferGenerate, AutoExpertsChooseLikeEmoSelectLayerwiseAndRouteWithinThem) {

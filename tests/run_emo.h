@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -15,23 +16,38 @@ namespace emo::test {
 struct EmoRun {
   int status = -1;  // the exit code (-1 when it did not exit normally)
   std::string err;  // stderr
+  std::string out;  // stdout
 };
 
+inline std::string read_and_remove(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  in.close();
+  std::filesystem::remove(path);
+  return text.str();
+}
+
 // `args` go to the shell unquoted: test paths hold no spaces or shell characters. `env` ("NAME=value ...")
-// is set for the command only.
-inline EmoRun run_emo_env(const std::string& env, const std::string& args) {
-  const std::string err_path =
-      (std::filesystem::temp_directory_path() / ("emo_run_" + std::to_string(::getpid()) + ".err")).string();
-  const std::string command =
-      env + " " + std::string(EMO_BINARY_DIR) + "/bin/emo " + args + " >/dev/null 2>" + err_path;
+// is set for the command only; `input`, when given, is its stdin (else the test's own).
+inline EmoRun run_emo_env(const std::string& env, const std::string& args,
+                          const std::optional<std::string>& input = std::nullopt) {
+  const std::filesystem::path scratch =
+      std::filesystem::temp_directory_path() / ("emo_run_" + std::to_string(::getpid()));
+  const std::string err_path = scratch.string() + ".err", out_path = scratch.string() + ".out",
+                    in_path = scratch.string() + ".in";
+  std::string command =
+      env + " " + std::string(EMO_BINARY_DIR) + "/bin/emo " + args + " >" + out_path + " 2>" + err_path;
+  if (input) {
+    std::ofstream(in_path, std::ios::binary) << *input;
+    command += " <" + in_path;
+  }
   const int raw = std::system(command.c_str());
   EmoRun run;
   run.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  std::ifstream in(err_path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  run.err = text.str();
-  std::filesystem::remove(err_path);
+  run.err = read_and_remove(err_path);
+  run.out = read_and_remove(out_path);
+  if (input) std::filesystem::remove(in_path);
   return run;
 }
 

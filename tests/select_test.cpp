@@ -24,6 +24,7 @@
 #include "select/selection.h"
 #include "select/subset.h"
 #include "select/sweep.h"
+#include "train/checkpoint.h"
 
 namespace emo {
 namespace {
@@ -726,8 +727,12 @@ TEST(Sweep, ScoresEveryModelDomainMethodAndKeepK) {
   options.methods = {"layerwise", "random"};
   options.keep_k = {2, 4, 10, 12};  // 10 = E (the full model), 12 skipped
   options.perplexity.seq_len = 16;
+  options.names = {"tiny", "extra"};
+  EXPECT_THROW(run_sweep(options), Error);  // two names for one model
+  options.names = {"tiny"};
   auto rows = run_sweep(options);
   ASSERT_EQ(rows.size(), 2u * 2u * 3u);  // domains x methods x (2, 4, full)
+  EXPECT_EQ(rows[0].model, "tiny");
   for (const SweepRow& r : rows) {
     EXPECT_GT(r.loss, 0.0);
     EXPECT_GT(r.tokens, 0);
@@ -747,6 +752,30 @@ TEST(Sweep, ScoresEveryModelDomainMethodAndKeepK) {
   EXPECT_EQ(lines, 2u) << "one line per model and method";
   const std::string csv = sweep_csv(rows);
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 13);
+
+  // results.md: keep-k in columns, a row per model, method and domain, then each method's mean.
+  const std::string md = sweep_markdown(rows);
+  EXPECT_EQ(md.find("| model | method | domain | k=2 (20.0%) | k=4 (40.0%) | k=10 (100.0%) |\n"), 0u) << md;
+  EXPECT_EQ(std::count(md.begin(), md.end(), '\n'), 2 + 2 * 3) << md;
+  const auto cell = [](double loss) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.4f", loss);
+    return std::string(text);
+  };
+  EXPECT_NE(md.find("| tiny | layerwise | " + rows[0].domain + " | " + cell(rows[0].loss) + " | " +
+                    cell(rows[1].loss) + " | " + cell(rows[2].loss) + " |"),
+            std::string::npos)
+      << md;
+  EXPECT_NE(md.find("| tiny | random | **mean** | "), std::string::npos) << md;
+  EXPECT_NE(md.find(cell((rows[2].loss + rows[8].loss) / 2) + " |\n| tiny | random | **mean** | "),
+            std::string::npos)
+      << md;
+}
+
+TEST(Sweep, ShortModelNamesNameTheRunOfACheckpoint) {
+  EXPECT_EQ(short_model_name("/runs/emo-small/checkpoints/step-00000100"), "emo-small");
+  EXPECT_EQ(short_model_name("/models/pruned/"), "pruned");
+  EXPECT_EQ(short_model_name("pruned"), "pruned");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -771,10 +800,30 @@ TEST(Finetune, SplitsExamplesAfterTheLastAnswerMarker) {
     make_finetune_examples({"a Answer: b", "no marker"}, tok, "Answer:");
     FAIL();
   } catch (const Error& err) {
-    EXPECT_NE(std::string(err.what()).find("example 1 has no answer marker 'Answer:'"), std::string::npos)
+    EXPECT_NE(
+        std::string(err.what()).find("example 1 has no \"answer\" field and no answer marker 'Answer:'"),
+        std::string::npos)
         << err.what();
   }
   EXPECT_THROW(make_finetune_examples({"a Answer:"}, tok, "Answer:"), Error);
+}
+
+TEST(Finetune, ContextAnswerExamplesSplitWhereTheAnswerStartsWithoutAMarker) {
+  TempDir dir;
+  std::ofstream(dir / "task.jsonl") << "{\"context\": \"Capital of Italy?\", \"answer\": \" Rome\"}\n"
+                                    << "{\"text\": \"2+2? Answer: 4\"}\n";
+  Tokenizer tok = byte_tokenizer();
+  auto examples = make_finetune_examples(read_examples(dir / "task.jsonl"), tok, "Answer:");
+  ASSERT_EQ(examples.size(), 2u);
+  auto part = [&](const FinetuneExample& e, bool answer) {
+    const auto mid = e.tokens.begin() + e.answer_start;
+    return tok.decode(answer ? std::vector<int32_t>(mid, e.tokens.end())
+                             : std::vector<int32_t>(e.tokens.begin(), mid));
+  };
+  EXPECT_EQ(part(examples[0], false), "Capital of Italy?");
+  EXPECT_EQ(part(examples[0], true), " Rome");
+  EXPECT_EQ(part(examples[1], false), "2+2? Answer:");
+  EXPECT_EQ(part(examples[1], true), " 4");
 }
 
 TEST(Finetune, LowersTheAnswerLossAndTrainsOnTheAnswerOnly) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -30,27 +31,28 @@ struct TempDir {
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
-// V=300 (the tokenizer's), d=16, L=3, E=10 (9 routed + 1 shared), K=3, context 64, EOS 298; weights scaled
-// so routing is far from uniform. Saved in shards of at most 24 kB, with the tokenizer beside it.
-// `intermediate` (expert width) and `max_shard_bytes` make experts large enough to span many pages.
+// V=300 (the tokenizer's; another vocab_size makes a model the tokenizer does not fit), d=16, L=3, E=10 (9
+// routed + 1 shared), K=3, context 64, EOS 298; weights scaled so routing is far from uniform. Saved in
+// shards of at most 24 kB, with the tokenizer beside it. `intermediate` (expert width) and
+// `max_shard_bytes` make experts large enough to span many pages.
 inline void write_tiny_emo(const std::string& dir, int64_t intermediate = 12,
-                           int64_t max_shard_bytes = 24'000) {
+                           int64_t max_shard_bytes = 24'000, int64_t vocab_size = 300, uint64_t seed = 5) {
   ModelConfig c;
   c.model_type = "emo";
-  c.vocab_size = 300;
+  c.vocab_size = vocab_size;
   c.hidden_size = 16;
   c.intermediate_size = intermediate;
   c.num_hidden_layers = 3;
   c.num_attention_heads = 2;
   c.num_key_value_heads = 1;
   c.max_position_embeddings = 64;
-  c.eos_token_id = 298;
-  c.pad_token_id = 299;
+  c.eos_token_id = std::min<int64_t>(298, vocab_size - 2);
+  c.pad_token_id = std::min<int64_t>(299, vocab_size - 1);
   c.num_experts = 10;
   c.num_experts_per_tok = 3;
   c.num_shared_experts = 1;
   Model model(c);
-  model.init_weights(5);
+  model.init_weights(seed);
   for (Param& p : model.params())
     if (p.value->ndim() > 1)
       for (float& w : p.value->vec()) w *= 12.0f;

@@ -175,6 +175,21 @@ TEST(Schedule, CosineWarmsUpLinearlyThenDecaysToTheFloor) {
     EXPECT_LT(learning_rate(s, 1.0, step, 110), learning_rate(s, 1.0, step - 1, 110));
 }
 
+TEST(Schedule, AWarmupLongerThanTheRunIsWarnedWithTheRateReached) {
+  ScheduleConfig s;
+  s.kind = "cosine";
+  s.warmup_steps = 2000;
+  EXPECT_EQ(warmup_warning(s, 1e-3, 2000), "");
+  const std::string w = warmup_warning(s, 1e-3, 200);
+  EXPECT_NE(w.find("schedule.warmup_steps 2000 exceeds the run's 200 steps: the learning rate only reaches "
+                   "0.0001 of its peak optimizer.lr 0.001"),
+            std::string::npos)
+      << w;
+  EXPECT_NE(w.find("schedule.warmup_steps=20)"), std::string::npos) << w;
+  s.kind = "anneal";
+  EXPECT_EQ(warmup_warning(s, 1e-3, 200), "");
+}
+
 TEST(Schedule, WarmupStableDecay) {
   ScheduleConfig s;
   s.kind = "wsd";
@@ -305,6 +320,37 @@ TEST(SyntheticSource, RanksGetContiguousSharesOfTheSameGlobalBatch) {
     EXPECT_EQ(joined, w.tokens);
   }
   EXPECT_EQ(first.state(), whole.state());
+}
+
+TEST(ExpertUsage, RouterCollapseIsReportedPerWindowOnceUntilItRecovers) {
+  CollapseWatch watch(100);
+  // Layer 0 spreads over all 8 routed experts; layer 1 keeps to 3 of them.
+  std::vector<std::vector<double>> load = {std::vector<double>(8, 0.0), {0.5, 0.3, 0.2, 0, 0, 0, 0, 0}};
+  std::string warning;
+  auto run = [&](int64_t first, int64_t last) {
+    for (int64_t step = first; step <= last; ++step) {
+      load[0].assign(8, 0.0);
+      load[0][step % 8] = 1.0;  // one expert per step, all of them over the window
+      warning = watch.add(step, load);
+      if (step < last) {
+        EXPECT_EQ(warning, "") << step;
+      }
+    }
+  };
+  run(1, 100);
+  EXPECT_NE(warning.find("router collapse over steps 1-100: layer 1 used 3 of 8 routed experts"),
+            std::string::npos)
+      << warning;
+  EXPECT_EQ(warning.find("layer 0"), std::string::npos) << warning;
+  run(101, 200);
+  EXPECT_EQ(warning, "") << "reported once while it lasts";
+  load[1] = std::vector<double>(8, 0.125);
+  run(201, 300);
+  EXPECT_EQ(warning, "");
+  load[1] = {1, 0, 0, 0, 0, 0, 0, 0};
+  run(301, 400);
+  EXPECT_NE(warning.find("over steps 301-400: layer 1 used 1 of 8"), std::string::npos) << warning;
+  EXPECT_EQ(CollapseWatch(1).add(1, {}), "") << "a dense model has no experts";
 }
 
 TEST(ExpertUsage, CountsDistinctExpertsLoadAndDocumentEntropy) {

@@ -12,6 +12,18 @@
 namespace emo {
 namespace {
 
+// Leaves the first `budget` scored targets of the rows (row-major) and ignores (-1) the rest, so that a
+// domain scores exactly max_tokens tokens however its rows fall.
+void keep_first_targets(std::vector<int32_t>& targets, int64_t budget) {
+  for (int32_t& target : targets) {
+    if (target < 0) continue;
+    if (budget > 0)
+      --budget;
+    else
+      target = -1;
+  }
+}
+
 DomainLoss loss_of_domain(const Model& model, const data::Dataset& dataset, int domain,
                           const RoutingOptions& routing, const PerplexityOptions& options, int64_t T) {
   const ModelConfig& config = model.config();
@@ -35,6 +47,7 @@ DomainLoss loss_of_domain(const Model& model, const data::Dataset& dataset, int 
     batch.tokens = std::move(rows.tokens);
     batch.targets = std::move(rows.targets);
     batch.doc_ids = std::move(rows.doc_ids);
+    if (options.max_tokens > 0) keep_first_targets(batch.targets, options.max_tokens - result.tokens);
     auto state = model.infer(batch, routing);
     ce_sum += state->ce.ce;
     result.tokens += state->ce.count;

@@ -23,7 +23,8 @@ struct DomainLoss {
 struct PerplexityOptions {
   int64_t seq_len = 0;     // row length T; 0 = min(1024, max_position_embeddings)
   int64_t batch_rows = 4;  // rows per forward
-  int64_t max_tokens = 0;  // per domain: stop after about this many scored tokens; 0 = every document
+  int64_t max_tokens = 0;  // per domain: score exactly this many tokens (fewer when the domain has fewer);
+                           // 0 = every document
   std::vector<std::string> domains;  // empty = every domain of the dataset
   bool intra_document_attention = true;
 };

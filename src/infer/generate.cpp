@@ -100,7 +100,7 @@ nlohmann::json GenerateResult::to_json() const {
 }
 
 GenerateResult generate(Decoder& decoder, const std::vector<int32_t>& prompt, const GenerateOptions& options,
-                        const std::function<void(int32_t)>& on_token) {
+                        const TokenSink& on_token) {
   const ModelConfig& config = decoder.weights().config();
   EMO_CHECK(!prompt.empty(), kOp, "the prompt is empty");
   EMO_CHECK(static_cast<int64_t>(prompt.size()) <= config.max_position_embeddings, kOp, "the prompt has ",
@@ -122,11 +122,24 @@ GenerateResult generate(Decoder& decoder, const std::vector<int32_t>& prompt, co
   result.prompt_seconds = prompt_timer.seconds();
 
   const int64_t V = config.vocab_size;
+  const double penalty = options.sampling.repetition_penalty;
+  std::vector<int32_t> seen = prompt;
+  std::vector<float> penalised;  // [V] the logits after the repetition penalty
   Timer decode_timer;
   while (true) {
-    const int32_t token = sampler.next(logits->data(), V);
+    const float* scores = logits->data();
+    if (penalty != 1.0) {
+      penalised.assign(scores, scores + V);
+      apply_repetition_penalty(penalised.data(), V, seen, penalty);
+      scores = penalised.data();
+    }
+    const int32_t token = sampler.next(scores, V);
     result.tokens.push_back(token);
-    if (on_token) on_token(token);
+    seen.push_back(token);
+    if (on_token && !on_token(token)) {
+      result.stop_reason = "stop";
+      break;
+    }
     if (options.eos_id && token == *options.eos_id) {
       result.stop_reason = "eos";
       break;

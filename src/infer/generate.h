@@ -48,7 +48,7 @@ struct GenerateResult {
   int64_t prompt_tokens = 0;
   int64_t decode_steps = 0;  // single-token forwards (every generated token after the first)
   double prompt_seconds = 0, decode_seconds = 0;
-  std::string stop_reason;             // "eos", "length" or "context"
+  std::string stop_reason;             // "eos", "length", "context" or "stop" (on_token said so)
   std::optional<ExpertSubset> chosen;  // with auto_experts
 
   double prompt_tokens_per_second() const;
@@ -56,10 +56,13 @@ struct GenerateResult {
   nlohmann::json to_json() const;
 };
 
+// Called with each generated token as soon as it is chosen; returning false ends the run (a stop string).
+using TokenSink = std::function<bool(int32_t)>;
+
 // Generates after `prompt` with `decoder` (which must be empty; its capacity bounds prompt + generated).
-// on_token is called with each generated token as soon as it is chosen. Throws emo::Error when the prompt
-// is empty or longer than the decoder's capacity.
+// The repetition penalty counts the prompt's tokens and the generated ones as seen. Throws emo::Error when
+// the prompt is empty or longer than the decoder's capacity.
 GenerateResult generate(Decoder& decoder, const std::vector<int32_t>& prompt, const GenerateOptions& options,
-                        const std::function<void(int32_t)>& on_token = {});
+                        const TokenSink& on_token = {});
 
 }  // namespace emo

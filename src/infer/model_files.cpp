@@ -57,4 +57,18 @@ std::string tokenizer_path_for(const std::string& model_dir, const std::string& 
                 "--tokenizer DIR/tokenizer.json)"));
 }
 
+Tokenizer load_tokenizer_for(const std::string& model_dir, const std::string& option, int64_t model_vocab,
+                             const std::string& op) {
+  const std::string path = tokenizer_path_for(model_dir, option, op);
+  Tokenizer tokenizer = Tokenizer::load(path);
+  // Ids past the embedding would be read out of its bounds; a smaller tokenizer is fine (padded embedding).
+  if (tokenizer.vocab_size() > model_vocab)
+    fail_file(
+        op, path,
+        cat("the tokenizer has ", tokenizer.vocab_size(), " tokens but the model ", model_dir,
+            " has an embedding of ", model_vocab,
+            " rows (vocab_size): it is another model's tokenizer; give the model's own with --tokenizer"));
+  return tokenizer;
+}
+
 }  // namespace emo

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "tokenizer/tokenizer.h"
+
 namespace emo {
 
 // The model directory MODEL names: a directory with config.json and weights (model.safetensors or the shards
@@ -24,5 +26,11 @@ std::optional<std::string> find_tokenizer(const std::string& model_dir);
 // tokenizer for MODEL: looked for ...; give --tokenizer FILE" when there is none.
 std::string tokenizer_path_for(const std::string& model_dir, const std::string& option,
                                const std::string& op);
+
+// The tokenizer of tokenizer_path_for(), checked against the model's embedding: a tokenizer with more ids
+// than the model's vocab_size (another model's tokenizer) throws "[op] TOKENIZER: the tokenizer has N
+// tokens but the model MODEL has an embedding of M rows".
+Tokenizer load_tokenizer_for(const std::string& model_dir, const std::string& option, int64_t model_vocab,
+                             const std::string& op);
 
 }  // namespace emo

@@ -14,6 +14,19 @@ Sampler::Sampler(const SamplingOptions& options) : options_(options), rng_(optio
   EMO_CHECK(options.top_k >= 0, "sample", "top-k ", options.top_k, " is negative");
   EMO_CHECK(options.top_p > 0.0 && options.top_p <= 1.0, "sample", "top-p ", options.top_p,
             " is outside (0, 1]");
+  EMO_CHECK(options.repetition_penalty > 0.0, "sample", "repetition penalty ", options.repetition_penalty,
+            " is not positive");
+}
+
+void apply_repetition_penalty(float* logits, int64_t V, const std::vector<int32_t>& seen, double penalty) {
+  if (penalty == 1.0) return;
+  std::vector<bool> done(static_cast<size_t>(V), false);
+  const float p = static_cast<float>(penalty);
+  for (int32_t id : seen) {
+    if (id < 0 || id >= V || done[id]) continue;
+    done[id] = true;
+    logits[id] = logits[id] > 0 ? logits[id] / p : logits[id] * p;
+  }
 }
 
 std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logits, int64_t V) const {

@@ -15,11 +15,19 @@ struct SamplingOptions {
   int64_t top_k = 0;         // keep the k most likely tokens; 0 = all
   double top_p = 1.0;        // keep the smallest most-likely set whose probability reaches top_p; 1 = all
   uint64_t seed = 0;
+  // > 1 makes tokens already seen less likely (CTRL's definition, as Hugging Face's and llama.cpp's): a seen
+  // token's logit is divided by it when positive and multiplied by it when negative. 1 = off.
+  double repetition_penalty = 1.0;
 };
+
+// Applies options.repetition_penalty to `logits` [V] for every id in `seen` (each id once however often
+// it was seen).
+void apply_repetition_penalty(float* logits, int64_t V, const std::vector<int32_t>& seen, double penalty);
 
 class Sampler {
  public:
-  // Throws emo::Error for a negative temperature or top_k, or top_p outside (0, 1].
+  // Throws emo::Error for a negative temperature or top_k, top_p outside (0, 1], or a repetition penalty
+  // that is not positive.
   explicit Sampler(const SamplingOptions& options);
 
   int32_t next(const float* logits, int64_t V);

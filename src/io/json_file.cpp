@@ -1,5 +1,6 @@
 #include "io/json_file.h"
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -67,6 +68,17 @@ nlohmann::json read_json_file(const std::string& path, const std::string& op) {
 
 void write_json_file(const std::string& path, const nlohmann::json& j, int indent) {
   atomic_write_file(path, j.dump(indent) + "\n");
+}
+
+void write_json_output(const std::string& path, const nlohmann::json& j, int indent) {
+  // A model's text may hold invalid UTF-8 (a token cutting a character): replaced, not an exception.
+  const std::string text = j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  if (path.empty() || path == "-") {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  } else {
+    atomic_write_file(path, text);
+  }
 }
 
 std::string json_kind(const nlohmann::json& j) {

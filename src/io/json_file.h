@@ -21,6 +21,8 @@ nlohmann::json parse_json(std::string_view text, const std::string& source, cons
 nlohmann::json read_json_file(const std::string& path, const std::string& op = "json");
 // Writes j.dump(indent) plus a newline atomically.
 void write_json_file(const std::string& path, const nlohmann::json& j, int indent = 2);
+// The same for a command's --json FILE: "-" or "" (the option given without a value) is stdout.
+void write_json_output(const std::string& path, const nlohmann::json& j, int indent = 2);
 
 // "an integer", "a string", "null", ... for messages.
 std::string json_kind(const nlohmann::json& j);

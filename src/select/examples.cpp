@@ -23,13 +23,14 @@ std::string read_whole(const std::string& path) {
   return text.str();
 }
 
-std::string text_of_line(const std::string& line, const std::string& path, int64_t line_no) {
+ExampleText example_of_line(const std::string& line, const std::string& path, int64_t line_no) {
   const nlohmann::json j = parse_json(line, path, "examples", line_no);
-  if (j.contains("text") && j["text"].is_string()) return j["text"].get<std::string>();
+  if (j.contains("text") && j["text"].is_string()) return {j["text"].get<std::string>()};
   if (j.contains("context") && j["context"].is_string()) {
     std::string text = j["context"].get<std::string>();
-    if (j.contains("answer") && j["answer"].is_string()) text += j["answer"].get<std::string>();
-    return text;
+    if (!j.contains("answer") || !j["answer"].is_string()) return {text};
+    const size_t answer_at = text.size();
+    return {text + j["answer"].get<std::string>(), answer_at};
   }
   fail_at("examples", path, cat("line ", line_no), "needs a string \"text\" or \"context\" (+ \"answer\")");
 }
@@ -42,16 +43,22 @@ int64_t Examples::num_tokens() const {
   return total;
 }
 
-std::vector<std::string> read_example_texts(const std::string& path) {
-  if (!ends_with(path, ".jsonl") && !ends_with(path, ".json")) return {read_whole(path)};
+std::vector<ExampleText> read_examples(const std::string& path) {
+  if (!ends_with(path, ".jsonl") && !ends_with(path, ".json")) return {ExampleText(read_whole(path))};
   std::ifstream in(path, std::ios::binary);
   if (!in) fail_file("examples", path, "cannot open");
-  std::vector<std::string> texts;
+  std::vector<ExampleText> examples;
   std::string line;
   for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    texts.push_back(text_of_line(line, path, line_no));
+    examples.push_back(example_of_line(line, path, line_no));
   }
+  return examples;
+}
+
+std::vector<std::string> read_example_texts(const std::string& path) {
+  std::vector<std::string> texts;
+  for (ExampleText& e : read_examples(path)) texts.push_back(std::move(e.text));
   return texts;
 }
 

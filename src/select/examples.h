@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,18 @@ struct Examples {
   int64_t num_tokens() const;
 };
 
-// Texts of a plain text or JSONL file (JSONL when the name ends in .jsonl or .json, else one text).
+// One example of a file: its text and, for a {"context", "answer"} line, where the answer starts in it.
+struct ExampleText {
+  ExampleText(std::string text, std::optional<size_t> answer_at = std::nullopt)
+      : text(std::move(text)), answer_at(answer_at) {}
+  ExampleText(const char* text) : text(text) {}
+  std::string text;
+  std::optional<size_t> answer_at;
+};
+
+// Examples of a plain text or JSONL file (JSONL when the name ends in .jsonl or .json, else one text).
+std::vector<ExampleText> read_examples(const std::string& path);
+// Their texts alone.
 std::vector<std::string> read_example_texts(const std::string& path);
 
 // Tokenised examples of a plain text or JSONL file. Empty examples are skipped; none left is an error.

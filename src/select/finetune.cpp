@@ -38,19 +38,26 @@ double global_norm(const std::vector<Param>& params) {
 
 }  // namespace
 
-std::vector<FinetuneExample> make_finetune_examples(const std::vector<std::string>& texts,
+std::vector<FinetuneExample> make_finetune_examples(const std::vector<ExampleText>& texts,
                                                     const Tokenizer& tokenizer, const std::string& marker) {
   EMO_CHECK(!marker.empty(), "finetune", "the answer marker is empty");
   std::vector<FinetuneExample> out;
   for (size_t i = 0; i < texts.size(); ++i) {
-    const size_t at = texts[i].rfind(marker);
-    EMO_CHECK(at != std::string::npos, "finetune", "example ", i, " has no answer marker '", marker, "'");
-    const size_t split = at + marker.size();
+    const std::string& text = texts[i].text;
+    size_t split = text.size();
+    if (texts[i].answer_at) {
+      split = *texts[i].answer_at;
+    } else {
+      const size_t at = text.rfind(marker);
+      EMO_CHECK(at != std::string::npos, "finetune", "example ", i,
+                " has no \"answer\" field and no answer marker '", marker, "'");
+      split = at + marker.size();
+    }
     FinetuneExample example;
-    example.tokens = tokenizer.encode_ordinary(texts[i].substr(0, split));
+    example.tokens = tokenizer.encode_ordinary(text.substr(0, split));
     example.answer_start = static_cast<int64_t>(example.tokens.size());
-    std::vector<int32_t> answer = tokenizer.encode_ordinary(texts[i].substr(split));
-    EMO_CHECK(!answer.empty(), "finetune", "example ", i, " has an empty answer after '", marker, "'");
+    std::vector<int32_t> answer = tokenizer.encode_ordinary(text.substr(split));
+    EMO_CHECK(!answer.empty(), "finetune", "example ", i, " has an empty answer");
     EMO_CHECK(example.answer_start >= 1, "finetune", "example ", i, " has nothing before its answer");
     example.tokens.insert(example.tokens.end(), answer.begin(), answer.end());
     out.push_back(std::move(example));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "select/examples.h"
 #include "tokenizer/tokenizer.h"
 
 namespace emo {
@@ -37,10 +38,11 @@ struct FinetuneReport {
   std::vector<double> step_losses;  // mean answer cross-entropy of each step's batch (before the update)
 };
 
-// Splits each text at the END of the last occurrence of `marker`: prompt = text up to and including the
-// marker, answer = the rest; both encoded as ordinary text and concatenated. A text without the marker, or
-// with an empty answer, is an error naming its index.
-std::vector<FinetuneExample> make_finetune_examples(const std::vector<std::string>& texts,
+// Splits each example into prompt and answer, both encoded as ordinary text and concatenated: a
+// {"context", "answer"} example where its answer starts; any other at the END of the last occurrence of
+// `marker` (prompt = text up to and including the marker, answer = the rest). A text without the marker,
+// an empty prompt or an empty answer is an error naming the example.
+std::vector<FinetuneExample> make_finetune_examples(const std::vector<ExampleText>& texts,
                                                     const Tokenizer& tokenizer, const std::string& marker);
 
 // Mean answer cross-entropy of the examples (no update).

@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/weights_check.h"
+#include "select/subset.h"
 
 namespace emo {
 namespace {
@@ -54,6 +55,23 @@ std::vector<std::vector<int32_t>> read_kept(const std::string& pruned_dir, const
     }
   }
   return kept;
+}
+
+// The pruned model's pruning_metadata.json records the fingerprint of the model it was pruned from (emo prune
+// since it has one); writing its experts into another model would mix two models, so that is refused.
+void check_parent_is_source(const std::string& parent_dir, const ModelConfig& parent,
+                            const std::string& pruned_dir) {
+  const std::string path = (fs::path(pruned_dir) / "pruning_metadata.json").string();
+  const nlohmann::json meta = read_json_file(path, "merge");
+  if (!meta.contains("model") || !meta["model"].is_object()) return;
+  const std::string source = json_get_or<std::string>(meta["model"], "fingerprint", "", path);
+  if (source.empty()) return;
+  const std::string here = checkpoint_fingerprint(parent_dir, parent);
+  if (here != source)
+    fail_file(
+        "merge", path,
+        cat("the pruned model was made from another checkpoint (router fingerprint ", source,
+            ") than the parent ", parent_dir, " (", here, "): merge it into the model it was pruned from"));
 }
 
 struct ExpertRef {
@@ -104,6 +122,7 @@ MergeSummary merge_checkpoint(const std::string& parent_dir, const std::string& 
   const SafetensorsCheckpoint &parent_weights = parent_opened.weights,
                               &pruned_weights = pruned_opened.weights;
   const auto kept = read_kept(pruned_dir, parent, pruned);
+  check_parent_is_source(parent_dir, parent, pruned_dir);
   // pruned_index[l][original expert] = index in the pruned layer, or -1.
   std::vector<std::vector<int32_t>> pruned_index(parent.num_hidden_layers);
   for (int64_t l = 0; l < parent.num_hidden_layers; ++l) {

@@ -198,7 +198,11 @@ PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& 
     const fs::path out(temp_dir);
     write_safetensors_sharded(temp_dir, entries, kMaxShardBytes, checkpoint.metadata());
     pruned_config(full, subset).save((out / "config.json").string());
-    nlohmann::json metadata = pruning_metadata(subset, full);
+    // The parent's own fingerprint, whatever the subset file recorded: emo merge checks it.
+    ExpertSubset recorded = subset;
+    recorded.hidden_size = full.hidden_size;
+    recorded.fingerprint = checkpoint_fingerprint(model_dir, full);
+    nlohmann::json metadata = pruning_metadata(recorded, full);
     if (!source.is_null()) metadata["source"] = source;
     write_json_file((out / "pruning_metadata.json").string(), metadata);
     for (const char* name : kCompanionFiles)

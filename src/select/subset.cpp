@@ -7,8 +7,12 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/log.h"
+#include "data/process.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
+#include "io/safetensors.h"
+#include "tensor/dtype.h"
 
 namespace emo {
 namespace {
@@ -39,6 +43,7 @@ ExpertSubset ExpertSubset::for_model(const ModelConfig& config, int64_t keep_k, 
   s.num_layers = config.num_hidden_layers;
   s.num_experts = config.experts_in_layer(0);
   s.num_shared = config.shared_in_layer(0);
+  s.hidden_size = config.hidden_size;
   s.keep_k = keep_k;
   s.method = std::move(method);
   s.routed.resize(s.num_layers);
@@ -58,19 +63,21 @@ nlohmann::json ExpertSubset::to_json() const {
   nlohmann::json layers = nlohmann::json::array();
   for (size_t l = 0; l < routed.size(); ++l)
     layers.push_back({{"layer", l}, {"routed", routed[l]}, {"shared", shared[l]}});
-  return {
-      {"format", kFormat},
-      {"version", kVersion},
-      {"model",
-       {{"num_hidden_layers", num_layers}, {"num_experts", num_experts}, {"num_shared_experts", num_shared}}},
-      {"keep_k", keep_k},
-      {"method", method},
-      {"calibration",
-       {{"description", calibration.description},
-        {"examples", calibration.examples},
-        {"tokens", calibration.tokens},
-        {"seed", calibration.seed}}},
-      {"layers", layers}};
+  nlohmann::json model = {
+      {"num_hidden_layers", num_layers}, {"num_experts", num_experts}, {"num_shared_experts", num_shared}};
+  if (hidden_size > 0) model["hidden_size"] = hidden_size;
+  if (!fingerprint.empty()) model["fingerprint"] = fingerprint;
+  return {{"format", kFormat},
+          {"version", kVersion},
+          {"model", model},
+          {"keep_k", keep_k},
+          {"method", method},
+          {"calibration",
+           {{"description", calibration.description},
+            {"examples", calibration.examples},
+            {"tokens", calibration.tokens},
+            {"seed", calibration.seed}}},
+          {"layers", layers}};
 }
 
 ExpertSubset ExpertSubset::from_json(const nlohmann::json& j, const std::string& source) {
@@ -83,6 +90,10 @@ ExpertSubset ExpertSubset::from_json(const nlohmann::json& j, const std::string&
   s.num_layers = member<int64_t>(model, "num_hidden_layers", source, "\"model\"");
   s.num_experts = member<int64_t>(model, "num_experts", source, "\"model\"");
   s.num_shared = member<int64_t>(model, "num_shared_experts", source, "\"model\"");
+  if (model.contains("hidden_size"))
+    s.hidden_size = member<int64_t>(model, "hidden_size", source, "\"model\"");
+  if (model.contains("fingerprint"))
+    s.fingerprint = member<std::string>(model, "fingerprint", source, "\"model\"");
   s.keep_k = member<int64_t>(j, "keep_k", source, "top level");
   s.method = member<std::string>(j, "method", source, "top level");
   if (j.contains("calibration")) {
@@ -150,6 +161,43 @@ ExpertSubset ExpertSubset::load(const std::string& path, const ModelConfig& conf
   ExpertSubset s = from_json(j, path);
   s.check(config, path);
   return s;
+}
+
+void ExpertSubset::check_source(const std::string& model_dir, const ModelConfig& config,
+                                const std::string& source, bool force, const std::string& op) const {
+  std::string problem;
+  if (hidden_size > 0 && hidden_size != config.hidden_size) {
+    problem =
+        cat("chosen on a model of hidden size ", hidden_size, ", ", model_dir, " has ", config.hidden_size);
+  } else if (!fingerprint.empty()) {
+    const std::string here = checkpoint_fingerprint(model_dir, config);
+    if (here != fingerprint)
+      problem = cat("chosen on another checkpoint (router fingerprint ", fingerprint, "), not on ", model_dir,
+                    " (", here, ")");
+  }
+  if (problem.empty()) return;
+  if (force) {
+    log_warn(cat("[", op, "] ", source, ": ", problem, "; used anyway (--force)"));
+    return;
+  }
+  fail_file(op, source, problem + ": select the experts on this model, or give --force to use them anyway");
+}
+
+std::string checkpoint_fingerprint(const std::string& model_dir, const ModelConfig& config) {
+  if (!config.is_moe()) return "";
+  const SafetensorsCheckpoint weights = SafetensorsCheckpoint::open(model_dir);
+  std::string bytes;
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    const std::string name = cat("model.layers.", l, ".mlp.gate.weight");
+    if (!weights.contains(name)) continue;  // a dense layer
+    const Tensor router = weights.read_fp32(name);
+    for (float w : router.vec()) {
+      const uint16_t h = f32_to_bf16(w);
+      bytes.push_back(static_cast<char>(h & 0xff));
+      bytes.push_back(static_cast<char>(h >> 8));
+    }
+  }
+  return data::sha256_hex(bytes).substr(0, 16);
 }
 
 RoutingOptions ExpertSubset::routing_options() const {

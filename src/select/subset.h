@@ -2,7 +2,8 @@
 // `emo select`, read by `emo prune`, `emo eval --subset` and subset routing. JSON (docs/formats):
 //   {
 //     "format": "emo-expert-subset", "version": 1,
-//     "model": {"num_hidden_layers": 16, "num_experts": 128, "num_shared_experts": 1},
+//     "model": {"num_hidden_layers": 16, "num_experts": 128, "num_shared_experts": 1, "hidden_size": 2048,
+//               "fingerprint": "3f0c..."},   the checkpoint it was chosen on (checkpoint_fingerprint)
 //     "keep_k": 16,                      experts kept per layer, the shared expert(s) counted
 //     "method": "layerwise",
 //     "calibration": {"description": "...", "examples": 1, "tokens": 412, "seed": 0},
@@ -35,6 +36,8 @@ struct ExpertSubset {
   int64_t num_layers = 0;
   int64_t num_experts = 0;  // E per layer, shared included
   int64_t num_shared = 1;   // n_s per layer
+  int64_t hidden_size = 0;  // 0: not recorded (a file of an older emo)
+  std::string fingerprint;  // checkpoint_fingerprint of the model it was chosen on; "": not recorded
   int64_t keep_k = 0;       // experts kept per layer, shared included
   std::string method;
   CalibrationInfo calibration;
@@ -59,8 +62,19 @@ struct ExpertSubset {
   // count, an index out of range or not routed, a duplicate, a list of the wrong length.
   void check(const ModelConfig& config, const std::string& source = "subset") const;
 
+  // Throws emo::Error "[op] <source>: chosen on another checkpoint ..." when the model in model_dir is not
+  // the one the subset was chosen on (another hidden size or fingerprint); with `force` a warning instead.
+  // Nothing is checked of what the file does not record.
+  void check_source(const std::string& model_dir, const ModelConfig& config, const std::string& source,
+                    bool force, const std::string& op) const;
+
   // Subset routing of the full model with this subset (RoutingMode::kSubset).
   RoutingOptions routing_options() const;
 };
+
+// What identifies a checkpoint for its subsets: the first 16 hex digits of the sha256 of every MoE layer's
+// router weights rounded to bf16, so an fp32, bf16 or int8 copy of one model shares it (int8 keeps the
+// routers unquantised) while another training run or another shape does not. "" for a dense model.
+std::string checkpoint_fingerprint(const std::string& model_dir, const ModelConfig& config);
 
 }  // namespace emo

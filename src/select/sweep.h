@@ -16,6 +16,7 @@ namespace emo {
 
 struct SweepOptions {
   std::vector<std::string> models;   // model directories
+  std::vector<std::string> names;    // their names in tables and legends ("" = short_model_name)
   std::string eval_data;             // held-out tokenised split
   std::string calib_data;            // split the examples come from ("" = eval_data)
   std::vector<std::string> domains;  // "" = every domain of eval_data
@@ -36,6 +37,8 @@ struct SweepRow {
 
 std::vector<SweepRow> run_sweep(const SweepOptions& options);
 
+// Loss with keep-k in columns: a row per model, method and domain, then the mean over the domains of each
+// model and method.
 std::string sweep_markdown(const std::vector<SweepRow>& rows);
 std::string sweep_csv(const std::vector<SweepRow>& rows);
 // Mean loss over the domains against the fraction kept, one polyline per (model, method).

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "infer/sampler.h"
+#include "infer/text_stream.h"
 
 namespace emo::serve {
 
@@ -61,33 +62,6 @@ struct CompletionRequest {
 // object, a field of the wrong type or out of range, an unknown field, n != 1, logprobs, an empty prompt or
 // messages. Context limits are checked later (they need the tokenizer).
 CompletionRequest parse_completion_request(std::string_view body, bool chat);
-
-// The byte offset of the first invalid UTF-8 sequence, or nullopt when `text` is valid.
-std::optional<size_t> invalid_utf8_at(std::string_view text);
-// How many bytes at the end of `text` start a UTF-8 sequence that is not complete yet (0..3).
-size_t incomplete_utf8_tail(std::string_view text);
-
-// `text` with every invalid UTF-8 byte replaced by U+FFFD (what a client is sent of a model's bytes).
-std::string replace_invalid_utf8(std::string_view text);
-
-// Cuts generated text at stop strings and holds back what cannot be sent yet: bytes that may still become
-// a stop string, and an incomplete UTF-8 character.
-class TextStream {
- public:
-  explicit TextStream(std::vector<std::string> stop) : stop_(std::move(stop)) {}
-  // Appends the bytes of a token; returns the text that is final now. stopped() tells whether a stop string
-  // was found (the text up to it is returned, the stop string and what follows are dropped).
-  std::string push(std::string_view bytes);
-  // The rest of the text at the end of generation (an incomplete character becomes U+FFFD).
-  std::string finish();
-  bool stopped() const { return stopped_; }
-  const std::string& text() const { return sent_; }  // everything returned so far
-
- private:
-  std::vector<std::string> stop_;
-  std::string pending_, sent_;
-  bool stopped_ = false;
-};
 
 // What a run produced, for the response objects.
 struct CompletionResult {

@@ -167,6 +167,13 @@ std::string resolve_checkpoint(const std::string& path) {
   return all.empty() ? std::string() : all.back().second.string();
 }
 
+std::string short_model_name(const std::string& model_dir) {
+  fs::path p = fs::path(model_dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  if (p.parent_path().filename() == "checkpoints") return p.parent_path().parent_path().filename().string();
+  return p.filename().string();
+}
+
 TrainConfig read_checkpoint_config(const std::string& checkpoint_dir, TrainState* state) {
   const fs::path state_path = fs::path(checkpoint_dir) / kStateFile;
   nlohmann::json j = read_json_file(state_path.string(), kOp);

@@ -54,6 +54,10 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
 // (their `latest`, or the newest complete step-* when `latest` is missing). "" when there is none.
 std::string resolve_checkpoint(const std::string& path);
 
+// A short name for a model directory, for legends and tables: its last path component, or the run's name
+// for a checkpoint of a run (run/checkpoints/step-00000100 -> "run").
+std::string short_model_name(const std::string& model_dir);
+
 struct LoadedCheckpoint {
   std::string path;
   TrainConfig config;

@@ -40,4 +40,13 @@ double learning_rate(const ScheduleConfig& s, double peak_lr, int64_t step, int6
   fail("schedule", cat("unknown schedule kind '", s.kind, "'"));
 }
 
+std::string warmup_warning(const ScheduleConfig& s, double peak_lr, int64_t total_steps) {
+  if (s.kind == "anneal" || s.warmup_steps <= total_steps) return "";
+  const double reached = learning_rate(s, peak_lr, total_steps - 1, total_steps);
+  return cat("schedule.warmup_steps ", s.warmup_steps, " exceeds the run's ", total_steps,
+             " steps: the learning rate only reaches ", reached, " of its peak optimizer.lr ", peak_lr,
+             " and never decays (give e.g. schedule.warmup_steps=", std::max<int64_t>(1, total_steps / 10),
+             ")");
+}
+
 }  // namespace emo

@@ -406,6 +406,9 @@ int64_t Trainer::run() {
     log_info(cat("training ", model_->num_params(), " parameters, ", config_.routing.mode, " routing, steps ",
                  first, " -> ", total, ", ", config_.tokens_per_step(), " tokens per step",
                  dist.active() ? cat(", ", dist.size(), " ranks") : std::string()));
+  if (root)
+    if (const std::string w = warmup_warning(config_.schedule, config_.optimizer.lr, total); !w.empty())
+      log_warn("[train] " + w);
   // Counted from this process's first step, so the rate and ETA stay right after a resume.
   Progress progress("train", total - first, "step");
   bool checkpointed = false;
@@ -417,6 +420,8 @@ int64_t Trainer::run() {
     StepMetrics m = train_step(batches, micro);
     history_.push_back(m);
     const int64_t step = state_.step;
+    if (const std::string w = collapse_watch_.add(step, m.usage.load); root && !w.empty())
+      log_warn("[train] " + w);
     const bool last = step == total || (options_.stop_after > 0 && step - first >= options_.stop_after);
     int64_t stop = g_stop_signal.load();
     dist.broadcast(&stop);

@@ -100,6 +100,7 @@ class Trainer {
   TrainState state_;
   TrainTiming timing_;
   std::vector<StepMetrics> history_;
+  CollapseWatch collapse_watch_;
   std::string last_checkpoint_;
 };
 

@@ -24,6 +24,33 @@ std::vector<std::pair<int64_t, int64_t>> segments_of(const int32_t* doc_ids, int
 
 }  // namespace
 
+std::string CollapseWatch::add(int64_t step, const std::vector<std::vector<double>>& load) {
+  if (load.empty()) return "";  // a dense model
+  if (used_.empty()) {
+    for (const auto& layer : load) used_.emplace_back(layer.size(), false);
+    reported_.assign(load.size(), false);
+  }
+  for (size_t l = 0; l < load.size() && l < used_.size(); ++l)
+    for (size_t e = 0; e < load[l].size() && e < used_[l].size(); ++e)
+      if (load[l][e] > 0) used_[l][e] = true;
+  if (++steps_ < window_) return "";
+  std::string collapsed;
+  for (size_t l = 0; l < used_.size(); ++l) {
+    const auto count = std::count(used_[l].begin(), used_[l].end(), true);
+    const auto experts = static_cast<int64_t>(used_[l].size());
+    const bool collapse = 2 * count < experts;
+    if (collapse && !reported_[l])
+      collapsed += cat(collapsed.empty() ? "" : ", ", "layer ", l, " used ", count, " of ", experts);
+    reported_[l] = collapse;
+    std::fill(used_[l].begin(), used_[l].end(), false);
+  }
+  steps_ = 0;
+  if (collapsed.empty()) return "";
+  return cat("router collapse over steps ", step - window_ + 1, "-", step, ": ", collapsed,
+             " routed experts (fewer than half received a token); raise loss.lb (the load-balancing "
+             "weight) or lower optimizer.lr");
+}
+
 void add_counts(std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b) {
   if (a.empty()) {
     a = b;

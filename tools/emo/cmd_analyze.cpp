@@ -10,7 +10,9 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "data/dataset.h"
+#include "infer/model_files.h"
 #include "infer/quantize.h"
+#include "train/checkpoint.h"
 
 namespace {
 
@@ -26,31 +28,30 @@ std::unique_ptr<emo::Tokenizer> load_tokenizer(const std::string& option, const 
   return std::make_unique<emo::Tokenizer>(emo::Tokenizer::load(path));
 }
 
-// A short name for a model directory: its last path component, or the run's name for a checkpoint.
-std::string model_name(const std::string& dir, const std::string& option) {
-  if (!option.empty()) return option;
-  fs::path p = fs::path(dir).lexically_normal();
-  if (p.filename().empty()) p = p.parent_path();
-  if (p.parent_path().filename() == "checkpoints") return p.parent_path().parent_path().filename().string();
-  return p.filename().string();
-}
-
 std::function<int()> setup_analyze(CLI::App& app) {
   struct Options {
     std::string model, compare, data, out, tokenizer, name, compare_name;
+    std::vector<std::string> names;
     emo::analysis::AnalysisOptions analysis;
   };
   auto o = std::make_shared<Options>();
   auto& a = o->analysis;
-  app.add_option("model", o->model, "Model directory (config.json, model.safetensors)")->required();
+  app.add_option("model", o->model,
+                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
+      ->required();
   app.add_option("--data", o->data, "Tokenised split with domains, e.g. data/corpus/validation.bin")
       ->required();
   app.add_option("--compare", o->compare,
                  "A second model analysed on the same tokens (e.g. the standard MoE)");
   app.add_option("-o,--out", o->out, "Output directory: analysis.json, report.html, figures/")->required();
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json for snippets (default: MODEL/tokenizer.json)");
-  app.add_option("--name", o->name, "Name of the model in the report (default: its directory)");
-  app.add_option("--compare-name", o->compare_name, "Name of the second model");
+  CLI::Option* name = app.add_option("--name", o->name,
+                                     "Name of the model in the report (default: its run's directory name)");
+  CLI::Option* compare_name = app.add_option("--compare-name", o->compare_name, "Name of the second model");
+  app.add_option("--names", o->names, "Names of the model and of --compare, comma-separated (as emo sweep)")
+      ->delimiter(',')
+      ->excludes(name)
+      ->excludes(compare_name);
   app.add_option("--max-tokens", a.trace.max_tokens, "Tokens sampled (domains in turn)")
       ->capture_default_str()
       ->check(emo::cli::in_range(1, emo::cli::kManyTokens));
@@ -88,14 +89,21 @@ std::function<int()> setup_analyze(CLI::App& app) {
     const auto dataset = emo::data::Dataset::open(o->data);
     const auto sample = emo::analysis::sample_documents(dataset, o->analysis.trace);
     emo::log_info(emo::cat("sample: ", sample.size(), " tokens of ", sample.documents.size(), " documents"));
-    const auto tokenizer = load_tokenizer(o->tokenizer, o->model);
+    const size_t given = o->compare.empty() ? 1 : 2;
+    if (!o->names.empty() && o->names.size() != given)
+      emo::fail("analyze", emo::cat("--names lists ", o->names.size(), " names for ", given, " model(s)"));
+    if (!o->names.empty()) o->name = o->names[0];
+    if (o->names.size() == 2) o->compare_name = o->names[1];
+    const std::string model_dir = emo::resolve_model_dir(o->model, "analyze");
+    const auto tokenizer = load_tokenizer(o->tokenizer, model_dir);
     std::vector<emo::analysis::ModelAnalysis> models;
     const int64_t domains = static_cast<int64_t>(dataset.domain_names().size());
     for (const auto& [path, name] : {std::pair{o->model, o->name}, std::pair{o->compare, o->compare_name}}) {
       if (path.empty()) continue;
-      const auto model = emo::load_model_dequantized(path);
-      models.push_back(
-          emo::analysis::analyze_model(*model, model_name(path, name), path, sample, domains, o->analysis));
+      const std::string dir = emo::resolve_model_dir(path, "analyze");
+      const auto model = emo::load_model_dequantized(dir);
+      models.push_back(emo::analysis::analyze_model(*model, name.empty() ? emo::short_model_name(dir) : name,
+                                                    dir, sample, domains, o->analysis));
     }
     if (models.size() == 2 && models[0].name == models[1].name) models[1].name += " (2)";
     const auto analysis = emo::analysis::analysis_json(models, sample, dataset, tokenizer.get(), o->analysis);

@@ -1,12 +1,12 @@
 // `emo eval MODEL [--subset FILE]`: per-domain perplexity and multiple-choice accuracy (docs/tasks.md).
 #include <cstdio>
-#include <filesystem>
 #include <memory>
 
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "eval/evaluate.h"
+#include "infer/model_files.h"
 #include "infer/quantize.h"
 #include "io/json_file.h"
 #include "select/subset.h"
@@ -18,12 +18,15 @@ namespace fs = std::filesystem;
 std::function<int()> setup_eval(CLI::App& app) {
   struct Options {
     std::string model, subset, tokenizer, json;
-    bool cross_document = false;
+    bool cross_document = false, force = false;
     emo::EvalRequest request;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model, "Model directory (config.json, model.safetensors)")->required();
+  app.add_option("model", o->model,
+                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
+      ->required();
   app.add_option("--subset", o->subset, "Route the full model through this expert subset (emo select)");
+  app.add_flag("--force", o->force, "Use a --subset chosen on another checkpoint");
   app.add_option("--data", o->request.data_path,
                  "Tokenised split for perplexity, e.g. data/corpus/validation.bin");
   app.add_option("--domains", o->request.perplexity.domains, "Only these domains (default: all)")
@@ -33,7 +36,8 @@ std::function<int()> setup_eval(CLI::App& app) {
   app.add_option("--batch-rows", o->request.perplexity.batch_rows, "Rows per forward")
       ->capture_default_str()
       ->check(emo::cli::in_range(1, 4096));
-  app.add_option("--max-tokens", o->request.perplexity.max_tokens, "Scored tokens per domain (0: all)")
+  app.add_option("--max-tokens", o->request.perplexity.max_tokens,
+                 "Score exactly N tokens per domain (0: all)")
       ->capture_default_str()
       ->check(emo::cli::in_range(0, emo::cli::kManyTokens));
   app.add_flag("--cross-document-attention", o->cross_document,
@@ -55,27 +59,34 @@ std::function<int()> setup_eval(CLI::App& app) {
       ->capture_default_str()
       ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
-  app.add_option("--json", o->json, "Write the results as JSON to this file");
+  app.add_option("--json", o->json,
+                 "Write the results as JSON to this file ('-': stdout, the table on stderr)");
   return [o] {
     o->request.perplexity.intra_document_attention = !o->cross_document;
-    auto model = emo::load_model_dequantized(o->model);
+    const std::string model_dir = emo::resolve_model_dir(o->model, "eval");
+    auto model = emo::load_model_dequantized(model_dir);
     emo::RoutingOptions routing;
     routing.training = false;
-    if (!o->subset.empty()) routing = emo::ExpertSubset::load(o->subset, model->config()).routing_options();
+    if (!o->subset.empty()) {
+      const emo::ExpertSubset subset = emo::ExpertSubset::load(o->subset, model->config());
+      subset.check_source(model_dir, model->config(), o->subset, o->force, "eval");
+      routing = subset.routing_options();
+    }
     std::unique_ptr<emo::Tokenizer> tokenizer;
-    const std::string tokenizer_path =
-        o->tokenizer.empty() ? (fs::path(o->model) / "tokenizer.json").string() : o->tokenizer;
-    if (!o->request.task_paths.empty() || (o->request.builtin_mc > 0 && fs::exists(tokenizer_path)))
-      tokenizer = std::make_unique<emo::Tokenizer>(emo::Tokenizer::load(tokenizer_path));
+    // The built-in tasks use a tokenizer when there is one; task files need one.
+    const bool has_tokenizer = !o->tokenizer.empty() || emo::find_tokenizer(model_dir);
+    if (!o->request.task_paths.empty() || (o->request.builtin_mc > 0 && has_tokenizer))
+      tokenizer = std::make_unique<emo::Tokenizer>(
+          emo::load_tokenizer_for(model_dir, o->tokenizer, model->config().vocab_size, "eval"));
     emo::Timer timer;
     emo::EvalReport report = emo::run_eval(*model, routing, tokenizer.get(), o->request);
-    std::printf("%s", report.table().c_str());
+    std::fprintf(o->json == "-" ? stderr : stdout, "%s", report.table().c_str());
     emo::log_info(emo::cat("evaluated in ", emo::human_duration(timer.seconds())));
     if (!o->json.empty()) {
       nlohmann::json j = report.to_json();
-      j["model"] = o->model;
+      j["model"] = model_dir;
       j["subset"] = o->subset;
-      emo::write_json_file(o->json, j);
+      emo::write_json_output(o->json, j);
     }
     return 0;
   };

@@ -6,6 +6,7 @@
 #include "command.h"
 #include "core/log.h"
 #include "export/gguf_export.h"
+#include "infer/model_files.h"
 
 namespace {
 
@@ -25,6 +26,7 @@ std::function<int()> setup_export(CLI::App& app) {
   gguf->add_option("--tokenizer", o->gguf.tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   gguf->add_option("--name", o->gguf.name, "general.name (default: the model directory's name)");
   return [o] {
+    o->model = emo::resolve_model_dir(o->model, "export");
     emo::Timer timer;
     emo::GgufExportSummary s = emo::export_gguf(o->model, o->out, o->gguf);
     nlohmann::json j = {{"model", o->model},

@@ -7,6 +7,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "infer/model_files.h"
 #include "select/examples.h"
 #include "select/finetune.h"
 
@@ -21,11 +22,16 @@ std::function<int()> setup_finetune(CLI::App& app) {
     bool all_params = false;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model, "Pruned model directory (emo prune)")->required();
-  app.add_option("--examples", o->examples, "Task examples: JSONL (text, or context+answer) or plain text")
+  app.add_option("model", o->model,
+                 "Pruned model directory (emo prune; a run directory or checkpoints/latest)")
+      ->required();
+  app.add_option("--examples", o->examples,
+                 "Task examples: JSONL ({\"context\", \"answer\"}, or text with the marker) or plain text")
       ->required();
   app.add_option("-o,--out", o->out, "Directory of the fine-tuned model")->required();
-  app.add_option("--marker", o->marker, "The loss covers the tokens after the last occurrence of this marker")
+  app.add_option("--marker", o->marker,
+                 "For examples without an \"answer\" field: the loss covers the tokens after the last "
+                 "occurrence of this marker")
       ->capture_default_str();
   app.add_option("--epochs", o->finetune.epochs, "Passes over the examples")
       ->capture_default_str()
@@ -44,11 +50,11 @@ std::function<int()> setup_finetune(CLI::App& app) {
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   return [o] {
     o->finetune.experts_only = !o->all_params;
-    const fs::path dir(o->model);
-    auto model = emo::Model::load(o->model);
+    const fs::path dir(emo::resolve_model_dir(o->model, "finetune"));
+    auto model = emo::Model::load(dir.string());
     const emo::Tokenizer tokenizer =
-        emo::Tokenizer::load(o->tokenizer.empty() ? (dir / "tokenizer.json").string() : o->tokenizer);
-    auto examples = emo::make_finetune_examples(emo::read_example_texts(o->examples), tokenizer, o->marker);
+        emo::load_tokenizer_for(dir.string(), o->tokenizer, model->config().vocab_size, "finetune");
+    auto examples = emo::make_finetune_examples(emo::read_examples(o->examples), tokenizer, o->marker);
     const double before = emo::answer_loss(*model, examples);
     emo::FinetuneReport report = emo::finetune(*model, examples, o->finetune);
     const double after = emo::answer_loss(*model, examples);
@@ -59,7 +65,7 @@ std::function<int()> setup_finetune(CLI::App& app) {
     std::printf(
         "fine-tuned %s (%lld parameters, %s) on %zu examples (%lld answer tokens), %lld steps: answer loss "
         "%.4f -> %.4f -> %s\n",
-        o->model.c_str(), static_cast<long long>(report.params_trained),
+        dir.c_str(), static_cast<long long>(report.params_trained),
         o->all_params ? "all" : "experts and routers", examples.size(),
         static_cast<long long>(report.answer_tokens), static_cast<long long>(report.steps), before, after,
         o->out.c_str());

@@ -1,4 +1,6 @@
 // `emo generate MODEL --prompt TEXT`: text generation with the inference engine (docs/inference.md).
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,7 +11,10 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "infer/generate.h"
+#include "infer/model_files.h"
 #include "infer/resident.h"
+#include "infer/text_stream.h"
+#include "io/json_file.h"
 #include "select/examples.h"
 
 namespace {
@@ -26,15 +31,19 @@ std::string read_file(const std::string& path) {
 
 std::function<int()> setup_generate(CLI::App& app) {
   struct Options {
-    std::string model, prompt, prompt_file, tokenizer, subset, examples, save_subset;
+    std::string model, prompt, prompt_file, tokenizer, subset, examples, save_subset, json;
+    std::vector<std::string> stop;
     int64_t keep_k = 0;
-    bool no_stream = false, ignore_eos = false, memory = false;
+    bool no_stream = false, ignore_eos = false, memory = false, force = false;
     emo::GenerateOptions generate;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model, "Model directory (config.json, model.safetensors or shards)")->required();
-  app.add_option("--prompt", o->prompt, "Prompt text");
-  app.add_option("--prompt-file", o->prompt_file, "Or read the prompt from this file");
+  app.add_option("model", o->model,
+                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
+      ->required();
+  CLI::Option* prompt =
+      app.add_option("--prompt", o->prompt, "Prompt text (none or empty: start from the end-of-text token)");
+  app.add_option("--prompt-file", o->prompt_file, "Or read the prompt from this file")->excludes(prompt);
   app.add_option("-n,--max-new-tokens", o->generate.max_new_tokens, "Tokens to generate at most")
       ->capture_default_str()
       ->check(emo::cli::in_range(0, emo::ModelConfig::kMaxPositionEmbeddings));
@@ -50,7 +59,14 @@ std::function<int()> setup_generate(CLI::App& app) {
   app.add_option("--seed", o->generate.sampling.seed, "Sampling seed")
       ->capture_default_str()
       ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
+  app.add_option("--repetition-penalty", o->generate.sampling.repetition_penalty,
+                 "Divide the positive logits and multiply the negative ones of tokens already seen (prompt "
+                 "included) by F (1: off)")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(0, 1e6, true));
+  app.add_option("--stop", o->stop, "Stop before this text (repeatable); it is not printed");
   app.add_option("--subset", o->subset, "Load and route only this expert subset (emo select)");
+  app.add_flag("--force", o->force, "Use a --subset chosen on another checkpoint");
   app.add_option("--keep-k", o->keep_k, "Keep K experts per layer chosen layerwise from --examples")
       ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--examples", o->examples, "Calibration examples for --keep-k (text or JSONL)");
@@ -60,27 +76,40 @@ std::function<int()> setup_generate(CLI::App& app) {
       ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--save-subset", o->save_subset, "Write the subset chosen by --keep-k / --auto-experts");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  CLI::Option* json =
+      app.add_option("--json", o->json,
+                     "Also write the run as JSON (text, tokens/s, memory, experts) to this file; "
+                     "'-' or no value: to stdout instead of the text")
+          ->expected(0, 1);
   app.add_flag("--no-stream", o->no_stream, "Print the text at the end instead of token by token");
   app.add_flag("--ignore-eos", o->ignore_eos, "Do not stop at the end-of-text token");
   app.add_flag("--memory", o->memory, "Print resident memory by component (weights, KV cache)");
-  return [o] {
-    if (o->prompt.empty() == o->prompt_file.empty())
-      emo::fail("generate", "give either --prompt or --prompt-file");
+  return [o, json] {
     const int restrictions = !o->subset.empty() + (o->keep_k > 0) + (o->generate.auto_experts > 0);
     if (restrictions > 1) emo::fail("generate", "--subset, --keep-k and --auto-experts exclude each other");
     if ((o->keep_k > 0) != !o->examples.empty()) emo::fail("generate", "--keep-k and --examples go together");
-    const std::string tokenizer_path =
-        o->tokenizer.empty() ? (fs::path(o->model) / "tokenizer.json").string() : o->tokenizer;
-    const emo::Tokenizer tokenizer = emo::Tokenizer::load(tokenizer_path);
-    const std::vector<int32_t> prompt =
-        tokenizer.encode(o->prompt_file.empty() ? o->prompt : read_file(o->prompt_file));
-
-    auto weights = emo::InferWeights::open(o->model);
+    for (const std::string& s : o->stop)
+      if (s.empty()) emo::fail("generate", "--stop: a stop string must not be empty");
+    const std::string model_dir = emo::resolve_model_dir(o->model, "generate");
+    auto weights = emo::InferWeights::open(model_dir);
     const emo::ModelConfig& config = weights->config();
-    if (!o->ignore_eos)
-      o->generate.eos_id = static_cast<int32_t>(config.eos_token_id.value_or(tokenizer.eos_id()));
+    const emo::Tokenizer tokenizer =
+        emo::load_tokenizer_for(model_dir, o->tokenizer, config.vocab_size, "generate");
+    const int32_t eos = static_cast<int32_t>(config.eos_token_id.value_or(tokenizer.eos_id()));
+    std::vector<int32_t> prompt =
+        tokenizer.encode(o->prompt_file.empty() ? o->prompt : read_file(o->prompt_file));
+    if (prompt.empty()) {
+      emo::log_info(emo::cat("empty prompt: generating after the end-of-text token (id ", eos, ")"));
+      prompt = {eos};
+    }
+    if (!o->ignore_eos) o->generate.eos_id = eos;
+
     std::optional<emo::ExpertSubset> chosen;
-    if (!o->subset.empty()) emo::apply_subset(*weights, emo::ExpertSubset::load(o->subset, config));
+    if (!o->subset.empty()) {
+      const emo::ExpertSubset subset = emo::ExpertSubset::load(o->subset, config);
+      subset.check_source(model_dir, config, o->subset, o->force, "generate");
+      emo::apply_subset(*weights, subset);
+    }
     if (o->keep_k > 0) {
       emo::Examples examples = emo::examples_from_file(o->examples, tokenizer);
       chosen = emo::select_layerwise(*weights, examples.sequences, o->keep_k, examples.description);
@@ -90,21 +119,33 @@ std::function<int()> setup_generate(CLI::App& app) {
         config.max_position_embeddings, static_cast<int64_t>(prompt.size()) + o->generate.max_new_tokens);
     emo::Decoder decoder(*weights, capacity);
 
-    std::string text;
+    // With --json to stdout, stdout carries the JSON alone; otherwise the text alone (the log on stderr).
+    const bool json_on_stdout = json->count() > 0 && (o->json.empty() || o->json == "-");
+    const bool stream = !o->no_stream && !json_on_stdout;
+    emo::TextStream text(o->stop);
+    auto show = [&](const std::string& piece) {
+      if (!stream) return;
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    };
     auto on_token = [&](int32_t token) {
-      if (o->generate.eos_id && token == *o->generate.eos_id) return;
-      const std::string piece = tokenizer.decode({token});
-      text += piece;
-      if (!o->no_stream) {
-        std::fwrite(piece.data(), 1, piece.size(), stdout);
-        std::fflush(stdout);
-      }
+      if (o->generate.eos_id && token == *o->generate.eos_id) return true;
+      show(text.push(tokenizer.decode({token})));
+      return !text.stopped();
     };
     emo::GenerateResult result = emo::generate(decoder, prompt, o->generate, on_token);
-    if (o->no_stream) std::fwrite(text.data(), 1, text.size(), stdout);
-    std::printf("\n");
+    if (!text.stopped()) show(text.finish());
+    if (!json_on_stdout) {
+      if (!stream) std::fwrite(text.text().data(), 1, text.text().size(), stdout);
+      // A final newline for the terminal only: piped, the output is exactly the generated text.
+      if (isatty(fileno(stdout))) std::printf("\n");
+      std::fflush(stdout);
+    }
     if (result.chosen) chosen = result.chosen;
-    if (chosen && !o->save_subset.empty()) chosen->save(o->save_subset);
+    if (chosen && !o->save_subset.empty()) {
+      chosen->fingerprint = emo::checkpoint_fingerprint(model_dir, config);
+      chosen->save(o->save_subset);
+    }
 
     std::vector<emo::MemoryRange> ranges = weights->memory_ranges(true);
     for (const emo::MemoryRange& r : decoder.cache().memory_ranges()) ranges.push_back(r);
@@ -116,16 +157,17 @@ std::function<int()> setup_generate(CLI::App& app) {
         "; experts loaded ", weights->experts_loaded(), "; peak RSS ",
         emo::human_bytes(static_cast<double>(memory.peak_rss))));
     if (o->memory) std::fprintf(stderr, "%s", memory.table().c_str());
+    if (json->count() == 0) return 0;
     nlohmann::json j = result.to_json();
-    j["model"] = o->model;
+    j["model"] = model_dir;
     j["weights_dtype"] = emo::dtype_name(weights->dtype());
-    j["text"] = text;
+    j["text"] = text.text();
     j["experts_loaded"] = weights->experts_loaded();
     j["kept_weight_bytes"] = weights->kept_weight_bytes();
     j["kv_cache_bytes"] = decoder.cache().bytes_used(decoder.length());
     j["memory"] = memory.to_json();
     if (chosen && !result.chosen) j["keep_k_subset"] = chosen->to_json();
-    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    emo::write_json_output(o->json, j, -1);
     return 0;
   };
 }

@@ -6,6 +6,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "infer/model_files.h"
 #include "select/merge.h"
 
 namespace {
@@ -23,6 +24,8 @@ std::function<int()> setup_merge(CLI::App& app) {
   app.add_flag("--force", o->force, "Replace a previous output of emo merge at --out");
   app.add_option("--mode", o->mode, "replace or average")->capture_default_str();
   return [o] {
+    o->parent = emo::resolve_model_dir(o->parent, "merge");
+    o->pruned = emo::resolve_model_dir(o->pruned, "merge");
     emo::MergeSummary s = emo::merge_checkpoint(o->parent, o->pruned, o->out, emo::parse_merge_mode(o->mode),
                                                 {"merge", {}, o->force});
     std::printf("merged %s into %s -> %s (%s): %lld of %lld tensors from the pruned model, %s\n",

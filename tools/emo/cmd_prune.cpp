@@ -6,6 +6,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "infer/model_files.h"
 #include "model/config.h"
 #include "select/prune.h"
 #include "select/subset.h"
@@ -20,17 +21,21 @@ std::function<int()> setup_prune(CLI::App& app) {
     bool force = false;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model, "Full model directory (config.json, model.safetensors or shards)")
+  app.add_option("model", o->model,
+                 "Full model directory (config.json + safetensors, a run directory or checkpoints/latest)")
       ->required();
   app.add_option("--subset", o->subset, "Subset file (emo select)")->required();
   app.add_option("-o,--out", o->out, "Directory of the pruned model")->required();
-  app.add_flag("--force", o->force, "Replace a previous output of emo prune at --out");
+  app.add_flag("--force", o->force,
+               "Replace a previous output of emo prune at --out; use a subset chosen on another checkpoint");
   return [o] {
-    const emo::ModelConfig config = emo::ModelConfig::load((fs::path(o->model) / "config.json").string());
+    const std::string model_dir = emo::resolve_model_dir(o->model, "prune");
+    const emo::ModelConfig config = emo::ModelConfig::load((fs::path(model_dir) / "config.json").string());
     const emo::ExpertSubset subset = emo::ExpertSubset::load(o->subset, config);
+    subset.check_source(model_dir, config, o->subset, o->force, "prune");
     emo::PruneSummary s =
-        emo::prune_checkpoint(o->model, subset, o->out, nullptr, {"prune", {o->subset}, o->force});
-    std::printf("pruned %s -> %s: keep-k %lld of %lld experts per layer\n", o->model.c_str(), o->out.c_str(),
+        emo::prune_checkpoint(model_dir, subset, o->out, nullptr, {"prune", {o->subset}, o->force});
+    std::printf("pruned %s -> %s: keep-k %lld of %lld experts per layer\n", model_dir.c_str(), o->out.c_str(),
                 static_cast<long long>(subset.keep_k), static_cast<long long>(subset.num_experts));
     std::printf("parameters %lld -> %lld (%.1f%%), tensor bytes %s -> %s (%.1f%%), %lld tensors, %s\n",
                 static_cast<long long>(s.params_in), static_cast<long long>(s.params_out),

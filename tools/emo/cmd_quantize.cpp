@@ -8,6 +8,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "infer/model_files.h"
 #include "infer/quantize.h"
 
 namespace {
@@ -21,7 +22,9 @@ std::function<int()> setup_quantize(CLI::App& app) {
     emo::PerplexityOptions perplexity;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model, "Model directory (fp32, bf16 or f16 weights)")->required();
+  app.add_option("model", o->model,
+                 "Model directory (fp32, bf16 or f16 weights; a run directory or checkpoints/latest)")
+      ->required();
   app.add_option("--dtype", o->dtype, "bf16, int8 (per-row scales) or q4 (Q4_0 blocks of 32)")->required();
   app.add_option("--q4-others", o->q4_others, "q4: dtype of the embeddings and lm_head (int8 or bf16)")
       ->capture_default_str();
@@ -34,7 +37,7 @@ std::function<int()> setup_quantize(CLI::App& app) {
                  "Held-out tokenised split for the perplexity check (e.g. data/corpus/validation.bin)");
   app.add_option("--text", o->text, "Or a held-out plain text file (tokenised with --tokenizer)");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json for --text (default: MODEL/tokenizer.json)");
-  app.add_option("--max-tokens", o->perplexity.max_tokens, "Scored tokens per domain (0: all)")
+  app.add_option("--max-tokens", o->perplexity.max_tokens, "Score exactly N tokens per domain (0: all)")
       ->capture_default_str()
       ->check(emo::cli::in_range(0, emo::cli::kManyTokens));
   app.add_option("--seq-len", o->perplexity.seq_len, "Row length (default: min(1024, context))")
@@ -62,6 +65,7 @@ std::function<int()> setup_quantize(CLI::App& app) {
       emo::fail("quantize",
                 "give held-out text for the quality check: --data SPLIT.bin or --text FILE (or --skip-eval)");
 
+    o->model = emo::resolve_model_dir(o->model, "quantize");
     emo::Timer timer;
     emo::QuantizeSummary s = emo::quantize_checkpoint(
         o->model, o->out, target, {"quantize", {o->data, o->text, o->tokenizer}, o->force});

@@ -6,6 +6,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "infer/model_files.h"
 #include "infer/quantize.h"
 #include "select/examples.h"
 #include "select/selection.h"
@@ -21,7 +22,9 @@ std::function<int()> setup_select(CLI::App& app) {
     uint64_t seed = 0;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model, "Model directory (config.json, model.safetensors)")->required();
+  app.add_option("model", o->model,
+                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
+      ->required();
   app.add_option("--examples", o->examples,
                  "Examples: plain text (one example) or JSONL (text, or context+answer)");
   app.add_option("--data", o->data, "Or a tokenised split (e.g. data/corpus/validation.bin) with --domain");
@@ -42,18 +45,20 @@ std::function<int()> setup_select(CLI::App& app) {
     if (o->examples.empty() == o->data.empty())
       emo::fail("select", "give either --examples FILE or --data SPLIT --domain D [--documents N]");
     emo::SelectionOptions options{o->keep_k, emo::parse_selection_method(o->method), o->seed};
-    auto model = emo::load_model_dequantized(o->model);
+    const std::string model_dir = emo::resolve_model_dir(o->model, "select");
+    auto model = emo::load_model_dequantized(model_dir);
     emo::Examples examples;
     if (!o->examples.empty()) {
-      const std::string path =
-          o->tokenizer.empty() ? (fs::path(o->model) / "tokenizer.json").string() : o->tokenizer;
-      examples = emo::examples_from_file(o->examples, emo::Tokenizer::load(path));
+      examples = emo::examples_from_file(
+          o->examples,
+          emo::load_tokenizer_for(model_dir, o->tokenizer, model->config().vocab_size, "select"));
     } else {
       if (o->domain.empty()) emo::fail("select", "--data needs --domain");
       examples = emo::examples_from_dataset(o->data, o->domain, o->documents);
     }
     emo::Timer timer;
     emo::ExpertSubset subset = emo::select_experts(*model, examples, options);
+    subset.fingerprint = emo::checkpoint_fingerprint(model_dir, model->config());
     subset.save(o->out);
     const int64_t cut = examples.num_tokens() - subset.calibration.tokens;
     emo::log_info(emo::cat("selected ", o->keep_k, " experts per layer (", o->method, ") from ",

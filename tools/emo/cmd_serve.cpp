@@ -14,6 +14,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "infer/model_files.h"
 #include "serve/server.h"
 
 namespace {
@@ -38,7 +39,9 @@ std::function<int()> setup_serve(CLI::App& app) {
     emo::serve::ServerOptions server;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model, "Model directory (config.json, model.safetensors or shards)")->required();
+  app.add_option("model", o->model,
+                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
+      ->required();
   app.add_option("--host", o->server.host, "Address to listen on")->capture_default_str();
   app.add_option("--port", o->server.port, "Port to listen on (0: any free port)")
       ->capture_default_str()
@@ -96,10 +99,13 @@ std::function<int()> setup_serve(CLI::App& app) {
     sigaction(SIGTERM, &action, nullptr);
     sigaction(SIGINT, &action, nullptr);
 
-    const std::string tokenizer_path =
-        o->tokenizer.empty() ? (fs::path(o->model) / "tokenizer.json").string() : o->tokenizer;
-    emo::serve::Engine engine(emo::InferWeights::open(o->model), emo::Tokenizer::load(tokenizer_path),
-                              o->engine);
+    const std::string model_dir = emo::resolve_model_dir(o->model, "serve");
+    auto weights = emo::InferWeights::open(model_dir);
+    const emo::ModelConfig config = weights->config();
+    for (const auto& [name, path] : o->engine.packs)
+      emo::ExpertSubset::load(path, config).check_source(model_dir, config, path, false, "serve");
+    emo::Tokenizer tokenizer = emo::load_tokenizer_for(model_dir, o->tokenizer, config.vocab_size, "serve");
+    emo::serve::Engine engine(std::move(weights), std::move(tokenizer), o->engine);
     emo::serve::Server server(engine, o->server);
     const int port = server.bind();
     std::printf("emo serve: listening on http://%s:%d (model %s, template %s)\n", o->server.host.c_str(),

@@ -6,6 +6,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "infer/model_files.h"
 #include "select/sweep.h"
 
 namespace {
@@ -16,7 +17,12 @@ std::function<int()> setup_sweep(CLI::App& app) {
     std::string out = "sweep";
   };
   auto o = std::make_shared<Options>();
-  app.add_option("models", o->sweep.models, "Model directories")->required();
+  app.add_option("models", o->sweep.models, "Model directories (or run directories, checkpoints/latest)")
+      ->required();
+  app.add_option("--names", o->sweep.names,
+                 "Names of the models in the table and the figure, comma-separated (default: the run's "
+                 "directory name)")
+      ->delimiter(',');
   app.add_option("--data", o->sweep.eval_data, "Held-out tokenised split (e.g. data/corpus/test.bin)")
       ->required();
   app.add_option("--calib", o->sweep.calib_data, "Split the selection examples come from (default: --data)");
@@ -34,12 +40,13 @@ std::function<int()> setup_sweep(CLI::App& app) {
       ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
   app.add_option("--seq-len", o->sweep.perplexity.seq_len, "Row length (default: min(1024, context))")
       ->check(emo::cli::in_range(1, emo::ModelConfig::kMaxPositionEmbeddings));
-  app.add_option("--max-tokens", o->sweep.perplexity.max_tokens, "Scored tokens per domain (0: all)")
+  app.add_option("--max-tokens", o->sweep.perplexity.max_tokens, "Score exactly N tokens per domain (0: all)")
       ->capture_default_str()
       ->check(emo::cli::in_range(0, emo::cli::kManyTokens));
   app.add_option("-o,--out", o->out, "Output directory (results.md, results.csv, quality.svg)")
       ->capture_default_str();
   return [o] {
+    for (std::string& model : o->sweep.models) model = emo::resolve_model_dir(model, "sweep");
     auto rows = emo::run_sweep(o->sweep);
     emo::write_sweep(o->out, rows);
     std::printf("%s", emo::sweep_markdown(rows).c_str());

@@ -45,11 +45,16 @@ std::string output_file(const std::string& dir) {
   return (fs::path(dir) / "tokenizer.json").string();
 }
 
-std::string read_input(const std::string& text, const std::string& file) {
-  if (file.empty()) return text;
+// --text when given (even empty), else the --file, else stdin (also for --file -).
+std::string read_input(const CLI::Option* text_option, const std::string& text, const std::string& file) {
+  if (text_option->count() > 0) return text;
+  std::ostringstream out;
+  if (file.empty() || file == "-") {
+    out << std::cin.rdbuf();
+    return out.str();
+  }
   std::ifstream in(file, std::ios::binary);
   if (!in) emo::fail_file("tokenizer", file, "cannot open the file");
-  std::ostringstream out;
   out << in.rdbuf();
   return out.str();
 }
@@ -86,8 +91,8 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
 
   CLI::App* encode = app.add_subcommand("encode", "Print the token ids of a text");
   encode->add_option("-t,--tokenizer", o->tokenizer, "tokenizer.json")->required();
-  encode->add_option("--text", o->text, "Text to encode");
-  encode->add_option("--file", o->file, "File to encode (instead of --text)");
+  CLI::Option* text = encode->add_option("--text", o->text, "Text to encode (neither: read stdin)");
+  encode->add_option("--file", o->file, "File to encode ('-': stdin)")->excludes(text);
 
   CLI::App* decode = app.add_subcommand("decode", "Print the text of token ids");
   decode->add_option("-t,--tokenizer", o->tokenizer, "tokenizer.json")->required();
@@ -120,7 +125,7 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
                   t.pad_id().value_or(-1), timer.seconds());
     } else if (encode->parsed()) {
       emo::Tokenizer t = emo::Tokenizer::load(o->tokenizer);
-      std::vector<int32_t> ids = t.encode(read_input(o->text, o->file));
+      std::vector<int32_t> ids = t.encode(read_input(text, o->text, o->file));
       for (size_t i = 0; i < ids.size(); ++i) std::printf(i ? " %d" : "%d", ids[i]);
       std::printf("\n");
     } else if (decode->parsed()) {

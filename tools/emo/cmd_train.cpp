@@ -23,7 +23,7 @@
 namespace {
 
 struct TrainArgs {
-  std::string config_path, out_dir, anneal_from, data, validation;
+  std::string config_path, out_dir, anneal_from, data, validation, tokenizer;
   std::vector<std::string> overrides;
   bool resume = false, no_progress = false;
   int64_t anneal_steps = 0, steps = 0;
@@ -49,6 +49,7 @@ emo::TrainConfig build_config(const TrainArgs& args, std::string* init_from) {
   else if (!checkpoint.empty())
     j = checkpoint_config.to_json();
   if (!args.data.empty()) j["data"]["train"] = args.data;
+  if (!args.tokenizer.empty()) j["data"]["tokenizer"] = args.tokenizer;
   if (!args.validation.empty())
     for (const auto& [domain, spec] : per_domain_sources(args.validation))
       j["data"]["validation"][domain] = spec;
@@ -92,6 +93,10 @@ EMO_COMMAND(
                      "Training dataset (overrides data.train; \"synthetic\" for generated text)");
       app.add_option("--validation", args->validation,
                      "Held-out dataset: validation loss per domain of it (fills data.validation)");
+      app.add_option(
+          "--tokenizer", args->tokenizer,
+          "tokenizer.json of the data: vocabulary and EOS, copied into every checkpoint (overrides "
+          "data.tokenizer)");
       app.add_option("--steps", args->steps, "Total optimizer steps (overrides run.steps)")
           ->check(emo::cli::in_range(1, 1e12));
       app.add_flag("--no-progress", args->no_progress, "Plain log lines instead of a progress bar");

@@ -48,6 +48,11 @@ int main(int argc, char** argv) {
     runners[i] = registry[i].setup(*sub);
     subs.push_back(sub);
   }
+  // Like git: no arguments at all print the help (on stdout) and exit 1, since no command ran.
+  if (argc <= 1) {
+    std::printf("%s", app.help().c_str());
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
