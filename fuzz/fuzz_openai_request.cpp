@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "fuzz_input.h"
+#include "infer/text_stream.h"
 #include "serve/chat_template.h"
 #include "serve/openai.h"
 
@@ -23,7 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     const std::string text =
         chat ? ChatTemplate::chatml().render_text(request.messages) : request.prompt_text.value_or("");
-    TextStream stream(request.stop);
+    emo::TextStream stream(request.stop);
     CompletionResult result;
     for (size_t at = 0; at < text.size() && !stream.stopped(); at += 3)
       result.text += stream.push(std::string_view(text).substr(at, 3));
