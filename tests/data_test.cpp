@@ -1,6 +1,7 @@
 // Specification of src/data: the corpus text clean-ups, the split and output determinism, the binary dataset
 // format, and the row packer (stream order, EOS, targets, segment ids, resume, ranks, held-out domains).
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <filesystem>
@@ -363,6 +364,23 @@ TEST(Dataset, RoundTrip) {
   EXPECT_NE(error_message([&] { dataset.document(3); }).find("d.bin: document 3 out of range"),
             std::string::npos);
   EXPECT_FALSE(fs::exists(path + ".tmp"));
+}
+
+// The dataset is mapped: truncated in place by another program under a running reader (a training), the
+// next read of a lost page is an error naming the file (io/mapped_guard), exit 1, not a SIGBUS.
+TEST(DatasetDeathTest, ADatasetTruncatedUnderAReaderIsAnErrorNamingItNotASigbus) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string path = write_dataset(temp_dir("truncated_under") + "/d.bin", {40000, 40000});
+  EXPECT_EXIT(
+      {
+        Dataset dataset = Dataset::open(path);
+        if (::truncate(path.c_str(), 4096) != 0) std::exit(3);
+        uint64_t sum = 0;
+        for (uint32_t token : dataset.document(1)) sum += token;
+        std::exit(sum == 0 ? 4 : 0);
+      },
+      ::testing::ExitedWithCode(1),
+      "emo: error: \\[dataset\\] .*/d.bin: byte [0-9]+: the file was truncated or rewritten in place");
 }
 
 TEST(Dataset, WriterRejectsOutOfRangeIds) {

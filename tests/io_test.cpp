@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "fault_injection.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/output_dir.h"
@@ -109,26 +110,7 @@ TEST_F(IoTest, AtomicFileAbandonedBeforeCommitLeavesTheOldFile) {
   EXPECT_EQ(entries_of(dir_), std::vector<std::string>{"a.txt"});
 }
 
-// A full disk, simulated by a file size limit (RLIMIT_FSIZE with SIGXFSZ ignored: write fails with EFBIG
-// as it would with ENOSPC, and no size-limited file system is needed, nor root).
-class FileSizeLimit {
- public:
-  explicit FileSizeLimit(rlim_t bytes) {
-    getrlimit(RLIMIT_FSIZE, &saved_);
-    saved_handler_ = std::signal(SIGXFSZ, SIG_IGN);
-    rlimit limit = saved_;
-    limit.rlim_cur = bytes;
-    setrlimit(RLIMIT_FSIZE, &limit);
-  }
-  ~FileSizeLimit() {
-    setrlimit(RLIMIT_FSIZE, &saved_);
-    std::signal(SIGXFSZ, saved_handler_);
-  }
-
- private:
-  rlimit saved_{};
-  void (*saved_handler_)(int) = SIG_DFL;
-};
+using test::FileSizeLimit;
 
 TEST_F(IoTest, AFullDiskNamesTheFileAndLeavesTheOldOne) {
   atomic_write_file(path("a.txt"), "old");
@@ -145,6 +127,13 @@ TEST_F(IoTest, AFullDiskNamesTheFileAndLeavesTheOldOne) {
   EXPECT_EQ(read_bytes(path("a.txt")), "old");
   EXPECT_EQ(read_bytes(path("m.safetensors")), old_weights);
   EXPECT_EQ(entries_of(dir_), (std::vector<std::string>{"a.txt", "m.safetensors"}));
+  // A companion file copied into an output (a tokenizer): an emo::Error naming it, not a filesystem_error
+  // (which the command line reports as an internal error). libstdc++ reports the failed copy as EIO.
+  {
+    FileSizeLimit limit(1024);
+    EXPECT_ERROR_CONTAINS(copy_file_checked(path("m.safetensors"), path("copy.safetensors")),
+                          path("copy.safetensors") + ": copy of " + path("m.safetensors") + " failed: ");
+  }
 }
 
 TEST_F(IoTest, OutputGuardCleansOnlyItsOwnStaleTemporariesAndRefusesSymlinks) {

@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "data/dataset.h"
+#include "fault_injection.h"
 #include "io/json_file.h"
 #include "io/output_dir.h"
 #include "model/forward_state.h"
@@ -852,6 +853,101 @@ TEST(RunDirectory, AnOlderEmosRunIsRefusedWithTheLineThatAdoptsIt) {
   const test::EmoRun adopted = test::run_emo(tiny_train(run, "--resume --steps 4"));
   ASSERT_EQ(adopted.status, 0) << adopted.err;
   EXPECT_EQ(step_of_run(run), 4);
+}
+
+// ------------------------------------------------------------------------------------- stop signals
+
+// The step of the run's latest checkpoint as `latest` names it (0 before the first).
+int64_t latest_step_named(const std::string& run) {
+  std::ifstream latest(run + "/checkpoints/latest");
+  std::string name;
+  return std::getline(latest, name) && name.size() > 5 ? std::atoll(name.c_str() + 5) : 0;
+}
+
+// SIGTERM and SIGINT stop `emo train` after the step in progress with a checkpoint, and the command exits
+// with 128 + signal (143, 130) rather than 0: a scheduler can tell a stop from a finished run. A checkpoint
+// after every step puts many of the signals in the middle of a checkpoint write, which is finished first.
+TEST(StopSignal, TrainExitsWith128PlusTheSignalAndItsCheckpointResumes) {
+  const std::string run = temp_dir("sigterm");
+  const std::string err = run + ".err";
+  std::mt19937 rng(23);
+  int64_t previous_step = 0;
+  for (int signal : {SIGTERM, SIGINT, SIGTERM, SIGTERM}) {
+    const pid_t pid =
+        test::spawn_emo(tiny_train(run, previous_step ? "--resume --steps 100000" : "--steps 100000"), err);
+    for (int waited = 0; latest_step_named(run) <= previous_step && waited < 60000; waited += 2)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 20000));
+    ASSERT_EQ(::kill(pid, signal), 0);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    std::ifstream in(err);
+    const std::string message((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_TRUE(WIFEXITED(status)) << "signal " << signal << " ended emo instead of stopping it: " << message;
+    EXPECT_EQ(WEXITSTATUS(status), 128 + signal) << message;
+    EXPECT_NE(message.find("emo: stopped: [train] signal " + std::to_string(signal) + " at step "),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find("resume with the same command and --resume"), std::string::npos) << message;
+    const std::string latest = resolve_checkpoint(run);
+    ASSERT_FALSE(latest.empty());
+    LoadedCheckpoint loaded = load_checkpoint(latest);  // whole, whatever the moment of the signal
+    EXPECT_GT(loaded.state.step, previous_step);
+    EXPECT_NE(message.find(latest.substr(latest.rfind('/') + 1)), std::string::npos) << message;
+    previous_step = loaded.state.step;
+  }
+  fs::remove(err);
+  const std::string steps = "--resume --steps " + std::to_string(previous_step + 2);
+  const test::EmoRun resumed = test::run_emo(tiny_train(run, steps));
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_EQ(step_of_run(run), previous_step + 2);
+}
+
+// A full disk (a file size limit of 32 KB on the command; a checkpoint needs more) while a training run
+// writes its next checkpoint: the error names the file, the previous checkpoint stays the latest and whole,
+// and the run resumes from it once there is room.
+TEST(TrainFaults, AFullDiskDuringACheckpointNamesTheFileAndKeepsThePreviousCheckpoint) {
+  const std::string run = temp_dir("full_disk");
+  ASSERT_EQ(test::run_emo(tiny_train(run)).status, 0);
+  const std::string latest = resolve_checkpoint(run);
+  const std::string before = test::tree_bytes(latest);
+  const test::EmoRun full =
+      test::run_emo_env(test::full_disk_after_blocks(64), tiny_train(run, "--resume --steps 4"));
+  EXPECT_EQ(full.status, 1);
+  EXPECT_NE(full.err.find("emo: error: [io] " + run + "/checkpoints/"), std::string::npos) << full.err;
+  EXPECT_NE(full.err.find("write failed: File too large"), std::string::npos) << full.err;
+  EXPECT_EQ(resolve_checkpoint(run), latest);
+  EXPECT_TRUE(test::tree_bytes(latest) == before);
+  EXPECT_EQ(load_checkpoint(latest).state.step, 2);
+  const test::EmoRun resumed = test::run_emo(tiny_train(run, "--resume --steps 4"));
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_EQ(step_of_run(run), 4);
+}
+
+// A run directory emo may not write into (a read-only parent for a new run, another user's run to resume;
+// as a user other than root, who writes anywhere): an error naming the path, exit 1, nothing changed.
+TEST(TrainFaults, AReadOnlyRunDirectoryIsAnErrorNamingIt) {
+  std::string as_user;
+  if (!test::unprivileged_prefix(&as_user)) GTEST_SKIP() << "root without setpriv: no read-only directory";
+  const std::string dir = temp_dir("readonly");
+  const std::string run = dir + "/run";
+  ASSERT_EQ(test::run_emo(tiny_train(run)).status, 0);
+  fs::create_directories(dir + "/locked");
+  for (const std::string& path : {dir, dir + "/locked", run, run + "/checkpoints"})
+    fs::permissions(path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                              fs::perms::others_read | fs::perms::others_exec);
+  const std::string before = test::tree_bytes(dir);
+  const test::EmoRun fresh = test::run_emo_env(as_user, tiny_train(dir + "/locked/new"));
+  EXPECT_EQ(fresh.status, 1);
+  EXPECT_NE(fresh.err.find(dir + "/locked/new: cannot create the directory: Permission denied"),
+            std::string::npos)
+      << fresh.err;
+  const test::EmoRun resumed = test::run_emo_env(as_user, tiny_train(run, "--resume --steps 4"));
+  EXPECT_EQ(resumed.status, 1);
+  EXPECT_NE(resumed.err.find(run + "/"), std::string::npos) << resumed.err;
+  EXPECT_NE(resumed.err.find("Permission denied"), std::string::npos) << resumed.err;
+  EXPECT_TRUE(test::tree_bytes(dir) == before);
+  EXPECT_EQ(step_of_run(run), 2);
 }
 
 // ---------------------------------------------------------------------------------------------- MPI

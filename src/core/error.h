@@ -15,6 +15,20 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& message) : std::runtime_error(message) {}
 };
 
+// A run stopped by SIGINT or SIGTERM after saving its state (emo train, emo reproduce). Still an emo::Error
+// (the message says what was kept and how to resume), but the command line exits with 128 + signal (130,
+// 143) as a shell does for a process a signal ended, so that scripts and schedulers can tell a stop from a
+// failure (1) and from a finished run (0).
+class Interrupted : public Error {
+ public:
+  Interrupted(int signal, const std::string& message) : Error(message), signal_(signal) {}
+  int signal() const { return signal_; }
+  int exit_status() const { return 128 + signal_; }
+
+ private:
+  int signal_;
+};
+
 // "[op] message"
 [[noreturn]] void fail(const std::string& op, const std::string& message);
 // "[op] file: message"

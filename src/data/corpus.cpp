@@ -19,6 +19,7 @@
 #include "data/text_clean.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 
 namespace emo::data {
 namespace fs = std::filesystem;
@@ -403,6 +404,12 @@ int domain_rank(const std::string& domain) {
   return static_cast<int>(std::find(all.begin(), all.end(), base) - all.begin());
 }
 
+// The corpus directory reads the download cache and the token-counting tokenizer: it may not be, contain or
+// lie inside either.
+OutputRules corpus_output_rules(const CorpusOptions& options, const std::string& cache) {
+  return {"corpus build", {cache, options.tokenizer_name}, options.force};
+}
+
 }  // namespace
 
 const std::vector<std::string>& corpus_domains() {
@@ -481,6 +488,7 @@ CorpusSummary build_corpus(const CorpusOptions& options) {
   Timer timer;
   std::vector<std::string> domains = resolve_domains(options.domains);
   std::string cache = options.cache_dir.empty() ? default_cache_dir() : options.cache_dir;
+  check_new_output(options.out_dir, corpus_output_rules(options, cache));  // before minutes of fetching
   std::string repo_root = find_repo_root();
   std::vector<SourceSpec> specs;
   for (auto& spec : source_specs())
@@ -587,7 +595,8 @@ CorpusSummary write_corpus(std::vector<Document> documents, const std::vector<So
     source_counts[d.source].add(bytes, tokens[i]);
   }
 
-  fs::create_directories(options.out_dir);
+  OutputDirectory out(options.out_dir, corpus_output_rules(options, options.cache_dir));
+  const fs::path dir(out.temp_path());
   ordered_json manifest;
   manifest["format"] = "emo-corpus";
   manifest["version"] = 1;
@@ -600,7 +609,7 @@ CorpusSummary write_corpus(std::vector<Document> documents, const std::vector<So
   for (const auto& split : split_names()) {
     std::string file = split + ".jsonl";
     std::string& text = split_text[split];
-    atomic_write_file((fs::path(options.out_dir) / file).string(), text);
+    atomic_write_file((dir / file).string(), text);
     const Counts& c = split_counts[split];
     total.documents += c.documents, total.bytes += c.bytes, total.tokens += c.tokens;
     ordered_json entry = c.to_json(with_tokens);
@@ -625,7 +634,8 @@ CorpusSummary write_corpus(std::vector<Document> documents, const std::vector<So
     entry["bytes"] = c.bytes;
     manifest["sources"].push_back(entry);
   }
-  atomic_write_file((fs::path(options.out_dir) / "manifest.json").string(), manifest.dump(2) + "\n");
+  atomic_write_file((dir / "manifest.json").string(), manifest.dump(2) + "\n");
+  out.commit();
 
   return CorpusSummary{total.documents, total.bytes, total.tokens, 0.0};
 }

@@ -49,6 +49,7 @@ struct CorpusOptions {
   // manifest's per-domain and per-split counts.
   std::function<std::vector<int64_t>(const std::vector<std::string>& texts)> count_tokens;
   std::string tokenizer_name;  // recorded in the manifest beside the token counts
+  bool force = false;          // replace a previous output of emo corpus build at out_dir
 };
 
 struct CorpusSummary {
@@ -57,6 +58,7 @@ struct CorpusSummary {
 };
 
 // Fetches, extracts and writes the corpus; throws emo::Error when a source cannot be fetched or parsed.
+// out_dir is an output of io/output_dir ("corpus build"), checked before anything is fetched.
 CorpusSummary build_corpus(const CorpusOptions& options);
 
 // What the manifest records about a source.
@@ -67,8 +69,9 @@ struct SourceRecord {
 };
 
 // The second half of build_corpus, apart for tests: drops empty documents and exact duplicates, orders by
-// domain, applies the cap, splits, and writes the JSONL files and manifest.json (atomically) to
-// options.out_dir.
+// domain, applies the cap, splits, and writes the JSONL files and manifest.json to options.out_dir through
+// io/output_dir: into a temporary sibling renamed into place when complete, refusing a directory emo did not
+// write, and replacing a previous corpus only with options.force.
 CorpusSummary write_corpus(std::vector<Document> documents, const std::vector<SourceRecord>& sources,
                            const CorpusOptions& options);
 

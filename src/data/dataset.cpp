@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/mapped_guard.h"
 
 namespace emo::data {
 namespace {
@@ -148,6 +149,7 @@ Dataset Dataset::open(const std::string& path) {
   if (map == MAP_FAILED) fail_file("dataset", path, cat("mmap: ", std::strerror(errno)));
   dataset.map_ = map;
   dataset.map_bytes_ = file_bytes;
+  register_mapped_file(map, file_bytes, path, "dataset");  // truncated under us: an error, not a SIGBUS
 
   const auto* base = static_cast<const unsigned char*>(map);
   Header header;
@@ -233,7 +235,10 @@ Dataset::~Dataset() {
 }
 
 void Dataset::release() {
-  if (map_) munmap(map_, map_bytes_);
+  if (map_) {
+    unregister_mapped_file(map_);
+    munmap(map_, map_bytes_);
+  }
   map_ = nullptr;
 }
 

@@ -14,6 +14,7 @@
 #include "eval/perplexity.h"
 #include "experiments/report.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 #include "select/examples.h"
 #include "select/prune.h"
 #include "select/selection.h"
@@ -259,6 +260,11 @@ ReproduceModels train_models(const ReproduceOptions& options, const ReproduceDat
     Trainer trainer(config, train);
     // A signal stops training with a checkpoint; the pipeline stops there too and a rerun resumes.
     const int64_t reached = trainer.run();
+    if (trainer.stop_signal() != 0)
+      throw Interrupted(trainer.stop_signal(),
+                        cat("[reproduce] signal ", trainer.stop_signal(), ": training of the ", mode,
+                            " model stopped at step ", reached, " of ", config.total_steps(), " (", dir,
+                            "); run the same command again to resume"));
     EMO_CHECK(reached >= config.total_steps(), "reproduce", "training of the ", mode,
               " model stopped at step ", reached, " of ", config.total_steps(), " (", dir,
               "); run the same command again to resume");
@@ -377,7 +383,12 @@ nlohmann::json subset_memory(const ReproduceBudget& b, const std::string& emo_ru
 nlohmann::json run_reproduce(const ReproduceOptions& given) {
   ReproduceOptions options = given;
   if (options.out_dir.empty()) options.out_dir = "runs/reproduce-" + options.budget.name;
-  fs::create_directories(options.out_dir);
+  // Continued by every rerun: claimed (an unmarked non-empty directory is refused, an older emo's run gets
+  // the line that adopts it) and locked against a second reproduce on the same directory.
+  claim_output_directory(
+      options.out_dir,
+      {"reproduce", {options.data_dir, options.cache_dir}, false, {"budget.json", "cells.json", "models"}});
+  const DirectoryLock lock(options.out_dir, "reproduce");
   const std::string budget_path = join(options.out_dir, "budget.json");
   if (fs::exists(budget_path)) {
     // Reusing a run's stages is only sound with the sizes that made them.

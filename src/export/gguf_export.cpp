@@ -5,8 +5,10 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/version.h"
 #include "infer/quantize.h"
 #include "io/gguf.h"
+#include "io/output_dir.h"
 #include "kernels/q4.h"
 #include "model/model.h"
 #include "tokenizer/byte_level.h"
@@ -154,6 +156,10 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   check_exportable(config, model_dir);
   const std::string tokenizer_path =
       options.tokenizer.empty() ? (fs::path(model_dir) / "tokenizer.json").string() : options.tokenizer;
+  // Before any long work: loading and converting a large model takes minutes.
+  check_new_output_file(
+      out_path, {"export gguf", {model_dir, tokenizer_path}, options.force},
+      [](const std::string& path) { return !gguf_leading_string(path, kGgufExporterKey).empty(); });
   const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
   std::unique_ptr<Model> model = load_model_dequantized(model_dir);
   const ModelConfig& c = model->config();
@@ -169,6 +175,7 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   GgufWriter w;
   const std::string a = "qwen2moe.";
   w.set("general.architecture", GgufValue::string("qwen2moe"));
+  w.set(kGgufExporterKey, GgufValue::string(cat("emo ", kEmoVersion)));
   w.set("general.name",
         GgufValue::string(options.name.empty() ? fs::absolute(model_dir).filename().string() : options.name));
   w.set("general.alignment", GgufValue::u32(GgufWriter::kAlignment));

@@ -19,13 +19,21 @@ struct GgufExportOptions {
                               // embedding and output at q8_0)
   std::string tokenizer;      // tokenizer.json; default MODEL/tokenizer.json
   std::string name;           // general.name; default the model directory's name
+  bool force = false;         // replace an earlier output of emo export gguf at the output path
 };
+
+// The metadata key emo writes second (after general.architecture), "emo <version>": it marks the file as
+// emo's output, which --force may replace; any other file at the output path is never overwritten.
+inline constexpr const char* kGgufExporterKey = "emo.exporter";
 
 struct GgufExportSummary {
   int64_t tensors = 0, bytes = 0, layers = 0, routed_experts = 0, used_experts = 0;
 };
 
-// Writes `model_dir` (fp32, bf16, f16 or int8 weights) to `out_path` atomically. Throws emo::Error for a
+// Writes `model_dir` (fp32, bf16, f16 or int8 weights) to `out_path` atomically (a temporary name beside it,
+// renamed when complete), after the output guard of io/output_dir (check_new_output_file): an existing file
+// is replaced only when emo's exporter wrote it and options.force is set, and the output may not be one of
+// the model's files or the tokenizer. Throws emo::Error for a
 // dense model, layers with different expert counts (llama.cpp needs one count for every layer: export a
 // uniform pruned subset instead), norm_topk_prob (qwen2moe does not renormalise), a width that the chosen
 // block format cannot hold, or a tokenizer that does not fit the embedding.

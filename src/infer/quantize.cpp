@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "data/dataset.h"
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "kernels/q4.h"
 #include "kernels/quant.h"
@@ -101,7 +102,7 @@ DType stored_dtype(const std::string& name, const TensorInfo& info, const Quanti
 }
 
 void copy_if_present(const fs::path& from, const fs::path& to) {
-  if (fs::exists(from)) fs::copy_file(from, to, fs::copy_options::overwrite_existing);
+  if (fs::exists(from)) copy_file_checked(from.string(), to.string());
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -96,6 +97,12 @@ void atomic_write_file(const std::string& path, std::string_view bytes) {
   file.commit();
 }
 
+void copy_file_checked(const std::string& from, const std::string& to) {
+  std::error_code error;
+  fs::copy_file(from, to, fs::copy_options::overwrite_existing, error);
+  if (error) fail_file(kOp, to, cat("copy of ", from, " failed: ", error.message()));
+}
+
 AtomicDirectory::AtomicDirectory(std::string dir) : path_(std::move(dir)) {
   while (!path_.empty() && path_.size() > 1 && path_.back() == '/') path_.pop_back();
   fs::create_directories(parent_or_dot(path_));
@@ -118,17 +125,30 @@ void AtomicDirectory::commit() {
   EMO_CHECK(!committed_, kOp, path_, ": committed twice");
   const std::string parent = parent_or_dot(path_);
   sync_directory(temp_path_);  // the files' own names are durable before the directory appears
-  // rename(2) cannot replace a non-empty directory: move the old one aside, keep it until the new one is in.
+  // rename(2) cannot replace a non-empty directory. Swapping the two names in one step (RENAME_EXCHANGE)
+  // means that `path_` always names a whole directory, the old one or the new one, whenever the process is
+  // killed; the old one then sits under the temporary name until it is removed (or, if killed first, until
+  // the next run removes it as a stale temporary). File systems without the exchange fall back to moving the
+  // old directory aside first, which leaves a moment without `path_` (the next run puts the old one back).
   std::string old_path;
   if (fs::exists(path_)) {
-    old_path = cat(path_, ".emo-old-", ::getpid(), "-", random_suffix());
-    if (::rename(path_.c_str(), old_path.c_str()) != 0)
-      fail_file(kOp, path_, "cannot move the previous directory aside: " + errno_text());
+    if (::renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, path_.c_str(), RENAME_EXCHANGE) == 0) {
+      old_path = temp_path_;
+    } else if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) {
+      fail_file(kOp, path_, "cannot exchange the new directory with the previous one: " + errno_text());
+    }
   }
-  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
-    std::string reason = errno_text();
-    if (!old_path.empty()) ::rename(old_path.c_str(), path_.c_str());
-    fail_file(kOp, path_, "rename of the new directory failed: " + reason);
+  if (old_path.empty()) {
+    if (fs::exists(path_)) {
+      old_path = cat(path_, ".emo-old-", ::getpid(), "-", random_suffix());
+      if (::rename(path_.c_str(), old_path.c_str()) != 0)
+        fail_file(kOp, path_, "cannot move the previous directory aside: " + errno_text());
+    }
+    if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+      std::string reason = errno_text();
+      if (!old_path.empty()) ::rename(old_path.c_str(), path_.c_str());
+      fail_file(kOp, path_, "rename of the new directory failed: " + reason);
+    }
   }
   committed_ = true;
   sync_directory(parent);

@@ -41,6 +41,10 @@ class AtomicFile {
 // Writes `bytes` to `path` atomically.
 void atomic_write_file(const std::string& path, std::string_view bytes);
 
+// Copies `from` to `to` (replacing a file there). A failure (a full disk, no permission) is an emo::Error
+// naming both files, never a std::filesystem_error that the command line would report as an internal error.
+void copy_file_checked(const std::string& from, const std::string& to);
+
 // fsync of a directory, so that renames and creations inside it survive a power loss.
 void sync_directory(const std::string& dir);
 

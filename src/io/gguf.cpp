@@ -490,6 +490,35 @@ int64_t GgufTensorInfo::numel() const {
   return n;
 }
 
+std::string gguf_leading_string(const std::string& path, const std::string& key) {
+  std::ifstream stream(path, std::ios::binary);
+  std::string head(64 * 1024, '\0');
+  stream.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(std::max<std::streamsize>(stream.gcount(), 0)));
+  try {
+    Cursor in(path, head);
+    if (in.get<uint32_t>("the magic") != kMagic) return "";
+    in.get<uint32_t>("the version");
+    in.get<uint64_t>("tensor count");
+    const uint64_t n_metadata = in.get<uint64_t>("metadata count");
+    for (uint64_t i = 0; i < n_metadata; ++i) {
+      const std::string name = in.get_string("a metadata key");
+      const auto type = static_cast<GgufType>(in.get<uint32_t>("a value type"));
+      if (type == GgufType::kString) {
+        std::string value = in.get_string("a string value");
+        if (name == key) return value;
+      } else if (scalar_bytes(type) > 0) {
+        in.skip_to(in.position() + std::min(scalar_bytes(type), in.remaining()));
+      } else {
+        return "";  // an array (or an unknown type): the leading entries end here
+      }
+    }
+  } catch (const Error&) {
+    // A header cut short by the 64 KB read, or no GGUF file: the key is not among the leading entries.
+  }
+  return "";
+}
+
 GgufFile GgufFile::open(const std::string& path) {
   std::ifstream stream(path, std::ios::binary);
   if (!stream) fail_file(kOp, path, "cannot open the file");

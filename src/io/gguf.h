@@ -119,6 +119,12 @@ struct GgufTensorInfo {
   int64_t numel() const;
 };
 
+// The string value of `key` when it is among the leading metadata entries of the GGUF file at `path` (those
+// before the first array, read from the file's first 64 KB); "" when it is absent, the file is no GGUF file
+// or cannot be read. Cheap on a file of any size: it tells an earlier output of emo's exporter (which writes
+// its key second) from any other file without reading the weights.
+std::string gguf_leading_string(const std::string& path, const std::string& key);
+
 // A GGUF file read whole and validated (meant for checking what emo wrote, and for small files).
 class GgufFile {
  public:

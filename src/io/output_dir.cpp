@@ -46,7 +46,9 @@ bool is_within(const fs::path& inner, const fs::path& outer) {
   return o == outer.end();
 }
 
-void refuse_overlap_with_inputs(const std::string& dir, const OutputRules& rules) {
+// `may_lie_inside`: an output file inside an input directory is allowed (it destroys nothing there).
+void refuse_overlap_with_inputs(const std::string& dir, const OutputRules& rules,
+                                bool may_lie_inside = false) {
   const fs::path out = resolved(dir);
   for (const std::string& input : rules.inputs) {
     if (input.empty()) continue;
@@ -57,7 +59,7 @@ void refuse_overlap_with_inputs(const std::string& dir, const OutputRules& rules
       fail_file(
           rules.command, dir,
           cat("contains the input '", input, "', which writing it would destroy: choose another output"));
-    if (is_within(out, in))
+    if (is_within(out, in) && !may_lie_inside)
       fail_file(rules.command, dir, cat("lies inside the input '", input, "': choose another output"));
   }
 }
@@ -150,7 +152,8 @@ bool process_is_gone(long long pid) {
 }
 
 // Removes "<dir>.emo-tmp-<pid>-*" and "<dir>.emo-old-<pid>-*" siblings left by runs of ours that died: only
-// directories carrying our marker, whose process no longer exists.
+// directories carrying our marker, whose process no longer exists (an "old" one is put back when `dir` is
+// missing).
 void remove_stale_siblings(const std::string& dir) {
   const fs::path path(dir);
   const fs::path parent = path.parent_path().empty() ? fs::path(".") : path.parent_path();
@@ -167,7 +170,14 @@ void remove_stale_siblings(const std::string& dir) {
         stale.push_back(entry.path());
     }
   }
-  for (const fs::path& doomed : stale) fs::remove_all(doomed, ec);
+  for (const fs::path& doomed : stale) {
+    // A run killed between moving the previous output aside and renaming the new one in (file systems
+    // without RENAME_EXCHANGE) left no `dir`: the previous output, whole, goes back.
+    if (doomed.filename().string().rfind(name + ".emo-old-", 0) == 0 &&
+        !fs::exists(fs::symlink_status(path)) && ::rename(doomed.c_str(), path.c_str()) == 0)
+      continue;
+    fs::remove_all(doomed, ec);
+  }
 }
 
 }  // namespace
@@ -189,10 +199,31 @@ void check_new_output(const std::string& dir, const OutputRules& rules) {
                   "': give --force to replace it, or choose another output"));
 }
 
+void check_new_output_file(const std::string& path, const OutputRules& rules,
+                           const std::function<bool(const std::string& path)>& written_by_emo) {
+  EMO_CHECK(!path.empty(), rules.command, "no output file given");
+  refuse_overlap_with_inputs(path, rules, true);
+  std::error_code ec;
+  const fs::file_status status = fs::symlink_status(path, ec);
+  if (ec || !fs::exists(status)) return;
+  if (fs::is_symlink(status))
+    fail_file(rules.command, path, "is a symbolic link, not a file emo wrote: choose another output");
+  if (!fs::is_regular_file(status))
+    fail_file(rules.command, path, "exists and is not a regular file: choose another output");
+  if (!written_by_emo(path))
+    fail_file(rules.command, path,
+              cat("exists and was not written by 'emo ", rules.command,
+                  "': choose another output, emo never overwrites a file it did not write"));
+  if (!rules.force)
+    fail_file(rules.command, path,
+              cat("holds a previous output of 'emo ", rules.command,
+                  "': give --force to replace it, or choose another output"));
+}
+
 OutputDirectory::OutputDirectory(std::string dir, OutputRules rules)
     : path_(without_trailing_slashes(std::move(dir))), rules_(std::move(rules)) {
+  remove_stale_siblings(path_);  // first: it may put back a previous output a killed run left aside
   check_new_output(path_, rules_);
-  remove_stale_siblings(path_);
   atomic_ = std::make_unique<AtomicDirectory>(path_);
   temp_path_ = atomic_->temp_path();
   write_marker(temp_path_, rules_.command, false);

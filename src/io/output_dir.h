@@ -67,6 +67,15 @@ class OutputDirectory {
 void write_output_directory(const std::string& dir, const OutputRules& rules,
                             const std::function<void(const std::string& temp_dir)>& write_files);
 
+// The guard of an output that is one file (emo export gguf -o FILE.gguf). Throws an emo::Error naming `path`
+// and the reason when it is a symbolic link or anything but a regular file, when it is or contains one of
+// `rules.inputs`, and when a file exists there that `written_by_emo(path)` does not recognise as an output of
+// the command (refused even with --force) or that it does recognise while --force is not given. The caller
+// then writes the file to a temporary name beside it and renames it (io/atomic_file); a file lying inside an
+// input directory is allowed: writing one new file there destroys nothing.
+void check_new_output_file(const std::string& path, const OutputRules& rules,
+                           const std::function<bool(const std::string& path)>& written_by_emo);
+
 // For outputs written in place and continued by a later run (train --out, reproduce, sweep, corpus build,
 // analyze): creates `dir` with the marker when it is absent or empty, accepts it when it carries the
 // marker of the same command, refuses anything else (and any overlap with an input). A marker of only

@@ -18,6 +18,7 @@
 #include "core/thread_pool.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
+#include "io/mapped_guard.h"
 #include "io/output_dir.h"
 
 namespace emo {
@@ -58,7 +59,10 @@ struct MappedFile {
   const unsigned char* bytes = nullptr;
   size_t size = 0;
   ~MappedFile() {
-    if (bytes) ::munmap(const_cast<unsigned char*>(bytes), size);
+    if (bytes) {
+      unregister_mapped_file(bytes);
+      ::munmap(const_cast<unsigned char*>(bytes), size);
+    }
   }
 };
 
@@ -172,6 +176,8 @@ std::shared_ptr<const MappedFile> map_file(const std::string& path) {
       fail_file(kOp, path, "mmap failed: " + reason);
     }
     mapping->bytes = static_cast<const unsigned char*>(p);
+    register_mapped_file(p, mapping->size, path,
+                         kOp);  // a truncation under us: an error naming it, not SIGBUS
     // No read-around while the header is parsed: its page faults would otherwise read the first megabytes of
     // tensor data into memory (measured: 2.5 MB of unused experts' int8 scales for a 12.5% run). Reset to
     // the default policy once the header is read (SafetensorsFile::open).

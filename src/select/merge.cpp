@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/config.h"
@@ -183,7 +184,8 @@ MergeSummary merge_checkpoint(const std::string& parent_dir, const std::string& 
                      {"mode", mode == MergeMode::kReplace ? "replace" : "average"},
                      {"kept_original_indices", kept}});
     if (fs::exists(fs::path(parent_dir) / "tokenizer.json"))
-      fs::copy_file(fs::path(parent_dir) / "tokenizer.json", out / "tokenizer.json");
+      copy_file_checked((fs::path(parent_dir) / "tokenizer.json").string(),
+                        (out / "tokenizer.json").string());
   }
   output.commit();
   summary.seconds = timer.seconds();

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/weights_check.h"
@@ -206,7 +207,7 @@ PruneSummary prune_checkpoint(const std::string& model_dir, const ExpertSubset& 
     if (!source.is_null()) metadata["source"] = source;
     write_json_file((out / "pruning_metadata.json").string(), metadata);
     for (const char* name : kCompanionFiles)
-      if (fs::exists(dir / name)) fs::copy_file(dir / name, out / name);
+      if (fs::exists(dir / name)) copy_file_checked((dir / name).string(), (out / name).string());
   }
   output.commit();
   summary.seconds = timer.seconds();

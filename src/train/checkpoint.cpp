@@ -125,7 +125,7 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
   atomic_write_file((temp_dir / "train_config.json").string(), config.to_json().dump(2) + "\n");
   // The tokenizer travels with the model (the Hugging Face layout keeps them together; emo prune copies it).
   if (!config.data.tokenizer.empty() && fs::is_regular_file(config.data.tokenizer))
-    fs::copy_file(config.data.tokenizer, temp_dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+    copy_file_checked(config.data.tokenizer, (temp_dir / "tokenizer.json").string());
   atomic_write_file((temp_dir / kStateFile).string(), state.to_json(config).dump(2) + "\n");
   if (fault) fault("state");
 

@@ -412,6 +412,7 @@ int64_t Trainer::run() {
   // Counted from this process's first step, so the rate and ETA stay right after a resume.
   Progress progress("train", total - first, "step");
   bool checkpointed = false;
+  stop_signal_ = 0;
   while (state_.step < total) {
     Timer data_timer;
     int64_t micro = 0;
@@ -453,6 +454,7 @@ int64_t Trainer::run() {
       checkpointed = true;
     }
     if (stop != 0) {
+      stop_signal_ = static_cast<int>(stop);
       if (root)
         log_warn(cat("stopped by signal ", stop, " after step ", step, "; checkpoint ", last_checkpoint_));
       break;

@@ -63,8 +63,11 @@ class Trainer {
   Trainer(TrainConfig config, TrainOptions options);
   ~Trainer();
 
-  // Runs from the current step to the end (or options.stop_after); returns the final step.
+  // Runs from the current step to the end (or options.stop_after); returns the final step. A SIGINT or
+  // SIGTERM stops it after the step in progress and a checkpoint: stop_signal() then names the signal.
   int64_t run();
+  // The signal that stopped the last run() (SIGINT, SIGTERM), 0 when it ran to its end.
+  int stop_signal() const { return stop_signal_; }
 
   // One optimizer step on the given micro-batches of this rank (the bare step; exposed for the benchmark).
   StepMetrics train_step(const std::vector<Batch>& micro_batches, int64_t micro_batches_in_global_batch);
@@ -98,6 +101,7 @@ class Trainer {
   std::map<std::string, std::vector<Batch>> validation_;  // domain -> this rank's micro-batches
   Rng rng_;  // draws one seed per step for the EMO pool sizes of its micro-batches
   TrainState state_;
+  int stop_signal_ = 0;
   TrainTiming timing_;
   std::vector<StepMetrics> history_;
   CollapseWatch collapse_watch_;

@@ -12,6 +12,7 @@
 #include "data/dataset.h"
 #include "infer/model_files.h"
 #include "infer/quantize.h"
+#include "io/output_dir.h"
 #include "train/checkpoint.h"
 
 namespace {
@@ -32,6 +33,7 @@ std::function<int()> setup_analyze(CLI::App& app) {
   struct Options {
     std::string model, compare, data, out, tokenizer, name, compare_name;
     std::vector<std::string> names;
+    bool force = false;
     emo::analysis::AnalysisOptions analysis;
   };
   auto o = std::make_shared<Options>();
@@ -44,6 +46,7 @@ std::function<int()> setup_analyze(CLI::App& app) {
   app.add_option("--compare", o->compare,
                  "A second model analysed on the same tokens (e.g. the standard MoE)");
   app.add_option("-o,--out", o->out, "Output directory: analysis.json, report.html, figures/")->required();
+  app.add_flag("--force", o->force, "Replace a previous output of emo analyze at -o");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json for snippets (default: MODEL/tokenizer.json)");
   CLI::Option* name = app.add_option("--name", o->name,
                                      "Name of the model in the report (default: its run's directory name)");
@@ -85,6 +88,8 @@ std::function<int()> setup_analyze(CLI::App& app) {
       ->check(emo::cli::in_range(1, 4096));
   return [o] {
     emo::Timer timer;
+    // Checked before the long work, written into a temporary sibling, renamed into place when complete.
+    emo::OutputDirectory out(o->out, {"analyze", {o->model, o->compare, o->data, o->tokenizer}, o->force});
     o->analysis.trace.seed = o->analysis.seed;
     const auto dataset = emo::data::Dataset::open(o->data);
     const auto sample = emo::analysis::sample_documents(dataset, o->analysis.trace);
@@ -107,7 +112,8 @@ std::function<int()> setup_analyze(CLI::App& app) {
     }
     if (models.size() == 2 && models[0].name == models[1].name) models[1].name += " (2)";
     const auto analysis = emo::analysis::analysis_json(models, sample, dataset, tokenizer.get(), o->analysis);
-    emo::analysis::write_analysis(o->out, analysis);
+    emo::analysis::write_analysis(out.temp_path(), analysis);
+    out.commit();
     std::printf("%s", emo::analysis::analysis_text(analysis).c_str());
     emo::log_info(emo::cat("wrote ", o->out, "/analysis.json, report.html, figures/ in ",
                            emo::human_duration(timer.seconds())));

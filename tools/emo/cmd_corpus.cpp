@@ -34,6 +34,7 @@ std::function<int()> setup_corpus(CLI::App& app) {
                     "Download cache (default: $EMO_CACHE or <repo>/.cache)");
   build->add_option("--tokenizer", args->build_tokenizer,
                     "tokenizer.json: also count tokens per domain and split");
+  build->add_flag("--force", args->build.force, "Replace a previous output of emo corpus build at --out");
   CLI::App* tokenize = app.add_subcommand("tokenize", "Encode one split into a memory-mappable dataset file");
   tokenize
       ->add_option("--corpus", args->tokenize.corpus_dir, "Corpus directory (manifest.json, <split>.jsonl)")

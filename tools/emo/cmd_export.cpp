@@ -25,6 +25,7 @@ std::function<int()> setup_export(CLI::App& app) {
       ->capture_default_str();
   gguf->add_option("--tokenizer", o->gguf.tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   gguf->add_option("--name", o->gguf.name, "general.name (default: the model directory's name)");
+  gguf->add_flag("--force", o->gguf.force, "Replace a file an earlier emo export gguf wrote at -o");
   return [o] {
     o->model = emo::resolve_model_dir(o->model, "export");
     emo::Timer timer;

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "infer/model_files.h"
+#include "io/output_dir.h"
 #include "select/sweep.h"
 
 namespace {
@@ -15,6 +16,7 @@ std::function<int()> setup_sweep(CLI::App& app) {
   struct Options {
     emo::SweepOptions sweep;
     std::string out = "sweep";
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   app.add_option("models", o->sweep.models, "Model directories (or run directories, checkpoints/latest)")
@@ -45,10 +47,17 @@ std::function<int()> setup_sweep(CLI::App& app) {
       ->check(emo::cli::in_range(0, emo::cli::kManyTokens));
   app.add_option("-o,--out", o->out, "Output directory (results.md, results.csv, quality.svg)")
       ->capture_default_str();
+  app.add_flag("--force", o->force, "Replace a previous output of emo sweep at -o");
   return [o] {
     for (std::string& model : o->sweep.models) model = emo::resolve_model_dir(model, "sweep");
+    std::vector<std::string> inputs = o->sweep.models;
+    inputs.push_back(o->sweep.eval_data);
+    inputs.push_back(o->sweep.calib_data);
+    // Checked before the grid is scored; written into a temporary sibling, renamed into place when complete.
+    emo::OutputDirectory out(o->out, {"sweep", inputs, o->force});
     auto rows = emo::run_sweep(o->sweep);
-    emo::write_sweep(o->out, rows);
+    emo::write_sweep(out.temp_path(), rows);
+    out.commit();
     std::printf("%s", emo::sweep_markdown(rows).c_str());
     emo::log_info(emo::cat("sweep: ", rows.size(), " rows -> ", o->out, "/results.{md,csv}, quality.svg"));
     return 0;

@@ -115,6 +115,11 @@ EMO_COMMAND(
         options.show_progress = !args->no_progress;
         Trainer trainer(config, options);
         trainer.run();
+        if (trainer.stop_signal() != 0)
+          throw Interrupted(trainer.stop_signal(),
+                            cat("[train] signal ", trainer.stop_signal(), " at step ", trainer.step(), " of ",
+                                config.total_steps(), "; checkpoint ", trainer.last_checkpoint(),
+                                "; resume with the same command and --resume"));
         if (Distributed::instance().is_root()) {
           const TrainTiming& t = trainer.timing();
           log_info(cat("done at step ", trainer.step(), "; checkpoint ", trainer.last_checkpoint(), "; ",

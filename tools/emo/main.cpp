@@ -69,6 +69,9 @@ int main(int argc, char** argv) {
       num_threads();  // starts the pool now, so that a bad EMO_THREADS is reported before the work
     for (size_t i = 0; i < subs.size(); ++i)
       if (subs[i]->parsed()) return runners[i]();
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr, "emo: stopped: %s\n", e.what());
+    return e.exit_status();
   } catch (const Error& e) {
     std::fprintf(stderr, "emo: error: %s\n", e.what());
     return 1;
