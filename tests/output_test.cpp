@@ -89,7 +89,9 @@ void expect_own_output_replaced_only_with_force(const Scratch& s, const std::str
   const test::EmoRun forced = run_emo(args + out + " --force");
   EXPECT_EQ(forced.status, 0) << forced.err;
   for (const auto& e : fs::directory_iterator(s.dir.path))
-    EXPECT_EQ(e.path().filename().string().find(".emo-"), std::string::npos) << e.path();
+    EXPECT_EQ(e.path().filename().string().find(".emo-"), std::string::npos)
+        << e.path() << " holding:\n"
+        << (e.is_directory() ? tree_bytes(e.path()).substr(0, 2000) : "");
 }
 
 TEST(OutputGuard, AnalyzeRefusesForeignOutputsAndInputsAndReplacesOnlyItsOwnWithForce) {
@@ -249,7 +251,9 @@ struct TwoPrunes {
 // Nothing named like a temporary or a moved-aside output of emo beside the outputs.
 void expect_no_leftovers(const Scratch& s) {
   for (const auto& e : fs::directory_iterator(s.dir.path))
-    EXPECT_EQ(e.path().filename().string().find(".emo-"), std::string::npos) << e.path();
+    EXPECT_EQ(e.path().filename().string().find(".emo-"), std::string::npos)
+        << e.path() << " holding:\n"
+        << (e.is_directory() ? tree_bytes(e.path()).substr(0, 2000) : "");
 }
 
 // SIGKILL of a command replacing `out` (with --force) at random moments, `first` and `second` alternately:

@@ -40,6 +40,13 @@ std::string parent_or_dot(const std::string& path) {
 
 }  // namespace
 
+void remove_marked_directory(const std::string& dir) {
+  std::error_code ignored;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir, ignored))
+    if (entry.path().filename() != ".emo-output") fs::remove_all(entry.path(), ignored);
+  fs::remove_all(dir, ignored);
+}
+
 void sync_directory(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (fd < 0) fail_file(kOp, dir, "cannot open directory to sync: " + errno_text());
@@ -117,8 +124,7 @@ AtomicDirectory::AtomicDirectory(std::string dir) : path_(std::move(dir)) {
 
 AtomicDirectory::~AtomicDirectory() {
   if (committed_) return;
-  std::error_code ignored;
-  fs::remove_all(temp_path_, ignored);
+  remove_marked_directory(temp_path_);
 }
 
 void AtomicDirectory::commit() {
@@ -152,10 +158,7 @@ void AtomicDirectory::commit() {
   }
   committed_ = true;
   sync_directory(parent);
-  if (!old_path.empty()) {
-    std::error_code ignored;
-    fs::remove_all(old_path, ignored);
-  }
+  if (!old_path.empty()) remove_marked_directory(old_path);
 }
 
 }  // namespace emo

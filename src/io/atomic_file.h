@@ -45,6 +45,11 @@ void atomic_write_file(const std::string& path, std::string_view bytes);
 // naming both files, never a std::filesystem_error that the command line would report as an internal error.
 void copy_file_checked(const std::string& from, const std::string& to);
 
+// Removes a directory of emo's, the output marker of io/output_dir (".emo-output") last: a process killed
+// half way leaves a directory that still carries the marker, which the next run recognises as its own
+// leftover and removes, instead of a marker-less one that looks like the user's and stays for ever.
+void remove_marked_directory(const std::string& dir);
+
 // fsync of a directory, so that renames and creations inside it survive a power loss.
 void sync_directory(const std::string& dir);
 

@@ -151,6 +151,15 @@ bool process_is_gone(long long pid) {
   return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
 }
 
+// Whether `dir` is empty or holds nothing but the temporary file of a marker: what a run killed right after
+// creating its temporary directory leaves. Removing it destroys nothing.
+bool holds_only_a_marker_being_written(const fs::path& dir) {
+  std::error_code ec;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec))
+    if (entry.path().filename().string().rfind(cat(kOutputMarker, ".tmp-"), 0) != 0) return false;
+  return !ec;
+}
+
 // Removes "<dir>.emo-tmp-<pid>-*" and "<dir>.emo-old-<pid>-*" siblings left by runs of ours that died: only
 // directories carrying our marker, whose process no longer exists (an "old" one is put back when `dir` is
 // missing).
@@ -166,7 +175,9 @@ void remove_stale_siblings(const std::string& dir) {
       const std::string prefix = name + kind;
       if (sibling.rfind(prefix, 0) != 0 || !entry.is_directory() || entry.is_symlink()) continue;
       const long long pid = std::atoll(sibling.c_str() + prefix.size());
-      if (!read_marker(entry.path().string()).is_null() && process_is_gone(pid))
+      if ((!read_marker(entry.path().string()).is_null() ||
+           holds_only_a_marker_being_written(entry.path())) &&
+          process_is_gone(pid))
         stale.push_back(entry.path());
     }
   }
@@ -176,7 +187,7 @@ void remove_stale_siblings(const std::string& dir) {
     if (doomed.filename().string().rfind(name + ".emo-old-", 0) == 0 &&
         !fs::exists(fs::symlink_status(path)) && ::rename(doomed.c_str(), path.c_str()) == 0)
       continue;
-    fs::remove_all(doomed, ec);
+    remove_marked_directory(doomed.string());
   }
 }
 
