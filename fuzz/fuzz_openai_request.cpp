@@ -19,7 +19,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
       request = parse_completion_request(body, chat);
     } catch (const ApiError& rejected) {
-      rejected.to_json().dump();
+      // As the server sends it: the message may quote the client's invalid UTF-8.
+      rejected.to_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       return;
     }
     const std::string text =

@@ -18,7 +18,7 @@ const char* kJson = "application/json";
 
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status;
-  res.set_content(e.to_json().dump(), kJson);
+  res.set_content(e.to_json().dump(-1, ' ', false, json::error_handler_t::replace), kJson);
 }
 
 std::string sse(const json& j) {
@@ -89,7 +89,7 @@ Server::Server(Engine& engine, ServerOptions options)
     } else {
       e.message = cat("HTTP status ", res.status);
     }
-    res.set_content(e.to_json().dump(), kJson);
+    res.set_content(e.to_json().dump(-1, ' ', false, json::error_handler_t::replace), kJson);
   });
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (options_.api_key.empty() || req.path.rfind("/v1/", 0) != 0)
