@@ -9,7 +9,7 @@
 // Models: the reference model of bench_train (d 128, 4 layers, 4 heads, 64 experts of width 128, top 4 with
 // the shared expert, vocab 4096) and a model of about 1.6 GB of fp32 weights (d 512, 8 layers, 8 heads, 64
 // experts of width 512, top 8, vocab 4096), randomly initialised, written once to a temp dir; each in fp32,
-// bf16 and int8, with all experts and with 12.5% (8 of 64).
+// bf16, int8 and q4 (Q4_0 blocks; embeddings and lm_head int8), with all experts and with 12.5% (8 of 64).
 //   bench_infer [--quick] [--dir DIR] [--steps N]
 //   bench_infer --released DIR [--keep-k 8,16,32] [--steps N]
 // With --load-check: what the load-time check for NaN / infinity costs instead. The 1.6 GB model (fp32, bf16,
@@ -85,10 +85,12 @@ emo::ModelConfig big_config() {
   return c;
 }
 
-// Writes the model once (fp32, bf16, int8) into dir/<name>/{f32,bf16,int8}.
+constexpr const char* kDtypes[] = {"f32", "bf16", "int8", "q4"};
+
+// Writes the model once (fp32, bf16, int8, q4) into dir/<name>/{f32,bf16,int8,q4}.
 void ensure_models(const std::string& dir, const std::string& name, const emo::ModelConfig& config) {
   const fs::path base = fs::path(dir) / name;
-  if (fs::exists(base / "int8/config.json")) return;
+  if (fs::exists(base / "q4/config.json")) return;
   Timer t;
   {
     emo::Model model(config);
@@ -99,6 +101,8 @@ void ensure_models(const std::string& dir, const std::string& name, const emo::M
   emo::quantize_checkpoint((base / "f32").string(), (base / "bf16").string(), emo::DType::kBF16,
                            {"quantize", {}, true});
   emo::quantize_checkpoint((base / "f32").string(), (base / "int8").string(), emo::DType::kI8,
+                           {"quantize", {}, true});
+  emo::quantize_checkpoint((base / "f32").string(), (base / "q4").string(), emo::DType::kQ4_0,
                            {"quantize", {}, true});
   emo::log_info(emo::cat("wrote ", base.string(), " in ", emo::human_duration(t.seconds())));
 }
@@ -478,7 +482,7 @@ int run(int argc, char** argv) {
               "bound", "ratio", "decode/s", "bound", "ratio", "MB/token");
   for (const auto& [name, config] : models) {
     ensure_models(dir, name, config);
-    for (const char* dtype : {"f32", "bf16", "int8"}) {
+    for (const char* dtype : kDtypes) {
       const std::string path = (fs::path(dir) / name / dtype).string();
       for (int64_t keep_k : {int64_t(0), config.num_experts / 8}) {
         RunFigures f = measure(path, keep_k, steps, buffer, quick ? 1 : 5);
@@ -502,7 +506,7 @@ int run(int argc, char** argv) {
   std::printf("%-9s %-5s %12s %12s %12s %8s %12s\n", "model", "dtype", "peak RSS MB", "kept+KV MB",
               "start RSS MB", "ratio", "(peak-start)");
   for (const auto& [name, config] : models) {
-    for (const char* dtype : {"f32", "bf16", "int8"}) {
+    for (const char* dtype : kDtypes) {
       const std::string path = (fs::path(dir) / name / dtype).string();
       nlohmann::json r = resident_in_child(argv[0], path, config.num_experts / 8, steps);
       if (!r.is_object()) continue;

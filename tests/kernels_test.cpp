@@ -840,6 +840,26 @@ TEST(Q4, FittedScalesHaveAtMostTheSquaredErrorOfTheExtremeScale) {
   EXPECT_EQ(back, zeros);
 }
 
+// A product large enough to be split over the pool's threads: every worker reads the activations the
+// calling thread rounded (a worker once read its own, empty thread-local copy and crashed).
+TEST(Q4, AProductSplitOverThreadsEqualsTheSerialOne) {
+  const int64_t OC = 2048, C = 256, N = 3;  // 2048 rows of 144 bytes: about 18 chunks of 16 KiB
+  const std::vector<float> w = normal_values(OC * C, 8, 0.1f), x = normal_values(N * C, 9);
+  std::vector<uint8_t> q(static_cast<size_t>(OC * q4_row_bytes(C)));
+  quantize_rows_q4_0(q.data(), w.data(), OC, C);
+  const MatrixView view{DType::kQ4_0, q.data(), nullptr, OC, C};
+  std::vector<float> pooled(static_cast<size_t>(N * OC)), serial(pooled.size()), grouped(pooled.size());
+  const int saved = num_threads();
+  set_num_threads(2);
+  matmul(pooled.data(), x.data(), N, view);
+  matmul_serial(serial.data(), x.data(), N, view);
+  EXPECT_EQ(pooled, serial);
+  std::vector<float> half(static_cast<size_t>(N * OC / 2));
+  matmul_group({grouped.data(), half.data()}, x.data(), N, {view, view.row_block(0, OC / 2)});
+  set_num_threads(saved);
+  EXPECT_EQ(grouped, serial);
+}
+
 TEST(Q4, ColumnsThatAreNotWholeBlocksAreRefused) {
   std::vector<float> w(2 * 48, 1.0f);
   std::vector<uint8_t> q(200);
