@@ -236,15 +236,20 @@ TEST(ExportGguf, MapsEveryTensorAndTheSharedExpertGate) {
   EXPECT_EQ(f.tensor("token_embd.weight").dims, (std::vector<int64_t>{C, 320}));
 }
 
-// q4_0: llama.cpp's Q4_0 blocks, made by emo quantize's quantiser, so a q4_0 file holds the weights of the
-// q4 checkpoint of the same model (dequantised alike); the embedding and output stay at q8_0.
-TEST(ExportGguf, Q4_0HoldsTheBlocksOfEmoQuantizeAndKeepsTheEmbeddingAtQ8_0) {
-  TempDir dir;
-  write_model(dir / "model", tiny_config(), 5, "float32");
+// DIR/model (fp32, seed), its q4 checkpoint DIR/q4 (emo quantize) and its q4_0 export DIR/m.gguf.
+void write_q4_pair(const TempDir& dir, uint64_t seed) {
+  write_model(dir / "model", tiny_config(), seed, "float32");
   quantize_checkpoint(dir / "model", dir / "q4", DType::kQ4_0);
   GgufExportOptions options;
   options.dtype = "q4_0";
   export_gguf(dir / "model", dir / "m.gguf", options);
+}
+
+// q4_0: llama.cpp's Q4_0 blocks, made by emo quantize's quantiser, so a q4_0 file holds the weights of the
+// q4 checkpoint of the same model (dequantised alike); the embedding and output stay at q8_0.
+TEST(ExportGguf, Q4_0HoldsTheBlocksOfEmoQuantizeAndKeepsTheEmbeddingAtQ8_0) {
+  TempDir dir;
+  write_q4_pair(dir, 5);
   GgufFile f = GgufFile::open(dir / "m.gguf");
   EXPECT_EQ(f.get("general.file_type").integer, 2);  // LLAMA_FTYPE_MOSTLY_Q4_0
   EXPECT_EQ(f.tensor("blk.0.attn_q.weight").type, GgmlType::kQ4_0);
@@ -404,20 +409,16 @@ std::vector<double> emo_logprobs(const std::string& model_dir, const std::vector
 }
 
 // q4_0 in llama.cpp against emo's q4 checkpoint of the same model (the same blocks, both engines rounding the
-// activations to 8-bit blocks) and against the fp32 model, by perplexity over 48 tokens.
+// activations to 8-bit blocks) and against the fp32 model, by perplexity over the text's tokens.
 TEST(ExportGgufLlamaCpp, Q4_0PerplexityFollowsEmosQ4) {
   SKIP_OR_FAIL_WITHOUT_LLAMA(install);
   TempDir dir;
-  write_model(dir / "model", tiny_config(), 11, "float32");
-  quantize_checkpoint(dir / "model", dir / "q4", DType::kQ4_0);
-  GgufExportOptions options;
-  options.dtype = "q4_0";
-  export_gguf(dir / "model", dir / "m.gguf", options);
+  write_q4_pair(dir, 11);
   const std::vector<int32_t> ids = tiny_tokenizer().encode("the cat sat on the mat; the theme of the math");
   ASSERT_GE(ids.size(), 16u);
-  auto out = run(cat("node ", parity_dir(), "/llama_logprobs.mjs '", *install, "' '", dir / "m.gguf", "' '",
-                     nlohmann::json(ids).dump(), "'"));
-  ASSERT_TRUE(out) << "llama_logprobs.mjs failed";
+  auto out = run(cat("node ", parity_dir(), "/llama_generate.mjs '", *install, "' '", dir / "m.gguf", "' '",
+                     nlohmann::json(ids).dump(), "' logprobs"));
+  ASSERT_TRUE(out) << "llama_generate.mjs logprobs failed";
   const nlohmann::json got = nlohmann::json::parse(out->substr(out->rfind('{')));
   ASSERT_EQ(got["logprobs"].size(), ids.size() - 1);
   std::vector<double> llama;
