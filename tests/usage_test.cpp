@@ -211,6 +211,46 @@ TEST(CliEval, MaxTokensScoresExactlyThatManyAndJsonGoesToStdout) {
   }
 }
 
+// ------------------------------------------------------------------------------------------ sweep, analyze
+
+TEST(CliSweep, ModelsGoByShortNamesAndAnInt8CheckpointIsSweptToo) {
+  TinyModel m;
+  const std::string data = write_dataset(m);
+  const test::EmoRun q = run_emo("quantize " + m.model + " --dtype int8 --skip-eval -o " + m.dir / "q8");
+  ASSERT_EQ(q.status, 0) << q.err;
+  const std::string sweep = "sweep " + m.model + " " + m.dir / "q8" + " --data " + data +
+                            " --keep-k 4 --seq-len 32 --max-tokens 64 -o " + m.dir / "sweep";
+  const test::EmoRun run = run_emo(sweep);
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string md = slurp(m.dir / "sweep/results.md");
+  EXPECT_EQ(md.find("| model | method | domain | k=4 (40.0%) | k=10 (100.0%) |\n"), 0u) << md;
+  EXPECT_NE(md.find("| model | layerwise | text | "), std::string::npos) << md;
+  EXPECT_NE(md.find("| q8 | layerwise | **mean** | "), std::string::npos) << md;
+  EXPECT_NE(slurp(m.dir / "sweep/quality.svg").find("q8 / layerwise"), std::string::npos);
+
+  const test::EmoRun named = run_emo(sweep + " --names fp32,int8");
+  ASSERT_EQ(named.status, 0) << named.err;
+  EXPECT_NE(slurp(m.dir / "sweep/results.md").find("| int8 | layerwise | text | "), std::string::npos);
+  const test::EmoRun short_list = run_emo(sweep + " --names fp32");
+  EXPECT_EQ(short_list.status, 1);
+  EXPECT_NE(short_list.err.find("--names lists 1 names for 2 models"), std::string::npos) << short_list.err;
+}
+
+TEST(CliAnalyze, TheReportNamesTheModelByItsRun) {
+  TinyModel m;
+  const std::string data = write_dataset(m);
+  const std::string run = fake_run(m);
+  const std::string analyze = "analyze " + run + "/checkpoints/latest --data " + data +
+                              " --max-tokens 300 --doc-tokens 32 --clusters 2 --restarts 1 --snippets 1 -o " +
+                              m.dir / "report";
+  const test::EmoRun by_run = run_emo(analyze);
+  ASSERT_EQ(by_run.status, 0) << by_run.err;
+  EXPECT_EQ(parse(slurp(m.dir / "report/analysis.json"))["models"][0]["name"], "run");
+  const test::EmoRun named = run_emo(analyze + " --names tiny");
+  ASSERT_EQ(named.status, 0) << named.err;
+  EXPECT_EQ(parse(slurp(m.dir / "report/analysis.json"))["models"][0]["name"], "tiny");
+}
+
 // ------------------------------------------------------------------------------------------ subsets
 
 // Model A, a second training of the same shapes (model B: other weights), a subset chosen on A and A pruned

@@ -35,7 +35,7 @@ std::vector<std::string> domains_of(const data::Dataset& dataset, const std::vec
 // Rows of one model: the full model once per domain, then every (method, keep-k) subset.
 void sweep_model(const std::string& model_dir, const std::string& name, const SweepOptions& options,
                  const data::Dataset& eval_set, std::vector<SweepRow>& rows) {
-  auto model = Model::load(model_dir);
+  auto model = options.load_model ? options.load_model(model_dir) : Model::load(model_dir);
   const int64_t E = model->config().num_experts;
   RoutingOptions standard;
   standard.training = false;

@@ -7,10 +7,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "eval/perplexity.h"
+#include "model/model.h"
 
 namespace emo {
 
@@ -25,6 +28,9 @@ struct SweepOptions {
   int64_t examples = 1;         // documents per domain used to select
   uint64_t seed = 0;
   PerplexityOptions perplexity;  // row length, rows, max tokens per domain
+  // How a model directory is loaded (default Model::load; `emo sweep` passes the inference engine's loader,
+  // which also reads int8 checkpoints).
+  std::function<std::unique_ptr<Model>(const std::string&)> load_model;
 };
 
 struct SweepRow {

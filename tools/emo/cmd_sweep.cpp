@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "infer/model_files.h"
+#include "infer/quantize.h"
 #include "io/output_dir.h"
 #include "select/sweep.h"
 
@@ -55,6 +56,7 @@ std::function<int()> setup_sweep(CLI::App& app) {
     inputs.push_back(o->sweep.calib_data);
     // Checked before the grid is scored; written into a temporary sibling, renamed into place when complete.
     emo::OutputDirectory out(o->out, {"sweep", inputs, o->force});
+    o->sweep.load_model = emo::load_model_dequantized;
     auto rows = emo::run_sweep(o->sweep);
     emo::write_sweep(out.temp_path(), rows);
     out.commit();
