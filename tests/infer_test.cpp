@@ -624,390 +624,391 @@ TEST(InferGenerate, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogitsO
   Decoder c(*weights, 20);
   options.sampling.repetition_penalty = 1.0;
   EXPECT_NE(generate(c, prompt, options).tokens, r.tokens) << "the penalty changed nothing on this model";
-  // The weights are views into the mapped safetensors file: another program truncating it in place under a
-  // running generate made the next read a SIGBUS that killed emo without a word. Now the fault is an error
-  // naming the file and the byte, exit status 1 (io/mapped_guard).
-  TEST(InferGenerateDeathTest, AWeightsFileTruncatedUnderARunningGenerateIsAnErrorNamingItNotASigbus) {
-    GTEST_FLAG_SET(death_test_style, "threadsafe");
-    TempDir dir;
-    random_model(tiny_config(), 8)->save(dir / "m");
-    const std::string file = dir / "m/model.safetensors";
-    ASSERT_GT(fs::file_size(file), 64u * 1024u);
-    EXPECT_EXIT(
-        {
-          auto weights = InferWeights::open(dir / "m");
-          Decoder decoder(*weights, 20);
-          GenerateOptions options;
-          options.max_new_tokens = 2;
-          generate(decoder, some_tokens(6), options);  // every page read once
-          if (::truncate(file.c_str(), 4096) != 0) std::exit(3);
-          Decoder again(*weights, 20);
-          generate(again, some_tokens(6), options);
-          std::exit(0);
-        },
-        ::testing::ExitedWithCode(1),
-        "emo: error: \\[safetensors\\] .*/m/model.safetensors: byte [0-9]+: the file was truncated or "
-        "rewritten in "
-        "place while emo was reading it");
-  }
+}
 
-  TEST(InferGenerate, AutoExpertsChooseLikeEmoSelectLayerwiseAndRouteWithinThem) {
-    TempDir dir;
-    auto model = random_model(tiny_config(), 9);
-    model->save(dir / "m");
-    const auto prompt = some_tokens(14);
-    auto weights = InferWeights::open(dir / "m");
-    Decoder decoder(*weights, 20);
-    GenerateOptions options;
-    options.max_new_tokens = 1;
-    options.auto_experts = 3;
-    GenerateResult r = generate(decoder, prompt, options);
-    ASSERT_TRUE(r.chosen.has_value());
+// The weights are views into the mapped safetensors file: another program truncating it in place under a
+// running generate made the next read a SIGBUS that killed emo without a word. Now the fault is an error
+// naming the file and the byte, exit status 1 (io/mapped_guard).
+TEST(InferGenerateDeathTest, AWeightsFileTruncatedUnderARunningGenerateIsAnErrorNamingItNotASigbus) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  TempDir dir;
+  random_model(tiny_config(), 8)->save(dir / "m");
+  const std::string file = dir / "m/model.safetensors";
+  ASSERT_GT(fs::file_size(file), 64u * 1024u);
+  EXPECT_EXIT(
+      {
+        auto weights = InferWeights::open(dir / "m");
+        Decoder decoder(*weights, 20);
+        GenerateOptions options;
+        options.max_new_tokens = 2;
+        generate(decoder, some_tokens(6), options);  // every page read once
+        if (::truncate(file.c_str(), 4096) != 0) std::exit(3);
+        Decoder again(*weights, 20);
+        generate(again, some_tokens(6), options);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(1),
+      "emo: error: \\[safetensors\\] .*/m/model.safetensors: byte [0-9]+: the file was truncated or "
+      "rewritten in "
+      "place while emo was reading it");
+}
 
-    Examples examples;
-    examples.sequences = {prompt};
-    SelectionOptions selection;
-    selection.keep_k = 3;
-    ExpertSubset want = select_experts(*model, examples, selection);
-    EXPECT_EQ(r.chosen->routed, want.routed);
+TEST(InferGenerate, AutoExpertsChooseLikeEmoSelectLayerwiseAndRouteWithinThem) {
+  TempDir dir;
+  auto model = random_model(tiny_config(), 9);
+  model->save(dir / "m");
+  const auto prompt = some_tokens(14);
+  auto weights = InferWeights::open(dir / "m");
+  Decoder decoder(*weights, 20);
+  GenerateOptions options;
+  options.max_new_tokens = 1;
+  options.auto_experts = 3;
+  GenerateResult r = generate(decoder, prompt, options);
+  ASSERT_TRUE(r.chosen.has_value());
 
-    // The prompt's logits equal subset routing of the training engine with that subset.
-    RoutingOptions routing = want.routing_options();
-    routing.training = false;
-    Tensor ref = reference_logits(*model, prompt, routing);
-    const int64_t V = 64, T = 14;
-    Tensor last({V}, std::vector<float>(ref.data() + (T - 1) * V, ref.data() + T * V));
-    expect_close(decoder.pass().logits, last, 2e-5);
-    // Only the chosen experts (2 routed + the shared one per layer) were ever loaded.
-    EXPECT_EQ(weights->experts_loaded(), 2 * 3);
-  }
+  Examples examples;
+  examples.sequences = {prompt};
+  SelectionOptions selection;
+  selection.keep_k = 3;
+  ExpertSubset want = select_experts(*model, examples, selection);
+  EXPECT_EQ(r.chosen->routed, want.routed);
 
-  // ------------------------------------------------------------------------------------------ refusals
+  // The prompt's logits equal subset routing of the training engine with that subset.
+  RoutingOptions routing = want.routing_options();
+  routing.training = false;
+  Tensor ref = reference_logits(*model, prompt, routing);
+  const int64_t V = 64, T = 14;
+  Tensor last({V}, std::vector<float>(ref.data() + (T - 1) * V, ref.data() + T * V));
+  expect_close(decoder.pass().logits, last, 2e-5);
+  // Only the chosen experts (2 routed + the shared one per layer) were ever loaded.
+  EXPECT_EQ(weights->experts_loaded(), 2 * 3);
+}
 
-  // Writes the tiny model's tensors to dir/model.safetensors with `edit` applied, plus its config.json.
-  void write_edited(const std::string& dir, const std::function<void(std::vector<SafetensorsEntry>&)>& edit,
-                    const Model& model) {
-    fs::create_directories(dir);
-    std::vector<SafetensorsEntry> entries;
-    for (const std::string& name : model.param_names()) entries.emplace_back(name, model.weight(name));
-    edit(entries);
-    write_safetensors(dir + "/model.safetensors", entries);
-    model.config().save(dir + "/config.json");
-  }
+// ------------------------------------------------------------------------------------------ refusals
 
-  TEST(InferRefusals, MissingTensorWrongShapeUnsupportedDtypeAndStrangersAreNamed) {
-    TempDir dir;
-    auto model = random_model(tiny_config(), 10);
-    const std::string victim = "model.layers.1.mlp.experts.3.up_proj.weight";
-    auto find = [&](std::vector<SafetensorsEntry>& e) {
-      return std::find_if(e.begin(), e.end(), [&](const SafetensorsEntry& x) { return x.name == victim; });
-    };
-    write_edited(
-        dir / "missing", [&](auto& e) { e.erase(find(e)); }, *model);
-    std::string msg = error_of([&] { InferWeights::open(dir / "missing"); });
-    EXPECT_NE(msg.find("no tensor '" + victim + "'"), std::string::npos) << msg;
+// Writes the tiny model's tensors to dir/model.safetensors with `edit` applied, plus its config.json.
+void write_edited(const std::string& dir, const std::function<void(std::vector<SafetensorsEntry>&)>& edit,
+                  const Model& model) {
+  fs::create_directories(dir);
+  std::vector<SafetensorsEntry> entries;
+  for (const std::string& name : model.param_names()) entries.emplace_back(name, model.weight(name));
+  edit(entries);
+  write_safetensors(dir + "/model.safetensors", entries);
+  model.config().save(dir + "/config.json");
+}
 
-    Tensor wrong({24, 31});
-    write_edited(
-        dir / "shape", [&](auto& e) { *find(e) = SafetensorsEntry(victim, wrong); }, *model);
-    msg = error_of([&] { InferWeights::open(dir / "shape"); });
-    EXPECT_NE(msg.find(victim), std::string::npos) << msg;
-    EXPECT_NE(msg.find("shape"), std::string::npos) << msg;
+TEST(InferRefusals, MissingTensorWrongShapeUnsupportedDtypeAndStrangersAreNamed) {
+  TempDir dir;
+  auto model = random_model(tiny_config(), 10);
+  const std::string victim = "model.layers.1.mlp.experts.3.up_proj.weight";
+  auto find = [&](std::vector<SafetensorsEntry>& e) {
+    return std::find_if(e.begin(), e.end(), [&](const SafetensorsEntry& x) { return x.name == victim; });
+  };
+  write_edited(
+      dir / "missing", [&](auto& e) { e.erase(find(e)); }, *model);
+  std::string msg = error_of([&] { InferWeights::open(dir / "missing"); });
+  EXPECT_NE(msg.find("no tensor '" + victim + "'"), std::string::npos) << msg;
 
-    std::vector<int32_t> ints(24 * 32);
-    write_edited(
-        dir / "dtype",
-        [&](auto& e) {
-          *find(e) = SafetensorsEntry::raw(victim, DType::kI32, {24, 32}, ints.data());
-        },
-        *model);
-    msg = error_of([&] { InferWeights::open(dir / "dtype"); });
-    EXPECT_NE(msg.find(victim), std::string::npos) << msg;
-    EXPECT_NE(msg.find("I32"), std::string::npos) << msg;
+  Tensor wrong({24, 31});
+  write_edited(
+      dir / "shape", [&](auto& e) { *find(e) = SafetensorsEntry(victim, wrong); }, *model);
+  msg = error_of([&] { InferWeights::open(dir / "shape"); });
+  EXPECT_NE(msg.find(victim), std::string::npos) << msg;
+  EXPECT_NE(msg.find("shape"), std::string::npos) << msg;
 
-    std::vector<int8_t> bytes(24 * 32);
-    write_edited(
-        dir / "noscale",
-        [&](auto& e) {
-          *find(e) = SafetensorsEntry::raw(victim, DType::kI8, {24, 32}, bytes.data());
-        },
-        *model);
-    msg = error_of([&] { InferWeights::open(dir / "noscale"); });
-    EXPECT_NE(msg.find(victim + "_scale"), std::string::npos) << msg;
+  std::vector<int32_t> ints(24 * 32);
+  write_edited(
+      dir / "dtype",
+      [&](auto& e) {
+        *find(e) = SafetensorsEntry::raw(victim, DType::kI32, {24, 32}, ints.data());
+      },
+      *model);
+  msg = error_of([&] { InferWeights::open(dir / "dtype"); });
+  EXPECT_NE(msg.find(victim), std::string::npos) << msg;
+  EXPECT_NE(msg.find("I32"), std::string::npos) << msg;
 
-    Tensor norm({32});
-    write_edited(
-        dir / "qknorm", [&](auto& e) { e.emplace_back("model.layers.0.self_attn.q_norm.weight", norm); },
-        *model);
-    msg = error_of([&] { InferWeights::open(dir / "qknorm"); });
-    EXPECT_NE(msg.find("q_norm"), std::string::npos) << msg;
-  }
+  std::vector<int8_t> bytes(24 * 32);
+  write_edited(
+      dir / "noscale",
+      [&](auto& e) {
+        *find(e) = SafetensorsEntry::raw(victim, DType::kI8, {24, 32}, bytes.data());
+      },
+      *model);
+  msg = error_of([&] { InferWeights::open(dir / "noscale"); });
+  EXPECT_NE(msg.find(victim + "_scale"), std::string::npos) << msg;
 
-  // config.json sizes the mmap'ed weights do not back are named at open, from the headers, before the views,
-  // the expert tables or the RoPE table are sized by them; so are the eval/select path
-  // (load_model_dequantized) and quantize. Each case finishes in milliseconds: nothing of its size is made.
-  TEST(InferRefusals, ConfigSizesThatDisagreeWithTheWeightsNameTheField) {
-    TempDir dir;
-    random_model(tiny_config(), 11)->save(dir / "m");
-    const std::string config_path = dir / "m/config.json";
-    const ModelConfig good = ModelConfig::load(config_path);
-    auto errors_with = [&](const std::function<void(ModelConfig&)>& edit) {
-      ModelConfig c = good;
-      edit(c);
-      c.save(config_path);
-      std::vector<std::string> messages = {
-          error_of([&] { InferWeights::open(dir / "m"); }),
-          error_of([&] { load_model_dequantized(dir / "m"); }),
-          error_of([&] { quantize_checkpoint(dir / "m", dir / "q", DType::kI8); })};
-      good.save(config_path);
-      return messages;
-    };
-    auto expect_in = [&](const std::vector<std::string>& messages, const std::string& part) {
-      for (const std::string& m : messages) {
-        EXPECT_NE(m.find("[model] " + config_path + ": "), std::string::npos) << m;
-        EXPECT_NE(m.find(part), std::string::npos) << part << " in: " << m;
-      }
-    };
-    expect_in(errors_with([](ModelConfig& c) { c.hidden_size = int64_t{1} << 20; }),
-              "hidden_size 1048576 but tensor 'model.embed_tokens.weight' has shape [64, 32] in " +
-                  (dir / "m/model.safetensors"));
-    expect_in(errors_with([](ModelConfig& c) { c.vocab_size = 1'000'000'000; }),
-              "vocab_size 1000000000 but tensor 'model.embed_tokens.weight' has shape [64, 32]");
-    expect_in(errors_with([](ModelConfig& c) { c.num_experts = 1'000'000; }),
-              "num_experts 1000000 but tensor 'model.layers.0.mlp.gate.weight' has shape [8, 32]");
-    expect_in(errors_with([](ModelConfig& c) { c.num_hidden_layers = 100'000'000; }),
-              "num_hidden_layers 100000000 but the weights in " + (dir / "m") + " hold 2 layer(s)");
-    EXPECT_FALSE(fs::exists(dir / "q"));
-  }
+  Tensor norm({32});
+  write_edited(
+      dir / "qknorm", [&](auto& e) { e.emplace_back("model.layers.0.self_attn.q_norm.weight", norm); },
+      *model);
+  msg = error_of([&] { InferWeights::open(dir / "qknorm"); });
+  EXPECT_NE(msg.find("q_norm"), std::string::npos) << msg;
+}
 
-  // The scan itself: every float dtype, any alignment, the first bad element past whole blocks and in the
-  // tail.
-  TEST(NonFinite, TheFirstNanOrInfinityIsFoundInEveryFloatDtypeAtAnyAlignment) {
-    for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
-      const size_t size = dtype_size(dtype);
-      for (int64_t n : {1, 255, 256, 1000}) {
-        std::vector<float> values(static_cast<size_t>(n), 1.5f);
-        std::vector<char> bytes(static_cast<size_t>(n) * size + 1);
-        char* unaligned = bytes.data() + 1;
-        convert_from_f32(dtype, values.data(), unaligned, values.size());
-        EXPECT_EQ(first_nonfinite(dtype, unaligned, n), -1) << dtype_name(dtype) << " " << n;
-        for (float bad : {NAN, INFINITY, -INFINITY})
-          for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
-            std::vector<float> with = values;
-            with[static_cast<size_t>(at)] = bad;
-            if (at + 1 < n) with[static_cast<size_t>(n - 1)] = NAN;  // a later one is not the first
-            convert_from_f32(dtype, with.data(), unaligned, with.size());
-            EXPECT_EQ(first_nonfinite(dtype, unaligned, n), at)
-                << dtype_name(dtype) << " " << n << " " << bad;
-          }
-      }
+// config.json sizes the mmap'ed weights do not back are named at open, from the headers, before the views,
+// the expert tables or the RoPE table are sized by them; so are the eval/select path
+// (load_model_dequantized) and quantize. Each case finishes in milliseconds: nothing of its size is made.
+TEST(InferRefusals, ConfigSizesThatDisagreeWithTheWeightsNameTheField) {
+  TempDir dir;
+  random_model(tiny_config(), 11)->save(dir / "m");
+  const std::string config_path = dir / "m/config.json";
+  const ModelConfig good = ModelConfig::load(config_path);
+  auto errors_with = [&](const std::function<void(ModelConfig&)>& edit) {
+    ModelConfig c = good;
+    edit(c);
+    c.save(config_path);
+    std::vector<std::string> messages = {error_of([&] { InferWeights::open(dir / "m"); }),
+                                         error_of([&] { load_model_dequantized(dir / "m"); }), error_of([&] {
+                                           quantize_checkpoint(dir / "m", dir / "q", DType::kI8);
+                                         })};
+    good.save(config_path);
+    return messages;
+  };
+  auto expect_in = [&](const std::vector<std::string>& messages, const std::string& part) {
+    for (const std::string& m : messages) {
+      EXPECT_NE(m.find("[model] " + config_path + ": "), std::string::npos) << m;
+      EXPECT_NE(m.find(part), std::string::npos) << part << " in: " << m;
     }
-    std::vector<int8_t> ints(300, -128);
-    EXPECT_EQ(first_nonfinite(DType::kI8, ints.data(), 300), -1);
-  }
+  };
+  expect_in(errors_with([](ModelConfig& c) { c.hidden_size = int64_t{1} << 20; }),
+            "hidden_size 1048576 but tensor 'model.embed_tokens.weight' has shape [64, 32] in " +
+                (dir / "m/model.safetensors"));
+  expect_in(errors_with([](ModelConfig& c) { c.vocab_size = 1'000'000'000; }),
+            "vocab_size 1000000000 but tensor 'model.embed_tokens.weight' has shape [64, 32]");
+  expect_in(errors_with([](ModelConfig& c) { c.num_experts = 1'000'000; }),
+            "num_experts 1000000 but tensor 'model.layers.0.mlp.gate.weight' has shape [8, 32]");
+  expect_in(errors_with([](ModelConfig& c) { c.num_hidden_layers = 100'000'000; }),
+            "num_hidden_layers 100000000 but the weights in " + (dir / "m") + " hold 2 layer(s)");
+  EXPECT_FALSE(fs::exists(dir / "q"));
+}
 
-  // A NaN or infinity in the weights is named (tensor, index, element, file) by every loader when it reads
-  // the tensor: inference when the tensor is loaded for use (an expert when kept, never an expert left out),
-  // the training engine, the eval / select path, prune, quantize (before writing anything) and `emo` itself;
-  // `emo --allow-nonfinite` lets them through.
-  TEST(InferRefusals, NonFiniteWeightsAreNamedByEveryLoaderUnlessAllowed) {
-    TempDir dir;
-    auto model = random_model(tiny_config(), 12);
-    const std::string expert = "model.layers.1.mlp.experts.3.up_proj.weight";  // [24, 32]
-    auto write_with = [&](const std::string& name, int64_t index, float value, const std::string& out) {
-      float& w = model->weight(name).vec()[static_cast<size_t>(index)];
-      const float good = w;
-      w = value;
-      write_edited(
-          out, [](auto&) {}, *model);
-      w = good;
-    };
-    write_with(expert, 5 * 32 + 7, NAN, dir / "expert");
-    write_with("model.norm.weight", 31, -INFINITY, dir / "norm");
-    const std::string expert_file = dir / "expert/model.safetensors",
-                      norm_file = dir / "norm/model.safetensors";
-    const std::string expert_says = "[model] " + expert_file + ": tensor '" + expert +
-                                    "' [24, 32] holds nan at index 167 (element [5, 7])";
-    const std::string norm_says =
-        "[model] " + norm_file + ": tensor 'model.norm.weight' [32] holds -inf at index 31 (element [31])";
-
-    auto weights = InferWeights::open(dir / "expert");  // experts are checked when loaded
-    weights->keep_experts(1, {0, 1});                   // expert 3 left out: never read
-    EXPECT_FALSE(weights->expert_loaded(1, 3));
-    std::string msg = error_of([&] { weights->keep_experts(1, {2, 3}); });
-    EXPECT_NE(msg.find(expert_says), std::string::npos) << msg;
-    EXPECT_NE(msg.find("emo --allow-nonfinite"), std::string::npos) << msg;
-    for (const std::string& m : {error_of([&] { InferWeights::open(dir / "norm"); }),
-                                 error_of([&] { load_model_dequantized(dir / "norm"); }),
-                                 error_of([&] { Model::load(dir / "norm"); })})
-      EXPECT_NE(m.find(norm_says), std::string::npos) << m;
-    for (const std::string& m :
-         {error_of([&] { load_model_dequantized(dir / "expert"); }),
-          error_of([&] { Model::load(dir / "expert"); }),
-          error_of([&] { quantize_checkpoint(dir / "expert", dir / "q", DType::kI8); }), error_of([&] {
-            ExpertSubset all = ExpertSubset::for_model(model->config(), 4, "test");
-            for (auto& routed : all.routed) routed = {0, 1, 3};
-            all.finish();
-            prune_checkpoint(dir / "expert", all, dir / "p");
-          })})
-      EXPECT_NE(m.find(expert_says), std::string::npos) << m;
-    EXPECT_FALSE(fs::exists(dir / "q"));
-    EXPECT_FALSE(fs::exists(dir / "p"));
-
-    test::EmoRun refused =
-        test::run_emo("quantize " + (dir / "expert") + " --dtype bf16 -o " + (dir / "q") + " --skip-eval");
-    EXPECT_EQ(refused.status, 1) << refused.err;
-    EXPECT_NE(refused.err.find("emo: error: " + expert_says), std::string::npos) << refused.err;
-    EXPECT_FALSE(fs::exists(dir / "q"));
-    test::EmoRun allowed = test::run_emo("--allow-nonfinite quantize " + (dir / "expert") +
-                                         " --dtype bf16 -o " + (dir / "q") + " --skip-eval");
-    EXPECT_EQ(allowed.status, 0) << allowed.err;
-    set_allow_nonfinite_weights(true);
-    EXPECT_TRUE(std::isnan(load_model_dequantized(dir / "q")->weight(expert).vec()[5 * 32 + 7]));
-    set_allow_nonfinite_weights(false);
-  }
-
-  // `emo quantize` checks config.json against the weights and in itself (the check every loader makes) before
-  // it writes anything: an inconsistent config never becomes a "successful" output.
-  TEST(InferRefusals, QuantizeRefusesAnInconsistentConfigAndWritesNothing) {
-    TempDir dir;
-    random_model(tiny_config(), 13)->save(dir / "m");
-    const std::string config_path = dir / "m/config.json";
-    const nlohmann::json good = read_json_file(config_path);
-    struct Edit {
-      const char* key;
-      nlohmann::json value;
-      std::string says;
-    };
-    for (const Edit& e : std::vector<Edit>{{"num_attention_heads", 3, "num_attention_heads"},
-                                           {"num_experts_per_tok", 9, "num_experts_per_tok"},
-                                           {"eos_token_id", 64, "eos_token_id 64 is outside the vocabulary"},
-                                           {"intermediate_size", 48, "intermediate_size 48 but tensor"},
-                                           {"num_key_value_heads", 3, "num_key_value_heads"}}) {
-      nlohmann::json bad = good;
-      bad[e.key] = e.value;
-      write_json_file(config_path, bad);
-      const std::string msg = error_of([&] { quantize_checkpoint(dir / "m", dir / "q", DType::kI8); });
-      EXPECT_NE(msg.find(config_path), std::string::npos) << e.key << ": " << msg;
-      EXPECT_NE(msg.find(e.says), std::string::npos) << e.key << ": " << msg;
-      const test::EmoRun run =
-          test::run_emo("quantize " + (dir / "m") + " --dtype bf16 -o " + (dir / "q") + " --skip-eval");
-      EXPECT_EQ(run.status, 1) << e.key << ": " << run.err;
-      EXPECT_NE(run.err.find(e.says), std::string::npos) << e.key << ": " << run.err;
-      EXPECT_FALSE(fs::exists(dir / "q")) << e.key;
-    }
-    write_json_file(config_path, good);
-    quantize_checkpoint(dir / "m", dir / "q", DType::kI8);
-    EXPECT_TRUE(fs::exists(dir / "q/config.json"));
-  }
-
-  TEST(InferRefusals, APromptLongerThanTheContextIsAnErrorAndLeavesTheCacheAlone) {
-    TempDir dir;
-    random_model(tiny_config(), 11)->save(dir / "m");
-    auto weights = InferWeights::open(dir / "m");
-    EXPECT_THROW(Decoder(*weights, 33), Error);  // beyond max_position_embeddings 32
-    Decoder decoder(*weights, 32);
-    std::string msg = error_of([&] { generate(decoder, some_tokens(40), {}); });
-    EXPECT_NE(msg.find("context"), std::string::npos) << msg;
-    decoder.forward(some_tokens(30));
-    EXPECT_THROW(decoder.forward(some_tokens(3)), Error);
-    EXPECT_EQ(decoder.length(), 30);
-    EXPECT_THROW(decoder.forward({64}), Error);  // outside the vocabulary
-    EXPECT_EQ(decoder.length(), 30);
-    decoder.forward({1, 2});
-    EXPECT_EQ(decoder.length(), 32);
-  }
-
-  // ------------------------------------------------------------------------------------------ memory
-
-  // Drops the file's pages from the page cache (after fsync), so that mincore shows what is read afterwards.
-  bool evict(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd < 0) return false;
-    ::fsync(fd);
-    bool ok = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
-    ::close(fd);
-    return ok;
-  }
-
-  // Bytes of the whole pages strictly inside [p, p + bytes) (not shared with a neighbouring tensor) that are
-  // in the page cache (mincore) or mapped in this process (pagemap).
-  int64_t interior_resident(const void* p, int64_t bytes, bool mapped) {
-    const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
-    const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes)) & ~(page - 1);
-    if (e <= b) return 0;
-    const void* begin = reinterpret_cast<const void*>(b);
-    const int64_t n = static_cast<int64_t>(e - b);
-    return mapped ? mapped_resident_bytes(begin, n) : cached_resident_bytes(begin, n);
-  }
-
-  TEST(InferMemory, ASubsetReadsOnlyTheKeptExperts) {
-    TempDir dir;
-    ModelConfig config = tiny_config();
-    config.intermediate_size = 512;  // 64 KiB per expert matrix: many whole pages per expert
-    random_model(config, 12)->save(dir / "m");
-    auto weights = InferWeights::open(dir / "m");
-    // Evicted after opening: reading the header at open may pull its neighbourhood into the page cache (and
-    // keeps the few pages mapped around it there: those are the baseline).
-    ASSERT_TRUE(evict(dir / "m/model.safetensors"));
-    auto expert_bytes = [&](int64_t l, int64_t e, bool mapped) {
-      int64_t bytes = 0;
-      for (const MemoryRange& r : weights->expert_ranges(l, e))
-        bytes += interior_resident(r.begin, r.bytes, mapped);
-      return bytes;
-    };
-    int64_t cached_before[2][8], mapped_before[2][8], total_baseline = 0;
-    for (int64_t l = 0; l < 2; ++l) {
-      for (int64_t e = 0; e < 8; ++e) {
-        total_baseline += cached_before[l][e] = expert_bytes(l, e, false);
-        mapped_before[l][e] = expert_bytes(l, e, true);
-      }
-    }
-    if (total_baseline > 4 * 3 * 64 * 1024)
-      GTEST_SKIP() << "the page cache keeps this file (" << total_baseline << " bytes): mincore cannot tell";
-
-    const std::vector<std::vector<int32_t>> subset = {{1, 4}, {0, 6}};
-    for (int64_t l = 0; l < 2; ++l) weights->keep_experts(l, subset[l]);
-    Decoder decoder(*weights, 16);
-    GenerateOptions options;
-    options.max_new_tokens = 8;
-    generate(decoder, some_tokens(8), options);
-
-    for (int64_t l = 0; l < 2; ++l) {
-      for (int64_t e = 0; e < 8; ++e) {
-        const bool kept = e == 7 || std::count(subset[l].begin(), subset[l].end(), e) > 0;
-        EXPECT_EQ(weights->expert_loaded(l, e), kept) << "layer " << l << " expert " << e;
-        if (kept) {
-          EXPECT_EQ(expert_bytes(l, e, false), 3 * 64 * 1024 - 3 * 4096) << "layer " << l << " expert " << e;
-        } else {
-          EXPECT_EQ(expert_bytes(l, e, false), cached_before[l][e])
-              << "layer " << l << " expert " << e << " was read";
-          EXPECT_EQ(expert_bytes(l, e, true), mapped_before[l][e])
-              << "layer " << l << " expert " << e << " mapped";
+// The scan itself: every float dtype, any alignment, the first bad element past whole blocks and in the
+// tail.
+TEST(NonFinite, TheFirstNanOrInfinityIsFoundInEveryFloatDtypeAtAnyAlignment) {
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    const size_t size = dtype_size(dtype);
+    for (int64_t n : {1, 255, 256, 1000}) {
+      std::vector<float> values(static_cast<size_t>(n), 1.5f);
+      std::vector<char> bytes(static_cast<size_t>(n) * size + 1);
+      char* unaligned = bytes.data() + 1;
+      convert_from_f32(dtype, values.data(), unaligned, values.size());
+      EXPECT_EQ(first_nonfinite(dtype, unaligned, n), -1) << dtype_name(dtype) << " " << n;
+      for (float bad : {NAN, INFINITY, -INFINITY})
+        for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
+          std::vector<float> with = values;
+          with[static_cast<size_t>(at)] = bad;
+          if (at + 1 < n) with[static_cast<size_t>(n - 1)] = NAN;  // a later one is not the first
+          convert_from_f32(dtype, with.data(), unaligned, with.size());
+          EXPECT_EQ(first_nonfinite(dtype, unaligned, n), at) << dtype_name(dtype) << " " << n << " " << bad;
         }
-      }
-    }
-    // The report sees the kept experts in this process.
-    ResidentReport report = resident_report(weights->memory_ranges(true));
-    for (const ComponentMemory& c : report.components) {
-      if (c.component == "experts") {
-        EXPECT_GT(c.resident, 0);
-      }
     }
   }
+  std::vector<int8_t> ints(300, -128);
+  EXPECT_EQ(first_nonfinite(DType::kI8, ints.data(), 300), -1);
+}
 
-  TEST(InferMemory, KeptWeightBytesCountTheSubset) {
-    TempDir dir;
-    random_model(tiny_config(), 13)->save(dir / "m");
-    auto weights = InferWeights::open(dir / "m");
-    const int64_t full = weights->kept_weight_bytes();
-    weights->keep_experts(0, {2});
-    weights->keep_experts(1, {2});
-    const int64_t expert = 3 * 24 * 32 * 4;
-    EXPECT_EQ(full - weights->kept_weight_bytes(), 2 * 6 * expert);  // 6 of 8 experts dropped per layer
-    EXPECT_EQ(weights->bytes_per_token(3) - weights->bytes_per_token(2), 2 * expert);
+// A NaN or infinity in the weights is named (tensor, index, element, file) by every loader when it reads
+// the tensor: inference when the tensor is loaded for use (an expert when kept, never an expert left out),
+// the training engine, the eval / select path, prune, quantize (before writing anything) and `emo` itself;
+// `emo --allow-nonfinite` lets them through.
+TEST(InferRefusals, NonFiniteWeightsAreNamedByEveryLoaderUnlessAllowed) {
+  TempDir dir;
+  auto model = random_model(tiny_config(), 12);
+  const std::string expert = "model.layers.1.mlp.experts.3.up_proj.weight";  // [24, 32]
+  auto write_with = [&](const std::string& name, int64_t index, float value, const std::string& out) {
+    float& w = model->weight(name).vec()[static_cast<size_t>(index)];
+    const float good = w;
+    w = value;
+    write_edited(
+        out, [](auto&) {}, *model);
+    w = good;
+  };
+  write_with(expert, 5 * 32 + 7, NAN, dir / "expert");
+  write_with("model.norm.weight", 31, -INFINITY, dir / "norm");
+  const std::string expert_file = dir / "expert/model.safetensors",
+                    norm_file = dir / "norm/model.safetensors";
+  const std::string expert_says =
+      "[model] " + expert_file + ": tensor '" + expert + "' [24, 32] holds nan at index 167 (element [5, 7])";
+  const std::string norm_says =
+      "[model] " + norm_file + ": tensor 'model.norm.weight' [32] holds -inf at index 31 (element [31])";
+
+  auto weights = InferWeights::open(dir / "expert");  // experts are checked when loaded
+  weights->keep_experts(1, {0, 1});                   // expert 3 left out: never read
+  EXPECT_FALSE(weights->expert_loaded(1, 3));
+  std::string msg = error_of([&] { weights->keep_experts(1, {2, 3}); });
+  EXPECT_NE(msg.find(expert_says), std::string::npos) << msg;
+  EXPECT_NE(msg.find("emo --allow-nonfinite"), std::string::npos) << msg;
+  for (const std::string& m : {error_of([&] { InferWeights::open(dir / "norm"); }),
+                               error_of([&] { load_model_dequantized(dir / "norm"); }),
+                               error_of([&] { Model::load(dir / "norm"); })})
+    EXPECT_NE(m.find(norm_says), std::string::npos) << m;
+  for (const std::string& m :
+       {error_of([&] { load_model_dequantized(dir / "expert"); }),
+        error_of([&] { Model::load(dir / "expert"); }),
+        error_of([&] { quantize_checkpoint(dir / "expert", dir / "q", DType::kI8); }), error_of([&] {
+          ExpertSubset all = ExpertSubset::for_model(model->config(), 4, "test");
+          for (auto& routed : all.routed) routed = {0, 1, 3};
+          all.finish();
+          prune_checkpoint(dir / "expert", all, dir / "p");
+        })})
+    EXPECT_NE(m.find(expert_says), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(dir / "q"));
+  EXPECT_FALSE(fs::exists(dir / "p"));
+
+  test::EmoRun refused =
+      test::run_emo("quantize " + (dir / "expert") + " --dtype bf16 -o " + (dir / "q") + " --skip-eval");
+  EXPECT_EQ(refused.status, 1) << refused.err;
+  EXPECT_NE(refused.err.find("emo: error: " + expert_says), std::string::npos) << refused.err;
+  EXPECT_FALSE(fs::exists(dir / "q"));
+  test::EmoRun allowed = test::run_emo("--allow-nonfinite quantize " + (dir / "expert") +
+                                       " --dtype bf16 -o " + (dir / "q") + " --skip-eval");
+  EXPECT_EQ(allowed.status, 0) << allowed.err;
+  set_allow_nonfinite_weights(true);
+  EXPECT_TRUE(std::isnan(load_model_dequantized(dir / "q")->weight(expert).vec()[5 * 32 + 7]));
+  set_allow_nonfinite_weights(false);
+}
+
+// `emo quantize` checks config.json against the weights and in itself (the check every loader makes) before
+// it writes anything: an inconsistent config never becomes a "successful" output.
+TEST(InferRefusals, QuantizeRefusesAnInconsistentConfigAndWritesNothing) {
+  TempDir dir;
+  random_model(tiny_config(), 13)->save(dir / "m");
+  const std::string config_path = dir / "m/config.json";
+  const nlohmann::json good = read_json_file(config_path);
+  struct Edit {
+    const char* key;
+    nlohmann::json value;
+    std::string says;
+  };
+  for (const Edit& e : std::vector<Edit>{{"num_attention_heads", 3, "num_attention_heads"},
+                                         {"num_experts_per_tok", 9, "num_experts_per_tok"},
+                                         {"eos_token_id", 64, "eos_token_id 64 is outside the vocabulary"},
+                                         {"intermediate_size", 48, "intermediate_size 48 but tensor"},
+                                         {"num_key_value_heads", 3, "num_key_value_heads"}}) {
+    nlohmann::json bad = good;
+    bad[e.key] = e.value;
+    write_json_file(config_path, bad);
+    const std::string msg = error_of([&] { quantize_checkpoint(dir / "m", dir / "q", DType::kI8); });
+    EXPECT_NE(msg.find(config_path), std::string::npos) << e.key << ": " << msg;
+    EXPECT_NE(msg.find(e.says), std::string::npos) << e.key << ": " << msg;
+    const test::EmoRun run =
+        test::run_emo("quantize " + (dir / "m") + " --dtype bf16 -o " + (dir / "q") + " --skip-eval");
+    EXPECT_EQ(run.status, 1) << e.key << ": " << run.err;
+    EXPECT_NE(run.err.find(e.says), std::string::npos) << e.key << ": " << run.err;
+    EXPECT_FALSE(fs::exists(dir / "q")) << e.key;
   }
+  write_json_file(config_path, good);
+  quantize_checkpoint(dir / "m", dir / "q", DType::kI8);
+  EXPECT_TRUE(fs::exists(dir / "q/config.json"));
+}
+
+TEST(InferRefusals, APromptLongerThanTheContextIsAnErrorAndLeavesTheCacheAlone) {
+  TempDir dir;
+  random_model(tiny_config(), 11)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  EXPECT_THROW(Decoder(*weights, 33), Error);  // beyond max_position_embeddings 32
+  Decoder decoder(*weights, 32);
+  std::string msg = error_of([&] { generate(decoder, some_tokens(40), {}); });
+  EXPECT_NE(msg.find("context"), std::string::npos) << msg;
+  decoder.forward(some_tokens(30));
+  EXPECT_THROW(decoder.forward(some_tokens(3)), Error);
+  EXPECT_EQ(decoder.length(), 30);
+  EXPECT_THROW(decoder.forward({64}), Error);  // outside the vocabulary
+  EXPECT_EQ(decoder.length(), 30);
+  decoder.forward({1, 2});
+  EXPECT_EQ(decoder.length(), 32);
+}
+
+// ------------------------------------------------------------------------------------------ memory
+
+// Drops the file's pages from the page cache (after fsync), so that mincore shows what is read afterwards.
+bool evict(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return false;
+  ::fsync(fd);
+  bool ok = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
+  ::close(fd);
+  return ok;
+}
+
+// Bytes of the whole pages strictly inside [p, p + bytes) (not shared with a neighbouring tensor) that are
+// in the page cache (mincore) or mapped in this process (pagemap).
+int64_t interior_resident(const void* p, int64_t bytes, bool mapped) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes)) & ~(page - 1);
+  if (e <= b) return 0;
+  const void* begin = reinterpret_cast<const void*>(b);
+  const int64_t n = static_cast<int64_t>(e - b);
+  return mapped ? mapped_resident_bytes(begin, n) : cached_resident_bytes(begin, n);
+}
+
+TEST(InferMemory, ASubsetReadsOnlyTheKeptExperts) {
+  TempDir dir;
+  ModelConfig config = tiny_config();
+  config.intermediate_size = 512;  // 64 KiB per expert matrix: many whole pages per expert
+  random_model(config, 12)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  // Evicted after opening: reading the header at open may pull its neighbourhood into the page cache (and
+  // keeps the few pages mapped around it there: those are the baseline).
+  ASSERT_TRUE(evict(dir / "m/model.safetensors"));
+  auto expert_bytes = [&](int64_t l, int64_t e, bool mapped) {
+    int64_t bytes = 0;
+    for (const MemoryRange& r : weights->expert_ranges(l, e))
+      bytes += interior_resident(r.begin, r.bytes, mapped);
+    return bytes;
+  };
+  int64_t cached_before[2][8], mapped_before[2][8], total_baseline = 0;
+  for (int64_t l = 0; l < 2; ++l) {
+    for (int64_t e = 0; e < 8; ++e) {
+      total_baseline += cached_before[l][e] = expert_bytes(l, e, false);
+      mapped_before[l][e] = expert_bytes(l, e, true);
+    }
+  }
+  if (total_baseline > 4 * 3 * 64 * 1024)
+    GTEST_SKIP() << "the page cache keeps this file (" << total_baseline << " bytes): mincore cannot tell";
+
+  const std::vector<std::vector<int32_t>> subset = {{1, 4}, {0, 6}};
+  for (int64_t l = 0; l < 2; ++l) weights->keep_experts(l, subset[l]);
+  Decoder decoder(*weights, 16);
+  GenerateOptions options;
+  options.max_new_tokens = 8;
+  generate(decoder, some_tokens(8), options);
+
+  for (int64_t l = 0; l < 2; ++l) {
+    for (int64_t e = 0; e < 8; ++e) {
+      const bool kept = e == 7 || std::count(subset[l].begin(), subset[l].end(), e) > 0;
+      EXPECT_EQ(weights->expert_loaded(l, e), kept) << "layer " << l << " expert " << e;
+      if (kept) {
+        EXPECT_EQ(expert_bytes(l, e, false), 3 * 64 * 1024 - 3 * 4096) << "layer " << l << " expert " << e;
+      } else {
+        EXPECT_EQ(expert_bytes(l, e, false), cached_before[l][e])
+            << "layer " << l << " expert " << e << " was read";
+        EXPECT_EQ(expert_bytes(l, e, true), mapped_before[l][e])
+            << "layer " << l << " expert " << e << " mapped";
+      }
+    }
+  }
+  // The report sees the kept experts in this process.
+  ResidentReport report = resident_report(weights->memory_ranges(true));
+  for (const ComponentMemory& c : report.components) {
+    if (c.component == "experts") {
+      EXPECT_GT(c.resident, 0);
+    }
+  }
+}
+
+TEST(InferMemory, KeptWeightBytesCountTheSubset) {
+  TempDir dir;
+  random_model(tiny_config(), 13)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  const int64_t full = weights->kept_weight_bytes();
+  weights->keep_experts(0, {2});
+  weights->keep_experts(1, {2});
+  const int64_t expert = 3 * 24 * 32 * 4;
+  EXPECT_EQ(full - weights->kept_weight_bytes(), 2 * 6 * expert);  // 6 of 8 experts dropped per layer
+  EXPECT_EQ(weights->bytes_per_token(3) - weights->bytes_per_token(2), 2 * expert);
+}
 
 }  // namespace
 }  // namespace emo

@@ -228,10 +228,10 @@ TEST(CliSweep, ModelsGoByShortNamesAndAnInt8CheckpointIsSweptToo) {
   EXPECT_NE(md.find("| q8 | layerwise | **mean** | "), std::string::npos) << md;
   EXPECT_NE(slurp(m.dir / "sweep/quality.svg").find("q8 / layerwise"), std::string::npos);
 
-  const test::EmoRun named = run_emo(sweep + " --names fp32,int8");
+  const test::EmoRun named = run_emo(sweep + " --force --names fp32,int8");  // replaces its own output
   ASSERT_EQ(named.status, 0) << named.err;
   EXPECT_NE(slurp(m.dir / "sweep/results.md").find("| int8 | layerwise | text | "), std::string::npos);
-  const test::EmoRun short_list = run_emo(sweep + " --names fp32");
+  const test::EmoRun short_list = run_emo(sweep + " --force --names fp32");
   EXPECT_EQ(short_list.status, 1);
   EXPECT_NE(short_list.err.find("--names lists 1 names for 2 models"), std::string::npos) << short_list.err;
 }
@@ -246,7 +246,7 @@ TEST(CliAnalyze, TheReportNamesTheModelByItsRun) {
   const test::EmoRun by_run = run_emo(analyze);
   ASSERT_EQ(by_run.status, 0) << by_run.err;
   EXPECT_EQ(parse(slurp(m.dir / "report/analysis.json"))["models"][0]["name"], "run");
-  const test::EmoRun named = run_emo(analyze + " --names tiny");
+  const test::EmoRun named = run_emo(analyze + " --force --names tiny");  // replaces its own output
   ASSERT_EQ(named.status, 0) << named.err;
   EXPECT_EQ(parse(slurp(m.dir / "report/analysis.json"))["models"][0]["name"], "tiny");
 }
