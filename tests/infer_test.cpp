@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -791,14 +792,21 @@ TEST(NonFinite, TheFirstNanOrInfinityIsFoundInEveryFloatDtypeAtAnyAlignment) {
       std::vector<float> values(static_cast<size_t>(n), 1.5f);
       std::vector<char> bytes(static_cast<size_t>(n) * size + 1);
       char* unaligned = bytes.data() + 1;
-      convert_from_f32(dtype, values.data(), unaligned, values.size());
+      // Converted into an aligned buffer and copied: the scan reads at any alignment, the converter stores
+      // aligned (UBSan checks both).
+      auto write = [&](const std::vector<float>& v) {
+        std::vector<uint32_t> aligned(v.size());
+        convert_from_f32(dtype, v.data(), aligned.data(), v.size());
+        std::memcpy(unaligned, aligned.data(), v.size() * size);
+      };
+      write(values);
       EXPECT_EQ(first_nonfinite(dtype, unaligned, n), -1) << dtype_name(dtype) << " " << n;
       for (float bad : {NAN, INFINITY, -INFINITY})
         for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
           std::vector<float> with = values;
           with[static_cast<size_t>(at)] = bad;
           if (at + 1 < n) with[static_cast<size_t>(n - 1)] = NAN;  // a later one is not the first
-          convert_from_f32(dtype, with.data(), unaligned, with.size());
+          write(with);
           EXPECT_EQ(first_nonfinite(dtype, unaligned, n), at) << dtype_name(dtype) << " " << n << " " << bad;
         }
     }
