@@ -330,6 +330,39 @@ TEST(CliSubset, FinetuneReadsContextAnswerLinesAndMergeRefusesAnotherParent) {
   EXPECT_EQ(right.status, 0) << right.err;
 }
 
+TEST(OutputGuard, FinetuneRefusesForeignOutputsAndItsInputAndReplacesOnlyItsOwnWithForce) {
+  TwoModels m;
+  std::ofstream(m.dir / "task.jsonl")
+      << "{\"context\": \"The capital of Italy is\", \"answer\": \" Rome\"}\n";
+  fs::create_directories(m.dir / "foreign");
+  std::ofstream(m.dir / "foreign/notes.txt") << "the user's";
+  const std::string finetune = "finetune " + m.pruned + " --examples " + m.dir / "task.jsonl" + " -o ";
+  const std::string pruned_weights = slurp(m.pruned + "/model.safetensors");
+  for (const auto& [out, why] : std::vector<std::pair<std::string, std::string>>{
+           {m.dir / "foreign", "not written by emo"},
+           {m.dir / "foreign --force", "not written by emo"},
+           {m.dir / "task.jsonl", "is the input"},
+           {m.pruned, "is the input"},
+           {m.pruned + "/tuned", "lies inside the input"},
+       }) {
+    const test::EmoRun refused = run_emo(finetune + out);
+    EXPECT_EQ(refused.status, 1) << out;
+    EXPECT_NE(refused.err.find(why), std::string::npos) << out << ": " << refused.err;
+    EXPECT_EQ(refused.out.find("fine-tuned"), std::string::npos) << "refused after the training: " << out;
+  }
+  EXPECT_EQ(slurp(m.dir / "foreign/notes.txt"), "the user's");
+  EXPECT_TRUE(slurp(m.pruned + "/model.safetensors") == pruned_weights);
+
+  ASSERT_EQ(run_emo(finetune + m.dir / "tuned").status, 0);
+  EXPECT_TRUE(fs::exists(m.dir / "tuned/pruning_metadata.json"));
+  const test::EmoRun again = run_emo(finetune + m.dir / "tuned");
+  EXPECT_EQ(again.status, 1);
+  EXPECT_NE(again.err.find("holds a previous output of 'emo finetune': give --force"), std::string::npos)
+      << again.err;
+  const test::EmoRun forced = run_emo(finetune + m.dir / "tuned --force");
+  EXPECT_EQ(forced.status, 0) << forced.err;
+}
+
 // ------------------------------------------------------------------------------------------ train
 
 TEST(CliTrain, TokenizerOptionSizesTheModelAndALongWarmupIsWarned) {

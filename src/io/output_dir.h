@@ -1,11 +1,11 @@
-// The one guard of every directory emo writes (prune, merge, quantize, pull, train --out, corpus build,
-// analyze, sweep, reproduce): nothing of the user's is ever deleted or overwritten.
+// The one guard of every directory emo writes (prune, merge, quantize, finetune, pull, train --out, corpus
+// build, analyze, sweep, reproduce): nothing of the user's is ever deleted or overwritten.
 //
 // A directory emo writes holds a marker of its own, ".emo-output" ({"format": "emo-output", "command":
 // "prune", "version": ..., "complete": true}). That marker is the only proof that a directory may be
 // replaced or continued: an existing output that is a regular file, a symbolic link, a non-empty directory
 // without the marker or with another command's marker is refused, and so is an output that is, contains or
-// lies inside one of the command's inputs. Whole outputs (prune, merge, quantize, pull) are written into a
+// lies inside one of the command's inputs. Whole outputs (prune, merge, quantize, finetune, pull) are written into a
 // temporary sibling "<dir>.emo-tmp-<pid>-XXXXXX" (marked unfinished, so no loader takes it for a model) and
 // renamed into place when complete; --force replaces a previous output of the same command, nothing else.
 #pragma once

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <numeric>
 
 #include "core/error.h"
@@ -142,6 +143,18 @@ FinetuneReport finetune(Model& model, const std::vector<FinetuneExample>& exampl
   }
   progress.finish();
   return report;
+}
+
+void save_finetuned(const Model& model, const std::string& pruned_dir, const std::string& out_dir,
+                    OutputRules rules) {
+  namespace fs = std::filesystem;
+  rules.inputs.push_back(pruned_dir);
+  write_output_directory(out_dir, rules, [&](const std::string& temp_dir) {
+    model.save(temp_dir);
+    for (const char* file : {"pruning_metadata.json", "tokenizer.json"})
+      if (fs::exists(fs::path(pruned_dir) / file))
+        fs::copy_file(fs::path(pruned_dir) / file, fs::path(temp_dir) / file);
+  });
 }
 
 }  // namespace emo

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "io/output_dir.h"
 #include "model/model.h"
 #include "select/examples.h"
 #include "tokenizer/tokenizer.h"
@@ -53,5 +54,13 @@ std::vector<Param> finetune_params(Model& model, bool experts_only);
 
 FinetuneReport finetune(Model& model, const std::vector<FinetuneExample>& examples,
                         const FinetuneOptions& options);
+
+// Writes the fine-tuned `model` as a whole output of `rules.command` at `out_dir` (io/output_dir: never over
+// what emo did not write nor over an input, a previous output of its own only with rules.force), with the
+// pruned model's pruning_metadata.json and tokenizer.json beside it (emo merge reads the metadata).
+// `pruned_dir` is added to the inputs. Call check_new_output with the same rules before the fine-tune, so a
+// refused output costs no training.
+void save_finetuned(const Model& model, const std::string& pruned_dir, const std::string& out_dir,
+                    OutputRules rules);
 
 }  // namespace emo

@@ -19,7 +19,7 @@ std::function<int()> setup_finetune(CLI::App& app) {
   struct Options {
     std::string model, examples, out, tokenizer, marker = "Answer:";
     emo::FinetuneOptions finetune;
-    bool all_params = false;
+    bool all_params = false, force = false;
   };
   auto o = std::make_shared<Options>();
   app.add_option("model", o->model,
@@ -48,9 +48,12 @@ std::function<int()> setup_finetune(CLI::App& app) {
   app.add_flag("--all-params", o->all_params,
                "Train every parameter (default: experts and routers only, what emo merge carries back)");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  app.add_flag("--force", o->force, "Replace a previous output of emo finetune at --out");
   return [o] {
     o->finetune.experts_only = !o->all_params;
     const fs::path dir(emo::resolve_model_dir(o->model, "finetune"));
+    const emo::OutputRules output{"finetune", {dir.string(), o->examples, o->tokenizer}, o->force};
+    emo::check_new_output(o->out, output);  // before the fine-tune, so a refused output costs no training
     auto model = emo::Model::load(dir.string());
     const emo::Tokenizer tokenizer =
         emo::load_tokenizer_for(dir.string(), o->tokenizer, model->config().vocab_size, "finetune");
@@ -58,10 +61,7 @@ std::function<int()> setup_finetune(CLI::App& app) {
     const double before = emo::answer_loss(*model, examples);
     emo::FinetuneReport report = emo::finetune(*model, examples, o->finetune);
     const double after = emo::answer_loss(*model, examples);
-    model->save(o->out);
-    for (const char* file : {"pruning_metadata.json", "tokenizer.json"})
-      if (fs::exists(dir / file))
-        fs::copy_file(dir / file, fs::path(o->out) / file, fs::copy_options::overwrite_existing);
+    emo::save_finetuned(*model, dir.string(), o->out, output);
     std::printf(
         "fine-tuned %s (%lld parameters, %s) on %zu examples (%lld answer tokens), %lld steps: answer loss "
         "%.4f -> %.4f -> %s\n",
