@@ -38,16 +38,14 @@ std::function<int()> setup_analyze(CLI::App& app) {
   };
   auto o = std::make_shared<Options>();
   auto& a = o->analysis;
-  app.add_option("model", o->model,
-                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
-      ->required();
+  emo::cli::add_model_argument(app, o->model)->required();
   app.add_option("--data", o->data, "Tokenised split with domains, e.g. data/corpus/validation.bin")
       ->required();
   app.add_option("--compare", o->compare,
                  "A second model analysed on the same tokens (e.g. the standard MoE)");
   app.add_option("-o,--out", o->out, "Output directory: analysis.json, report.html, figures/")->required();
   app.add_flag("--force", o->force, "Replace a previous output of emo analyze at -o");
-  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json for snippets (default: MODEL/tokenizer.json)");
+  emo::cli::add_tokenizer_option(app, o->tokenizer, " for snippets");
   CLI::Option* name = app.add_option("--name", o->name,
                                      "Name of the model in the report (default: its run's directory name)");
   CLI::Option* compare_name = app.add_option("--compare-name", o->compare_name, "Name of the second model");

@@ -22,9 +22,7 @@ std::function<int()> setup_eval(CLI::App& app) {
     emo::EvalRequest request;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model,
-                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
-      ->required();
+  emo::cli::add_model_argument(app, o->model)->required();
   app.add_option("--subset", o->subset, "Route the full model through this expert subset (emo select)");
   app.add_flag("--force", o->force, "Use a --subset chosen on another checkpoint");
   app.add_option("--data", o->request.data_path,
@@ -58,7 +56,7 @@ std::function<int()> setup_eval(CLI::App& app) {
   app.add_option("--seed", o->request.seed, "Seed of the built-in tasks")
       ->capture_default_str()
       ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
-  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  emo::cli::add_tokenizer_option(app, o->tokenizer);
   app.add_option("--json", o->json,
                  "Write the results as JSON to this file ('-': stdout, the table on stderr)");
   return [o] {

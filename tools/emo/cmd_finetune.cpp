@@ -22,9 +22,7 @@ std::function<int()> setup_finetune(CLI::App& app) {
     bool all_params = false, force = false;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model,
-                 "Pruned model directory (emo prune; a run directory or checkpoints/latest)")
-      ->required();
+  emo::cli::add_model_argument(app, o->model, "Pruned model directory (emo prune")->required();
   app.add_option("--examples", o->examples,
                  "Task examples: JSONL ({\"context\", \"answer\"}, or text with the marker) or plain text")
       ->required();
@@ -47,7 +45,7 @@ std::function<int()> setup_finetune(CLI::App& app) {
       ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
   app.add_flag("--all-params", o->all_params,
                "Train every parameter (default: experts and routers only, what emo merge carries back)");
-  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  emo::cli::add_tokenizer_option(app, o->tokenizer);
   app.add_flag("--force", o->force, "Replace a previous output of emo finetune at --out");
   return [o] {
     o->finetune.experts_only = !o->all_params;

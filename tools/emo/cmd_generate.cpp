@@ -38,9 +38,7 @@ std::function<int()> setup_generate(CLI::App& app) {
     emo::GenerateOptions generate;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model,
-                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
-      ->required();
+  emo::cli::add_model_argument(app, o->model)->required();
   CLI::Option* prompt =
       app.add_option("--prompt", o->prompt, "Prompt text (none or empty: start from the end-of-text token)");
   app.add_option("--prompt-file", o->prompt_file, "Or read the prompt from this file")->excludes(prompt);
@@ -75,7 +73,7 @@ std::function<int()> setup_generate(CLI::App& app) {
          "Keep K experts per layer chosen layerwise from the prompt, each layer's loaded when reached")
       ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--save-subset", o->save_subset, "Write the subset chosen by --keep-k / --auto-experts");
-  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  emo::cli::add_tokenizer_option(app, o->tokenizer);
   CLI::Option* json =
       app.add_option("--json", o->json,
                      "Also write the run as JSON (text, tokens/s, memory, experts) to this file; "

@@ -26,8 +26,7 @@ std::function<int()> setup_info(CLI::App& app) {
     int64_t keep_k = 0;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model,
-                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)");
+  emo::cli::add_model_argument(app, o->model);
   CLI::Option* json =
       app.add_option("--json", o->json, "Write the facts as JSON to this file ('-' or none: stdout)")
           ->expected(0, 1);

@@ -21,9 +21,7 @@ std::function<int()> setup_prune(CLI::App& app) {
     bool force = false;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model,
-                 "Full model directory (config.json + safetensors, a run directory or checkpoints/latest)")
-      ->required();
+  emo::cli::add_model_argument(app, o->model, "Full model directory (config.json + safetensors")->required();
   app.add_option("--subset", o->subset, "Subset file (emo select)")->required();
   app.add_option("-o,--out", o->out, "Directory of the pruned model")->required();
   app.add_flag("--force", o->force,

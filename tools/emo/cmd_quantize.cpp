@@ -22,9 +22,7 @@ std::function<int()> setup_quantize(CLI::App& app) {
     emo::PerplexityOptions perplexity;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model,
-                 "Model directory (fp32, bf16 or f16 weights; a run directory or checkpoints/latest)")
-      ->required();
+  emo::cli::add_model_argument(app, o->model, "Model directory (fp32, bf16 or f16 weights")->required();
   app.add_option("--dtype", o->dtype, "bf16, int8 (per-row scales) or q4 (Q4_0 blocks of 32)")->required();
   app.add_option("--q4-others", o->q4_others, "q4: dtype of the embeddings and lm_head (int8 or bf16)")
       ->capture_default_str();
@@ -36,7 +34,7 @@ std::function<int()> setup_quantize(CLI::App& app) {
   app.add_option("--data", o->data,
                  "Held-out tokenised split for the perplexity check (e.g. data/corpus/validation.bin)");
   app.add_option("--text", o->text, "Or a held-out plain text file (tokenised with --tokenizer)");
-  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json for --text (default: MODEL/tokenizer.json)");
+  emo::cli::add_tokenizer_option(app, o->tokenizer, " for --text");
   app.add_option("--max-tokens", o->perplexity.max_tokens, "Score exactly N tokens per domain (0: all)")
       ->capture_default_str()
       ->check(emo::cli::in_range(0, emo::cli::kManyTokens));

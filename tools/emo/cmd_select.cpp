@@ -22,9 +22,7 @@ std::function<int()> setup_select(CLI::App& app) {
     uint64_t seed = 0;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model,
-                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
-      ->required();
+  emo::cli::add_model_argument(app, o->model)->required();
   app.add_option("--examples", o->examples,
                  "Examples: plain text (one example) or JSONL (text, or context+answer)");
   app.add_option("--data", o->data, "Or a tokenised split (e.g. data/corpus/validation.bin) with --domain");
@@ -39,7 +37,7 @@ std::function<int()> setup_select(CLI::App& app) {
   app.add_option("--seed", o->seed, "Seed of the random method")
       ->capture_default_str()
       ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
-  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  emo::cli::add_tokenizer_option(app, o->tokenizer);
   app.add_option("-o,--out", o->out, "Subset file to write")->capture_default_str();
   return [o] {
     if (o->examples.empty() == o->data.empty())

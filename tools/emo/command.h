@@ -50,6 +50,19 @@ inline CLI::Validator in_range(double lo, double hi, bool above_lo = false) {
       "[" + bounds + "]");
 }
 
+// The MODEL argument of every command that reads a model: `what` names the model it wants; a run directory
+// or its checkpoints/latest is accepted too (the command resolves it with emo::resolve_model_dir).
+inline CLI::Option* add_model_argument(
+    CLI::App& app, std::string& model,
+    const std::string& what = "Model directory (config.json + safetensors") {
+  return app.add_option("model", model, what + ", a run directory or checkpoints/latest)");
+}
+
+// --tokenizer of the commands that find the tokenizer beside the model by default; `use` says what for.
+inline CLI::Option* add_tokenizer_option(CLI::App& app, std::string& path, const std::string& use = "") {
+  return app.add_option("--tokenizer", path, "tokenizer.json" + use + " (default: MODEL/tokenizer.json)");
+}
+
 struct CommandRegistrar {
   CommandRegistrar(std::string name, std::string description, CommandSetup setup) {
     command_registry().push_back({std::move(name), std::move(description), std::move(setup)});
