@@ -363,6 +363,55 @@ TEST(OutputGuard, FinetuneRefusesForeignOutputsAndItsInputAndReplacesOnlyItsOwnW
   EXPECT_EQ(forced.status, 0) << forced.err;
 }
 
+// The JSON files a command writes (select's subset, the --json reports of generate, eval and info) replace
+// only a file of the same kind emo wrote, and only with --force; an input is never overwritten.
+TEST(OutputGuard, JsonOutputsReplaceOnlyTheirOwnFileWithForce) {
+  TinyModel m;
+  std::ofstream(m.dir / "examples.txt") << "hello there, a short example of the task";
+  std::ofstream(m.dir / "notes.json") << "{\"the user's\": true}";
+  fs::create_directories(m.dir / "a_directory");
+  const std::string select =
+      "select " + m.model + " --examples " + m.dir / "examples.txt" + " --keep-k 4 -o ";
+  const std::string generate = m.generate("--prompt hi -n 2 --json ");
+  const std::string eval = "eval " + m.model + " --json ";
+  const std::string info = "info " + m.model + " --json ";
+  const std::string config = m.model + "/config.json", examples = m.dir / "examples.txt";
+  const std::string before = test::tree_bytes(m.dir.path);
+  for (const auto& [args, why] : std::vector<std::pair<std::string, std::string>>{
+           {select + examples, "is the input"},
+           {select + m.dir / "notes.json", "was not written by 'emo select'"},
+           {select + m.dir / "notes.json --force", "was not written by 'emo select'"},
+           {select + config, "was not written by 'emo select'"},
+           {generate + config, "was not written by 'emo generate'"},
+           {eval + config, "was not written by 'emo eval'"},
+           {info + m.dir / "notes.json", "was not written by 'emo info'"},
+           {info + m.dir / "a_directory", "exists and is not a regular file"},
+       }) {
+    const test::EmoRun refused = run_emo(args);
+    EXPECT_EQ(refused.status, 1) << args;
+    EXPECT_NE(refused.err.find(why), std::string::npos) << args << ": " << refused.err;
+  }
+  EXPECT_TRUE(test::tree_bytes(m.dir.path) == before) << "a refused command changed what it found";
+
+  for (const std::string& command : {select, generate, info}) {
+    const std::string out = m.dir / "out.json";
+    fs::remove(out);
+    ASSERT_EQ(run_emo(command + out).status, 0) << command;
+    const test::EmoRun again = run_emo(command + out);
+    EXPECT_EQ(again.status, 1) << command;
+    EXPECT_NE(again.err.find("holds a previous output of 'emo "), std::string::npos) << again.err;
+    EXPECT_NE(again.err.find("give --force"), std::string::npos) << again.err;
+    const test::EmoRun forced = run_emo(command + out + " --force");
+    EXPECT_EQ(forced.status, 0) << command << ": " << forced.err;
+    // Another command's JSON is not this one's to replace.
+    if (command != info) {
+      const test::EmoRun other = run_emo(info + out + " --force");
+      EXPECT_EQ(other.status, 1) << command;
+      EXPECT_NE(other.err.find("was not written by 'emo info'"), std::string::npos) << other.err;
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------ train
 
 TEST(CliTrain, TokenizerOptionSizesTheModelAndALongWarmupIsWarned) {

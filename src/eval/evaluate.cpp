@@ -90,7 +90,8 @@ EvalReport run_eval(const Model& model, const RoutingOptions& routing, const Tok
 }
 
 nlohmann::json EvalReport::to_json() const {
-  return {{"perplexity", domain_losses_json(perplexity)}, {"tasks", mc_results_json(tasks)}};
+  return {
+      {"format", kFormat}, {"perplexity", domain_losses_json(perplexity)}, {"tasks", mc_results_json(tasks)}};
 }
 
 std::string EvalReport::table() const {

@@ -32,6 +32,7 @@ struct EvalRequest {
 struct EvalReport {
   std::vector<DomainLoss> perplexity;
   std::vector<McResult> tasks;
+  static constexpr const char* kFormat = "emo-eval";  // "format" of to_json (emo eval --json)
   nlohmann::json to_json() const;
   std::string table() const;
 };

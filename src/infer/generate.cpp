@@ -87,7 +87,8 @@ double GenerateResult::decode_tokens_per_second() const {
 }
 
 nlohmann::json GenerateResult::to_json() const {
-  nlohmann::json j = {{"prompt_tokens", prompt_tokens},
+  nlohmann::json j = {{"format", kFormat},
+                      {"prompt_tokens", prompt_tokens},
                       {"generated_tokens", static_cast<int64_t>(tokens.size())},
                       {"prompt_seconds", prompt_seconds},
                       {"prompt_tokens_per_second", prompt_tokens_per_second()},

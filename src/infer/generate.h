@@ -53,6 +53,7 @@ struct GenerateResult {
 
   double prompt_tokens_per_second() const;
   double decode_tokens_per_second() const;
+  static constexpr const char* kFormat = "emo-generate";  // "format" of to_json (emo generate --json)
   nlohmann::json to_json() const;
 };
 

@@ -205,6 +205,7 @@ ModelInfo inspect_model(const std::string& dir) {
 
 nlohmann::json ModelInfo::to_json(int64_t extra_keep_k) const {
   nlohmann::json j;
+  j["format"] = kFormat;
   j["model"] = dir;
   j["config"] = config.to_json();
   j["weights"] = {

@@ -65,6 +65,7 @@ struct ModelInfo {
   // of them, plus `extra_keep_k` when not 0.
   std::vector<MemoryNeed> memory_table(int64_t extra_keep_k = 0) const;
 
+  static constexpr const char* kFormat = "emo-model-info";  // "format" of to_json (emo info --json)
   nlohmann::json to_json(int64_t extra_keep_k = 0) const;
   std::string text(int64_t extra_keep_k = 0) const;
 };

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 
 #include "core/error.h"
@@ -229,6 +230,19 @@ void check_new_output_file(const std::string& path, const OutputRules& rules,
     fail_file(rules.command, path,
               cat("holds a previous output of 'emo ", rules.command,
                   "': give --force to replace it, or choose another output"));
+}
+
+void check_new_output_json(const std::string& path, const OutputRules& rules, const std::string& format) {
+  if (path.empty() || path == "-") return;
+  check_new_output_file(path, rules, [&format](const std::string& existing) {
+    // emo's JSON outputs are small: a large file is someone else's, and is not read whole to find out.
+    constexpr uintmax_t kLargestOwnJson = uintmax_t{64} << 20;
+    std::error_code ec;
+    if (fs::file_size(existing, ec) > kLargestOwnJson || ec) return false;
+    std::ifstream in(existing, std::ios::binary);
+    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    return j.is_object() && j.contains("format") && j["format"] == format;
+  });
 }
 
 OutputDirectory::OutputDirectory(std::string dir, OutputRules rules)

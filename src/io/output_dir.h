@@ -5,9 +5,10 @@
 // "prune", "version": ..., "complete": true}). That marker is the only proof that a directory may be
 // replaced or continued: an existing output that is a regular file, a symbolic link, a non-empty directory
 // without the marker or with another command's marker is refused, and so is an output that is, contains or
-// lies inside one of the command's inputs. Whole outputs (prune, merge, quantize, finetune, pull) are written into a
-// temporary sibling "<dir>.emo-tmp-<pid>-XXXXXX" (marked unfinished, so no loader takes it for a model) and
-// renamed into place when complete; --force replaces a previous output of the same command, nothing else.
+// lies inside one of the command's inputs. Whole outputs (prune, merge, quantize, finetune, pull) are written
+// into a temporary sibling "<dir>.emo-tmp-<pid>-XXXXXX" (marked unfinished, so no loader takes it for a
+// model) and renamed into place when complete; --force replaces a previous output of the same command,
+// nothing else.
 #pragma once
 
 #include <functional>
@@ -75,6 +76,11 @@ void write_output_directory(const std::string& dir, const OutputRules& rules,
 // input directory is allowed: writing one new file there destroys nothing.
 void check_new_output_file(const std::string& path, const OutputRules& rules,
                            const std::function<bool(const std::string& path)>& written_by_emo);
+
+// The guard of a JSON file emo writes (a subset, the --json report of eval, generate, info): as
+// check_new_output_file, a file being emo's own when it is a JSON object whose "format" is `format`. "" and
+// "-" (stdout) pass.
+void check_new_output_json(const std::string& path, const OutputRules& rules, const std::string& format);
 
 // For outputs written in place and continued by a later run (train --out, reproduce, sweep, corpus build,
 // analyze): creates `dir` with the marker when it is absent or empty, accepts it when it carries the

@@ -17,7 +17,6 @@
 namespace emo {
 namespace {
 
-constexpr const char* kFormat = "emo-expert-subset";
 constexpr int kVersion = 1;
 
 [[noreturn]] void fail_layer(const std::string& source, int64_t layer, const std::string& problem) {

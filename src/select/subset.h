@@ -32,6 +32,8 @@ struct CalibrationInfo {
 };
 
 struct ExpertSubset {
+  static constexpr const char* kFormat = "emo-expert-subset";  // the file's "format"
+
   // The model the subset was made for.
   int64_t num_layers = 0;
   int64_t num_experts = 0;  // E per layer, shared included

@@ -9,6 +9,7 @@
 #include "infer/model_files.h"
 #include "infer/quantize.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 #include "select/subset.h"
 
 namespace {
@@ -24,7 +25,8 @@ std::function<int()> setup_eval(CLI::App& app) {
   auto o = std::make_shared<Options>();
   emo::cli::add_model_argument(app, o->model)->required();
   app.add_option("--subset", o->subset, "Route the full model through this expert subset (emo select)");
-  app.add_flag("--force", o->force, "Use a --subset chosen on another checkpoint");
+  app.add_flag("--force", o->force,
+               "Use a --subset chosen on another checkpoint; replace a previous --json file of emo eval");
   app.add_option("--data", o->request.data_path,
                  "Tokenised split for perplexity, e.g. data/corpus/validation.bin");
   app.add_option("--domains", o->request.perplexity.domains, "Only these domains (default: all)")
@@ -62,6 +64,10 @@ std::function<int()> setup_eval(CLI::App& app) {
   return [o] {
     o->request.perplexity.intra_document_attention = !o->cross_document;
     const std::string model_dir = emo::resolve_model_dir(o->model, "eval");
+    std::vector<std::string> inputs = {model_dir, o->subset, o->request.data_path, o->tokenizer,
+                                       o->request.corpus_split_path};
+    inputs.insert(inputs.end(), o->request.task_paths.begin(), o->request.task_paths.end());
+    emo::check_new_output_json(o->json, {"eval", inputs, o->force}, emo::EvalReport::kFormat);
     auto model = emo::load_model_dequantized(model_dir);
     emo::RoutingOptions routing;
     routing.training = false;

@@ -15,6 +15,7 @@
 #include "infer/resident.h"
 #include "infer/text_stream.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 #include "select/examples.h"
 
 namespace {
@@ -64,7 +65,9 @@ std::function<int()> setup_generate(CLI::App& app) {
       ->check(emo::cli::in_range(0, 1e6, true));
   app.add_option("--stop", o->stop, "Stop before this text (repeatable); it is not printed");
   app.add_option("--subset", o->subset, "Load and route only this expert subset (emo select)");
-  app.add_flag("--force", o->force, "Use a --subset chosen on another checkpoint");
+  app.add_flag("--force", o->force,
+               "Use a --subset chosen on another checkpoint; replace previous --save-subset and --json files "
+               "of emo generate");
   app.add_option("--keep-k", o->keep_k, "Keep K experts per layer chosen layerwise from --examples")
       ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--examples", o->examples, "Calibration examples for --keep-k (text or JSONL)");
@@ -89,6 +92,10 @@ std::function<int()> setup_generate(CLI::App& app) {
     for (const std::string& s : o->stop)
       if (s.empty()) emo::fail("generate", "--stop: a stop string must not be empty");
     const std::string model_dir = emo::resolve_model_dir(o->model, "generate");
+    const emo::OutputRules output{
+        "generate", {model_dir, o->prompt_file, o->tokenizer, o->subset, o->examples}, o->force};
+    emo::check_new_output_json(o->save_subset, output, emo::ExpertSubset::kFormat);
+    emo::check_new_output_json(o->json, output, emo::GenerateResult::kFormat);
     auto weights = emo::InferWeights::open(model_dir);
     const emo::ModelConfig& config = weights->config();
     const emo::Tokenizer tokenizer =

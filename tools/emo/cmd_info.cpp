@@ -8,6 +8,7 @@
 #include "infer/model_files.h"
 #include "infer/model_info.h"
 #include "io/atomic_file.h"
+#include "io/output_dir.h"
 
 namespace {
 
@@ -24,12 +25,14 @@ std::function<int()> setup_info(CLI::App& app) {
   struct Options {
     std::string model, json;
     int64_t keep_k = 0;
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   emo::cli::add_model_argument(app, o->model);
   CLI::Option* json =
       app.add_option("--json", o->json, "Write the facts as JSON to this file ('-' or none: stdout)")
           ->expected(0, 1);
+  app.add_flag("--force", o->force, "Replace a previous --json file of emo info");
   app.add_option("--keep-k", o->keep_k, "Also show the memory of a run keeping K experts per layer")
       ->check(emo::cli::in_range(1, 1 << 20));
   return [o, json] {
@@ -37,7 +40,9 @@ std::function<int()> setup_info(CLI::App& app) {
       print_build_facts();
       return 0;
     }
-    const emo::ModelInfo info = emo::inspect_model(emo::resolve_model_dir(o->model, "info"));
+    const std::string model_dir = emo::resolve_model_dir(o->model, "info");
+    emo::check_new_output_json(o->json, {"info", {model_dir}, o->force}, emo::ModelInfo::kFormat);
+    const emo::ModelInfo info = emo::inspect_model(model_dir);
     if (json->count() == 0) {
       std::printf("%s", info.text(o->keep_k).c_str());
       return 0;

@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "infer/model_files.h"
 #include "infer/quantize.h"
+#include "io/output_dir.h"
 #include "select/examples.h"
 #include "select/selection.h"
 
@@ -20,6 +21,7 @@ std::function<int()> setup_select(CLI::App& app) {
     std::string model, examples, data, domain, tokenizer, method = "layerwise", out = "subset.json";
     int64_t documents = 1, keep_k = 0;
     uint64_t seed = 0;
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   emo::cli::add_model_argument(app, o->model)->required();
@@ -39,11 +41,14 @@ std::function<int()> setup_select(CLI::App& app) {
       ->check(emo::cli::in_range(0, emo::cli::kMaxSeed));
   emo::cli::add_tokenizer_option(app, o->tokenizer);
   app.add_option("-o,--out", o->out, "Subset file to write")->capture_default_str();
+  app.add_flag("--force", o->force, "Replace a previous subset file of emo select at -o");
   return [o] {
     if (o->examples.empty() == o->data.empty())
       emo::fail("select", "give either --examples FILE or --data SPLIT --domain D [--documents N]");
     emo::SelectionOptions options{o->keep_k, emo::parse_selection_method(o->method), o->seed};
     const std::string model_dir = emo::resolve_model_dir(o->model, "select");
+    emo::check_new_output_json(o->out, {"select", {model_dir, o->examples, o->data, o->tokenizer}, o->force},
+                               emo::ExpertSubset::kFormat);
     auto model = emo::load_model_dequantized(model_dir);
     emo::Examples examples;
     if (!o->examples.empty()) {
