@@ -370,6 +370,8 @@ TEST(OutputGuard, JsonOutputsReplaceOnlyTheirOwnFileWithForce) {
   std::ofstream(m.dir / "examples.txt") << "hello there, a short example of the task";
   std::ofstream(m.dir / "notes.json") << "{\"the user's\": true}";
   fs::create_directories(m.dir / "a_directory");
+  fs::create_directories(m.dir / "foreign");
+  std::ofstream(m.dir / "foreign/notes.txt") << "the user's";
   const std::string select =
       "select " + m.model + " --examples " + m.dir / "examples.txt" + " --keep-k 4 -o ";
   const std::string generate = m.generate("--prompt hi -n 2 --json ");
@@ -386,6 +388,11 @@ TEST(OutputGuard, JsonOutputsReplaceOnlyTheirOwnFileWithForce) {
            {eval + config, "was not written by 'emo eval'"},
            {info + m.dir / "notes.json", "was not written by 'emo info'"},
            {info + m.dir / "a_directory", "exists and is not a regular file"},
+           // eval --save-tasks writes into a directory of emo's own only.
+           {"eval " + m.model + " --data " + m.dir / "none.bin --save-tasks " + m.dir.path.string(),
+            "contains the input"},
+           {"eval " + m.model + " --data " + m.dir / "none.bin --save-tasks " + m.dir / "foreign",
+            "not written by emo"},
        }) {
     const test::EmoRun refused = run_emo(args);
     EXPECT_EQ(refused.status, 1) << args;

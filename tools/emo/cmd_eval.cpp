@@ -68,6 +68,9 @@ std::function<int()> setup_eval(CLI::App& app) {
                                        o->request.corpus_split_path};
     inputs.insert(inputs.end(), o->request.task_paths.begin(), o->request.task_paths.end());
     emo::check_new_output_json(o->json, {"eval", inputs, o->force}, emo::EvalReport::kFormat);
+    // The task files go into a directory of emo's own (marked), never among the user's files.
+    if (!o->request.save_tasks_dir.empty())
+      emo::claim_output_directory(o->request.save_tasks_dir, {"eval", inputs});
     auto model = emo::load_model_dequantized(model_dir);
     emo::RoutingOptions routing;
     routing.training = false;
