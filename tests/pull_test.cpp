@@ -38,8 +38,12 @@ const std::string kRepo = "org/tiny-emo";
 using test::TempDir;
 const std::string kTokenizer = test::kTrainedTokenizer;
 
-void write_fixture(const std::string& dir) {
-  test::write_tiny_emo(dir);
+// The tiny model; `blocks_of_32` makes every matrix row whole blocks of 32 weights, as q4 needs.
+void write_fixture(const std::string& dir, bool blocks_of_32) {
+  if (blocks_of_32)
+    test::write_tiny_emo(dir, 32, 24'000, 300, 5, 32);
+  else
+    test::write_tiny_emo(dir);
 }
 
 std::string read_bytes(const fs::path& p) {
@@ -53,8 +57,8 @@ struct Fixture {
   testing::FakeHub hub{kRepo};
   uint64_t small_bytes = 0;  // the files fetched whole (all but the shards)
 
-  Fixture() {
-    write_fixture(full);
+  explicit Fixture(bool blocks_of_32 = false) {
+    write_fixture(full, blocks_of_32);
     std::ofstream(examples) << "The capital of France is Paris. The capital of Italy is Rome.";
     for (const auto& e : fs::directory_iterator(full)) {
       const bool lfs = e.path().extension() == ".safetensors";
@@ -216,6 +220,19 @@ TEST(Pull, MirrorsTheRepositoryAndConvertsOnTheWay) {
   o.dtype = DType::kI8;
   pull_model(hub, o);
   expect_same_checkpoint(fx.dir / "pulled_int8", fx.dir / "reference_int8");
+}
+
+TEST(Pull, ConvertsTheSelectionToQ4AsQuantizeDoes) {
+  Fixture fx(true);
+  HubClient hub = fx.client();
+  fx.reference("reference");
+  quantize_checkpoint(fx.dir / "reference", fx.dir / "reference_q4", DType::kQ4_0);
+  PullOptions o = fx.selection("pulled_q4");
+  o.dtype = DType::kQ4_0;
+  pull_model(hub, o);
+  expect_same_checkpoint(fx.dir / "pulled_q4", fx.dir / "reference_q4");
+  const SafetensorsCheckpoint pulled = SafetensorsCheckpoint::open(fx.dir / "pulled_q4");
+  EXPECT_EQ(pulled.info("model.layers.0.self_attn.q_proj.weight").dtype, DType::kQ4_0);
 }
 
 TEST(Pull, ResumesAfterAKillFetchingOnlyWhatIsMissing) {

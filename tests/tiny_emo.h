@@ -31,16 +31,17 @@ struct TempDir {
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
-// V=300 (the tokenizer's; another vocab_size makes a model the tokenizer does not fit), d=16, L=3, E=10 (9
-// routed + 1 shared), K=3, context 64, EOS 298; weights scaled so routing is far from uniform. Saved in
-// shards of at most 24 kB, with the tokenizer beside it. `intermediate` (expert width) and
-// `max_shard_bytes` make experts large enough to span many pages.
+// V=300 (the tokenizer's; another vocab_size makes a model the tokenizer does not fit), d=16 (or
+// hidden_size), L=3, E=10 (9 routed + 1 shared), K=3, context 64, EOS 298; weights scaled so routing is far
+// from uniform. Saved in shards of at most 24 kB, with the tokenizer beside it. `intermediate` (expert width)
+// and `max_shard_bytes` make experts large enough to span many pages.
 inline void write_tiny_emo(const std::string& dir, int64_t intermediate = 12,
-                           int64_t max_shard_bytes = 24'000, int64_t vocab_size = 300, uint64_t seed = 5) {
+                           int64_t max_shard_bytes = 24'000, int64_t vocab_size = 300, uint64_t seed = 5,
+                           int64_t hidden_size = 16) {
   ModelConfig c;
   c.model_type = "emo";
   c.vocab_size = vocab_size;
-  c.hidden_size = 16;
+  c.hidden_size = hidden_size;
   c.intermediate_size = intermediate;
   c.num_hidden_layers = 3;
   c.num_attention_heads = 2;

@@ -567,8 +567,9 @@ PullSummary Puller::run() {
   if (modes != 1) fail(kOp, "give one of --keep-k K --examples FILE, --subset FILE or --all");
   if ((options_.keep_k > 0) != !options_.examples.empty()) fail(kOp, "--keep-k and --examples go together");
   if (options_.out.empty()) fail(kOp, "give --out DIR");
-  if (options_.dtype && *options_.dtype != DType::kBF16 && *options_.dtype != DType::kI8)
-    fail(kOp, "--dtype converts to bf16 or int8 (f32 = as stored)");
+  if (options_.dtype && options_.dtype->dtype != DType::kBF16 && options_.dtype->dtype != DType::kI8 &&
+      options_.dtype->dtype != DType::kQ4_0)
+    fail(kOp, "--dtype converts to bf16, int8 or q4 (f32 = as stored)");
   check_new_output(options_.out, output_rules());  // before any request: refused outputs cost nothing
   const uint64_t received_before = hub_.bytes_received();
   const int64_t requests_before = hub_.requests();

@@ -8,8 +8,8 @@
 // "<out>.emo-pull/" (each shard a sparse file of its full size holding only the fetched ranges) and the
 // output is written from it by `emo prune`'s code, so it holds the bytes `emo select` + `emo prune` on the
 // full model would give; pruning_metadata.json adds a "source" entry (repository, revision, commit, the
-// files' sizes and hashes). Optionally converted to bf16 or int8 on the way (`emo quantize`'s code). Without
-// a selection (`all`) it mirrors every file of the repository.
+// files' sizes and hashes). Optionally converted to bf16, int8 or q4 on the way (`emo quantize`'s code).
+// Without a selection (`all`) it mirrors every file of the repository.
 //
 // Every file fetched whole is checked against the Hub's hash (sha256 of LFS files, the git blob id of the
 // others); a shard is checked when all of its bytes were fetched (a partial shard has no hash to check:
@@ -25,6 +25,7 @@
 #include <string>
 
 #include "hub/hub_client.h"
+#include "infer/quantize.h"
 #include "tensor/dtype.h"
 
 namespace emo {
@@ -39,7 +40,7 @@ struct PullOptions {
   std::string subset;                      // or a subset file made earlier (emo select)
   std::string tokenizer;                   // tokenizer.json for the examples (default: the repository's)
   bool all = false;                        // mirror the whole repository
-  std::optional<DType> dtype;              // convert to kBF16 or kI8 on the way
+  std::optional<QuantizeTarget> dtype;     // convert to bf16, int8 or q4 on the way (emo quantize's code)
   int parallel = 4;                        // range requests at once
   uint64_t max_range_bytes = 64ull << 20;  // largest single range request
 };

@@ -1,5 +1,5 @@
 // `emo pull REPO [--revision REV] --out DIR (--keep-k K --examples FILE | --subset FILE | --all)
-// [--dtype f32|bf16|int8]`: a model from the Hugging Face Hub, or only the experts a task needs
+// [--dtype f32|bf16|int8|q4]`: a model from the Hugging Face Hub, or only the experts a task needs
 // (docs/pull.md).
 #include <cstdio>
 #include <memory>
@@ -29,7 +29,8 @@ std::function<int()> setup_pull(CLI::App& app) {
                  "tokenizer.json for the examples (default: the repository's)");
   app.add_option("--subset", o->pull.subset, "Or a subset file made earlier (emo select)");
   app.add_flag("--all", o->pull.all, "Mirror the whole repository");
-  app.add_option("--dtype", o->dtype, "f32 (as stored), bf16 or int8")->capture_default_str();
+  app.add_option("--dtype", o->dtype, "f32 (as stored), bf16, int8 or q4 (as emo quantize writes them)")
+      ->capture_default_str();
   app.add_option("--parallel", o->pull.parallel, "Range requests at once")
       ->capture_default_str()
       ->check(emo::cli::in_range(1, 64));
@@ -38,8 +39,10 @@ std::function<int()> setup_pull(CLI::App& app) {
       o->pull.dtype = emo::DType::kBF16;
     else if (o->dtype == "int8")
       o->pull.dtype = emo::DType::kI8;
+    else if (o->dtype == "q4" || o->dtype == "q4_0")
+      o->pull.dtype = emo::DType::kQ4_0;
     else if (o->dtype != "f32")
-      emo::fail("pull", "--dtype is f32, bf16 or int8, not '" + o->dtype + "'");
+      emo::fail("pull", "--dtype is f32, bf16, int8 or q4, not '" + o->dtype + "'");
     emo::HubClient hub(emo::hub_config_from_environment());
     const emo::PullSummary s = emo::pull_model(hub, o->pull);
     std::printf("pulled %s at %s -> %s: %s fetched", o->pull.repo.c_str(), s.commit.c_str(),
