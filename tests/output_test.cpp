@@ -25,6 +25,7 @@
 #include "run_emo.h"
 #include "select/subset.h"
 #include "tiny_emo.h"
+#include "tokenizer/tokenizer.h"
 
 namespace emo {
 namespace {
@@ -73,6 +74,23 @@ void expect_refusals(const Scratch& s, const std::vector<Refusal>& refusals) {
   EXPECT_TRUE(tree_bytes(s.dir.path) == before) << "a refused command changed what it found";
 }
 
+// Nothing named like a temporary or a moved-aside output of emo beside the outputs.
+void expect_no_leftovers(const Scratch& s) {
+  for (const auto& e : fs::directory_iterator(s.dir.path))
+    EXPECT_EQ(e.path().filename().string().find(".emo-"), std::string::npos)
+        << e.path() << " holding:\n"
+        << (e.is_directory() ? tree_bytes(e.path()).substr(0, 2000) : "");
+}
+
+// The refusals every whole output shares, for `args` ending in the output option: a directory of the
+// user's (with or without --force), a file, a model directory emo did not write.
+std::vector<Refusal> foreign_output_refusals(const Scratch& s, const std::string& args) {
+  return {{args + s.foreign, "not written by emo"},
+          {args + s.foreign + " --force", "not written by emo"},
+          {args + s.file, "is not a directory"},
+          {args + s.model + " --force", "not written by emo"}};
+}
+
 // A directory output of `command`: written once, refused a second time without --force, replaced with it;
 // no temporary sibling left behind.
 void expect_own_output_replaced_only_with_force(const Scratch& s, const std::string& args,
@@ -88,10 +106,7 @@ void expect_own_output_replaced_only_with_force(const Scratch& s, const std::str
       << again.err;
   const test::EmoRun forced = run_emo(args + out + " --force");
   EXPECT_EQ(forced.status, 0) << forced.err;
-  for (const auto& e : fs::directory_iterator(s.dir.path))
-    EXPECT_EQ(e.path().filename().string().find(".emo-"), std::string::npos)
-        << e.path() << " holding:\n"
-        << (e.is_directory() ? tree_bytes(e.path()).substr(0, 2000) : "");
+  expect_no_leftovers(s);
 }
 
 TEST(OutputGuard, AnalyzeRefusesForeignOutputsAndInputsAndReplacesOnlyItsOwnWithForce) {
@@ -138,14 +153,11 @@ TEST(OutputGuard, CorpusBuildRefusesForeignOutputsAndItsCacheAndReplacesOnlyItsO
   Scratch s;
   fs::create_directories(s / "cache");
   const std::string build = "corpus build --cache " + s / "cache" + " --out ";
+  expect_refusals(s, foreign_output_refusals(s, build));
   expect_refusals(s, {
-                         {build + s.foreign, "not written by emo"},
-                         {build + s.foreign + " --force", "not written by emo"},
-                         {build + s.file, "is not a directory"},
                          {build + s / "cache", "is the input"},
                          {build + s.dir.path.string(), "contains the input"},
                          {build + s / "cache/corpus", "lies inside the input"},
-                         {build + s.model + " --force", "not written by emo"},
                      });
   data::CorpusOptions options;
   options.out_dir = s / "corpus";
@@ -230,6 +242,38 @@ TEST(OutputGuard, ExportGgufReplacesOnlyAFileItWroteAndOnlyWithForce) {
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
 }
 
+// emo tokenizer train -o DIR is a whole output: refused over the user's directories, files and its corpus
+// before any counting, written into a temporary sibling, its own previous output replaced only with --force.
+TEST(OutputGuard, TokenizerTrainRefusesForeignOutputsAndItsCorpusAndReplacesOnlyItsOwnWithForce) {
+  Scratch s;
+  write_text(s / "texts/corpus.txt", "the law of the land and the code of the machine\n");
+  write_text(s / "pruned/.emo-output", R"({"format": "emo-output", "command": "prune"})");
+  const std::string train = "tokenizer train --vocab-size 260 --corpus " + s / "texts/corpus.txt" + " -o ";
+  expect_refusals(s, foreign_output_refusals(s, train));
+  expect_refusals(s, {
+                         {train + s / "texts/corpus.txt", "is the input"},
+                         {train + s / "texts", "contains the input"},
+                         {train + s / "pruned --force", "holds the output of 'emo prune'"},
+                     });
+  expect_own_output_replaced_only_with_force(s, train, s / "tok", "tokenizer train");
+  EXPECT_EQ(Tokenizer::load(s / "tok/tokenizer.json").vocab_size(), 260);
+}
+
+// emo tokenizer dolma2 --out DIR: the same guard, checked before its parts are fetched or read.
+TEST(OutputGuard, TokenizerDolma2RefusesForeignOutputsBeforeFetchingItsParts) {
+  Scratch s;
+  write_text(s / "parts/cl100k.json", "{}");
+  const std::string dolma2 = "tokenizer dolma2 --cl100k-json " + s / "parts/cl100k.json" +
+                             " --tiktoken /nonexistent/cl100k.tiktoken --out ";
+  expect_refusals(s, foreign_output_refusals(s, dolma2));
+  expect_refusals(s, {{dolma2 + s / "parts", "contains the input"}});
+  const test::EmoRun missing = run_emo(dolma2 + s / "dolma2");
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_NE(missing.err.find("/nonexistent/cl100k.tiktoken: not found"), std::string::npos) << missing.err;
+  EXPECT_FALSE(fs::exists(s / "dolma2"));
+  expect_no_leftovers(s);
+}
+
 // ---------------------------------------------------------------------------------------------- faults
 
 // Two different subsets of the tiny model (keep-k 4: the shared expert and 3 routed experts per layer), and
@@ -247,14 +291,6 @@ struct TwoPrunes {
     b = "prune " + s.model + " --subset " + s / "b.json";
   }
 };
-
-// Nothing named like a temporary or a moved-aside output of emo beside the outputs.
-void expect_no_leftovers(const Scratch& s) {
-  for (const auto& e : fs::directory_iterator(s.dir.path))
-    EXPECT_EQ(e.path().filename().string().find(".emo-"), std::string::npos)
-        << e.path() << " holding:\n"
-        << (e.is_directory() ? tree_bytes(e.path()).substr(0, 2000) : "");
-}
 
 // SIGKILL of a command replacing `out` (with --force) at random moments, `first` and `second` alternately:
 // each time `out` holds the previous output or the whole new one, never a mixture or nothing.

