@@ -392,6 +392,64 @@ TEST(InferDecode, IncrementalDecodeWithTheCacheEqualsTheFullForward) {
   EXPECT_EQ(step.length(), 16);
 }
 
+// Three sequences in one decoder, stepped together: a prompt joining while others decode, each on its own
+// experts (all, and two different subsets), one leaving early; every step's logits equal the sequence
+// decoded alone.
+TEST(InferDecode, BatchedStepsOfSequencesOnTheirOwnExpertsEqualEachDecodedAlone) {
+  TempDir dir;
+  random_model(tiny_config(), 9)->save(dir / "m");
+  auto weights = InferWeights::open(dir / "m");
+  const int64_t V = weights->config().vocab_size;
+  const std::vector<std::vector<int32_t>> subset_a = {{0, 2, 4}, {1, 3, 5}}, subset_b = {{1, 6}, {0, 6}};
+  const std::vector<const std::vector<std::vector<int32_t>>*> kept = {nullptr, &subset_a, &subset_b};
+  const std::vector<std::vector<int32_t>> tokens = {some_tokens(14, 1), some_tokens(14, 2),
+                                                    some_tokens(14, 3)};
+  // What each sequence gives alone: a prompt of `prompt[i]` tokens, then one token per step.
+  const std::vector<int64_t> prompt = {6, 3, 5};
+  std::vector<std::vector<Tensor>> alone(3);
+  for (size_t i = 0; i < 3; ++i) {
+    auto own = InferWeights::open(dir / "m");
+    if (kept[i])
+      for (int64_t l = 0; l < 2; ++l) own->keep_experts(l, (*kept[i])[l]);
+    Decoder d(*own, 16);
+    alone[i].push_back(d.forward({tokens[i].begin(), tokens[i].begin() + prompt[i]}));
+    for (int64_t t = prompt[i]; t < 14; ++t) alone[i].push_back(d.forward({tokens[i][t]}));
+  }
+  Decoder batch(*weights, 16, 4);
+  std::vector<int64_t> done(3, 0);  // positions run per sequence
+  // Step 0: sequences 0 and 1 prefill; sequence 2 joins at step 2; sequence 1 leaves after step 5.
+  for (int step = 0; step < 10; ++step) {
+    std::vector<BatchEntry> entries;
+    std::vector<size_t> who;
+    for (size_t i = 0; i < 3; ++i) {
+      if ((i == 2 && step < 2) || (i == 1 && step > 5) || done[i] >= 14) continue;
+      const int64_t n = done[i] == 0 ? prompt[i] : 1;
+      entries.push_back({static_cast<int64_t>(i) + 1,  // slots 1..3: slot 0 stays unused
+                         {tokens[i].begin() + done[i], tokens[i].begin() + done[i] + n},
+                         kept[i]});
+      who.push_back(i);
+    }
+    const Tensor& logits = batch.forward_batch(entries);  // [entries, V]
+    ASSERT_EQ(logits.dim(0), static_cast<int64_t>(entries.size()));
+    for (size_t j = 0; j < who.size(); ++j) {
+      const size_t i = who[j];
+      const Tensor& want = alone[i][done[i] == 0 ? 0 : done[i] - prompt[i] + 1];
+      Tensor got({V}, std::vector<float>(logits.data() + j * V, logits.data() + (j + 1) * V));
+      SCOPED_TRACE(testing::Message() << "step " << step << " sequence " << i);
+      expect_close(got, want, 2e-5);
+      done[i] += static_cast<int64_t>(entries[j].tokens.size());
+      EXPECT_EQ(batch.length(static_cast<int64_t>(i) + 1), done[i]);
+    }
+  }
+  EXPECT_EQ(batch.length(0), 0);
+  // A slot named twice, or one whose tokens do not fit, changes nothing.
+  const int64_t before = batch.length(1);
+  EXPECT_THROW(batch.forward_batch({{1, {5}, nullptr}, {1, {6}, nullptr}}), Error);
+  EXPECT_THROW(batch.forward_batch({{1, {5}, nullptr}, {3, std::vector<int32_t>(16, 5), nullptr}}), Error);
+  EXPECT_THROW(batch.forward_batch({{4, {5}, nullptr}}), Error);
+  EXPECT_EQ(batch.length(1), before);
+}
+
 // ------------------------------------------------------------------------------------------ kernels
 
 // A [rows, cols] matrix in `dtype` with its fp32 values as the kernels see them.

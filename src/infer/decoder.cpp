@@ -82,13 +82,15 @@ std::vector<MemoryRange> KvCache::memory_ranges() const {
   return {{"kv_cache", k_.get(), bytes}, {"kv_cache", v_.get(), bytes}};
 }
 
-Decoder::Decoder(InferWeights& weights, int64_t capacity)
-    : weights_(weights),
-      cache_(weights.config().num_hidden_layers, capacity,
-             weights.config().num_key_value_heads * weights.config().head_dim()) {
+Decoder::Decoder(InferWeights& weights, int64_t capacity, int64_t slots) : weights_(weights) {
   const ModelConfig& config = weights.config();
   EMO_CHECK(capacity >= 1 && capacity <= config.max_position_embeddings, kOp, "a sequence of ", capacity,
             " positions does not fit the model's context of ", config.max_position_embeddings);
+  EMO_CHECK(slots >= 1, kOp, "a decoder of ", slots, " sequences");
+  for (int64_t s = 0; s < slots; ++s)
+    caches_.push_back(std::make_unique<KvCache>(config.num_hidden_layers, capacity,
+                                                config.num_key_value_heads * config.head_dim()));
+  lengths_.assign(static_cast<size_t>(slots), 0);
   RoutingOptions standard;
   standard.training = false;
   standard_ = make_routing_policy(standard);
@@ -98,12 +100,15 @@ Decoder::Decoder(InferWeights& weights, int64_t capacity)
   subset_ = make_routing_policy(subset_options_);
 }
 
-void Decoder::check_chunk(const std::vector<int32_t>& tokens) const {
+void Decoder::check_chunk(const std::vector<int32_t>& tokens, int64_t slot) const {
   const ModelConfig& config = weights_.config();
   const int64_t N = static_cast<int64_t>(tokens.size());
+  EMO_CHECK(slot >= 0 && slot < slots(), kOp, "no sequence slot ", slot, " (the decoder holds ", slots(),
+            ")");
+  const int64_t cached = lengths_[slot];
   EMO_CHECK(N >= 1, kOp, "no tokens to run");
   EMO_CHECK(
-      length_ + N <= capacity(), kOp, length_, " cached + ", N, " new tokens exceed ",
+      cached + N <= capacity(), kOp, cached, " cached + ", N, " new tokens exceed ",
       capacity() == config.max_position_embeddings ? "the model's context of " : "the sequence capacity of ",
       capacity(), " positions");
   for (int64_t n = 0; n < N; ++n)
@@ -122,17 +127,54 @@ const Tensor& Decoder::forward(const std::vector<int32_t>& tokens, bool all_logi
 }
 
 DecoderPass& Decoder::begin(const std::vector<int32_t>& tokens) {
-  check_chunk(tokens);
-  const int64_t N = static_cast<int64_t>(tokens.size()), C = weights_.config().hidden_size;
+  return begin_sequences({{0, lengths_[0], 0, static_cast<int64_t>(tokens.size()), nullptr}}, {&tokens});
+}
+
+DecoderPass& Decoder::begin_sequences(std::vector<PassSequence> sequences,
+                                      const std::vector<const std::vector<int32_t>*>& tokens) {
+  for (size_t i = 0; i < sequences.size(); ++i) check_chunk(*tokens[i], sequences[i].slot);
+  const int64_t C = weights_.config().hidden_size;
   DecoderPass& p = pass_;
-  p.tokens = tokens;
-  p.N = N;
-  p.positions.resize(N);
-  std::iota(p.positions.begin(), p.positions.end(), static_cast<int32_t>(length_));
-  p.x.resize({N, C});
-  for (int64_t n = 0; n < N; ++n)
-    dequantize_rows(p.x.data() + n * C, weights_.embed(), tokens[n], tokens[n] + 1);
+  p.tokens.clear();
+  p.positions.clear();
+  p.sequence_of.clear();
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    sequences[i].first = static_cast<int64_t>(p.tokens.size());
+    sequences[i].start = lengths_[sequences[i].slot];
+    for (size_t t = 0; t < tokens[i]->size(); ++t) {
+      p.tokens.push_back((*tokens[i])[t]);
+      p.positions.push_back(static_cast<int32_t>(sequences[i].start + static_cast<int64_t>(t)));
+      p.sequence_of.push_back(static_cast<int32_t>(i));
+    }
+  }
+  p.sequences = std::move(sequences);
+  p.N = static_cast<int64_t>(p.tokens.size());
+  p.x.resize({p.N, C});
+  for (int64_t n = 0; n < p.N; ++n)
+    dequantize_rows(p.x.data() + n * C, weights_.embed(), p.tokens[n], p.tokens[n] + 1);
   return p;
+}
+
+const Tensor& Decoder::forward_batch(const std::vector<BatchEntry>& entries) {
+  EMO_CHECK(!entries.empty(), kOp, "a batched step of no sequence");
+  std::vector<PassSequence> sequences;
+  std::vector<const std::vector<int32_t>*> tokens;
+  std::vector<uint8_t> seen(static_cast<size_t>(slots()), 0);
+  for (const BatchEntry& e : entries) {
+    EMO_CHECK(e.slot >= 0 && e.slot < slots() && !seen[e.slot]++, kOp, "sequence slot ", e.slot,
+              " is not a slot of the decoder, or appears twice in one step");
+    sequences.push_back({e.slot, 0, 0, static_cast<int64_t>(e.tokens.size()), e.kept});
+    tokens.push_back(&e.tokens);
+  }
+  begin_sequences(std::move(sequences), tokens);
+  for (int64_t l = 0; l < weights_.config().num_hidden_layers; ++l) {
+    attention(l);
+    router(l);
+    experts(l);
+  }
+  std::vector<int64_t> rows;
+  for (const PassSequence& s : pass_.sequences) rows.push_back(s.first + s.count - 1);
+  return logits_of(rows, false);
 }
 
 void Decoder::attention(int64_t l) {
@@ -151,22 +193,26 @@ void Decoder::attention(int64_t l) {
   matmul_group({p.q.data(), p.k.data(), p.v.data()}, p.normed.data(), N, {lw.q, lw.k, lw.v});
   rope_forward(p.q.data(), p.positions.data(), N, H, weights_.rope());
   rope_forward(p.k.data(), p.positions.data(), N, Hkv, weights_.rope());
-  float* keys = cache_.keys(l);      // [capacity, W]
-  float* values = cache_.values(l);  // [capacity, W]
-  std::memcpy(keys + length_ * W, p.k.data(), sizeof(float) * N * W);
-  std::memcpy(values + length_ * W, p.v.data(), sizeof(float) * N * W);
+  int64_t longest = 0;  // positions the longest sequence attends to
+  for (const PassSequence& s : p.sequences) {
+    KvCache& cache = *caches_[s.slot];
+    std::memcpy(cache.keys(l) + s.start * W, p.k.data() + s.first * W, sizeof(float) * s.count * W);
+    std::memcpy(cache.values(l) + s.start * W, p.v.data() + s.first * W, sizeof(float) * s.count * W);
+    longest = std::max(longest, s.start + s.count);
+  }
 
   p.attn.resize({N, H * hd});
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t group = H / Hkv;
   // A (token, head) pair costs about 4 * positions * hd flops; chunks of at least ~64k flops (a few
   // microseconds, against 0.1-0.4 us to hand a chunk to a polling worker).
-  const int64_t grain = std::max<int64_t>(1, 16384 / ((length_ + N) * hd));
+  const int64_t grain = std::max<int64_t>(1, 16384 / (longest * hd));
   parallel_for(N * H, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / H, h = i % H, kv = (h / group) * hd;
-      attend_one(p.attn.data() + n * H * hd + h * hd, p.q.data() + n * H * hd + h * hd, keys + kv,
-                 values + kv, p.positions[n], W, hd, scale);
+      KvCache& cache = *caches_[p.sequences[p.sequence_of[n]].slot];  // [capacity, W] keys and values
+      attend_one(p.attn.data() + n * H * hd + h * hd, p.q.data() + n * H * hd + h * hd, cache.keys(l) + kv,
+                 cache.values(l) + kv, p.positions[n], W, hd, scale);
     }
   });
   p.branch.resize({N, C});
@@ -203,25 +249,38 @@ void Decoder::experts(int64_t l) {
   }
   const int64_t E = config.experts_in_layer(l), shared = config.shared_in_layer(l), Er = E - shared;
   const int64_t Kr = std::min(config.num_experts_per_tok - shared, Er), K = Kr + shared;
-  const std::vector<int32_t>* kept = weights_.kept(l);
-  if (kept) subset_options_.subset[l] = *kept;
-  RoutingContext context{nullptr, &subset_options_, l, E, config.num_experts_per_tok, nullptr};
-  route_forward(p.routing, p.router_logits.data(), N, Er, Kr, config.norm_topk_prob,
-                kept ? *subset_ : *standard_, context);
-  // Slots: the routed choices, then the shared expert(s) with weight exactly 1.
-  p.slot_expert.assign(N * K, -1);
-  p.slot_weight.assign(N * K, 0.0f);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < Kr; ++k) {
-      p.slot_expert[n * K + k] = p.routing.ids[n * Kr + k];
-      p.slot_weight[n * K + k] = p.routing.weights[n * Kr + k];
-    }
+  route(l, Kr, K);
+  // The shared expert(s) fill the last slots with weight exactly 1.
+  for (int64_t n = 0; n < N; ++n)
     for (int64_t j = 0; j < shared; ++j) {
       p.slot_expert[n * K + Kr + j] = static_cast<int32_t>(Er + j);
       p.slot_weight[n * K + Kr + j] = 1.0f;
     }
-  }
   dispatch(l, K);
+}
+
+// Each sequence's tokens are routed within its own kept experts (or the weights' restriction); one sequence
+// is routed into pass().routing itself (which selection reads), several one by one.
+void Decoder::route(int64_t l, int64_t Kr, int64_t K) {
+  const ModelConfig& config = weights_.config();
+  DecoderPass& p = pass_;
+  const int64_t N = p.N, E = config.experts_in_layer(l), Er = config.routed_in_layer(l);
+  p.slot_expert.assign(N * K, -1);
+  p.slot_weight.assign(N * K, 0.0f);
+  const bool one = p.sequences.size() == 1;
+  for (const PassSequence& s : p.sequences) {
+    const std::vector<int32_t>* kept = s.kept ? &(*s.kept)[l] : weights_.kept(l);
+    if (kept) subset_options_.subset[l] = *kept;
+    RoutingContext context{nullptr, &subset_options_, l, E, config.num_experts_per_tok, nullptr};
+    LayerRouting& r = one ? p.routing : p.sequence_routing;
+    route_forward(r, p.router_logits.data() + s.first * Er, s.count, Er, Kr, config.norm_topk_prob,
+                  kept ? *subset_ : *standard_, context);
+    for (int64_t n = 0; n < s.count; ++n)
+      for (int64_t k = 0; k < Kr; ++k) {
+        p.slot_expert[(s.first + n) * K + k] = r.ids[n * Kr + k];
+        p.slot_weight[(s.first + n) * K + k] = r.weights[n * Kr + k];
+      }
+  }
 }
 
 // Adds the experts' weighted outputs to the residual stream, the tokens in chunks of kDispatchTokens so the
@@ -297,24 +356,37 @@ void Decoder::dispatch_chunk(int64_t l, int64_t K, int64_t n0, int64_t n1) {
 }
 
 const Tensor& Decoder::finish(bool all_logits) {
+  std::vector<int64_t> rows;
+  for (int64_t n = all_logits ? 0 : pass_.N - 1; n < pass_.N; ++n) rows.push_back(n);
+  return logits_of(rows, !all_logits);
+}
+
+const Tensor& Decoder::logits_of(const std::vector<int64_t>& rows, bool as_vector) {
   const ModelConfig& config = weights_.config();
   DecoderPass& p = pass_;
-  const int64_t C = config.hidden_size, V = config.vocab_size;
-  const int64_t rows = all_logits ? p.N : 1;
-  const float* last = p.x.data() + (p.N - rows) * C;  // [rows, C]
-  p.normed.resize({rows, C});
-  rmsnorm_forward(p.normed.data(), p.rstd.data(), last, weights_.final_norm(), rows, C,
+  const int64_t C = config.hidden_size, V = config.vocab_size, R = static_cast<int64_t>(rows.size());
+  // The rows are contiguous but for a batched step: gather them then.
+  const float* x = p.x.data() + rows.front() * C;  // [R, C]
+  if (rows.back() - rows.front() + 1 != R) {
+    p.last_rows.resize({R, C});
+    for (int64_t i = 0; i < R; ++i)
+      std::memcpy(p.last_rows.data() + i * C, p.x.data() + rows[i] * C, sizeof(float) * C);
+    x = p.last_rows.data();
+  }
+  p.normed.resize({R, C});
+  rmsnorm_forward(p.normed.data(), p.rstd.data(), x, weights_.final_norm(), R, C,
                   static_cast<float>(config.rms_norm_eps));
-  p.logits.resize(all_logits ? Shape{rows, V} : Shape{V});
-  matmul(p.logits.data(), p.normed.data(), rows, weights_.lm_head());
-  length_ += p.N;
+  p.logits.resize(as_vector ? Shape{V} : Shape{R, V});
+  matmul(p.logits.data(), p.normed.data(), R, weights_.lm_head());
+  for (const PassSequence& s : p.sequences) lengths_[s.slot] += s.count;
   return p.logits;
 }
 
-void Decoder::truncate(int64_t length) {
-  EMO_CHECK(length >= 0 && length <= length_, "decode", "cannot truncate ", length_, " positions to ",
-            length);
-  length_ = length;
+void Decoder::truncate(int64_t length, int64_t slot) {
+  EMO_CHECK(slot >= 0 && slot < slots(), "decode", "no sequence slot ", slot);
+  EMO_CHECK(length >= 0 && length <= lengths_[slot], "decode", "cannot truncate ", lengths_[slot],
+            " positions to ", length);
+  lengths_[slot] = length;
 }
 
 }  // namespace emo

@@ -9,6 +9,11 @@
 // A pass is also available layer by layer (begin / attention / router / experts / finish) so that expert
 // selection can look at each layer's routing probabilities before the layer's experts run (layerwise
 // selection from the prompt, infer/generate.h).
+//
+// A decoder may hold several sequences (slots, each with its own KV cache) and run a step of several at
+// once (forward_batch): one pass over the tokens of all of them, each token attending to its own sequence
+// and routed within its own sequence's experts, the MoE dispatch grouping the tokens of all sequences by
+// expert (continuous batching in emo serve --parallel). The single-sequence calls use slot 0.
 // Legend: N = tokens of a chunk, C = width, H/Hkv = query/kv heads, hd = head dim, F = expert width,
 // V = vocab, Er = routed experts, K = slots (routed + shared).
 #pragma once
@@ -41,18 +46,31 @@ class KvCache {
   std::unique_ptr<float[]> k_, v_;  // [layers, capacity, width], left uninitialised (untouched pages)
 };
 
+// Tokens [first, first + count) of a pass belong to one sequence: they go to positions start.. of its
+// slot's KV cache and are routed within `kept` (per layer the kept routed experts; null: the restriction of
+// the weights).
+struct PassSequence {
+  int64_t slot = 0;  // whose KV cache
+  int64_t start = 0, first = 0, count = 0;
+  const std::vector<std::vector<int32_t>>* kept = nullptr;
+};
+
 // The activations of one chunk of tokens going through the layers.
 struct DecoderPass {
+  std::vector<PassSequence> sequences;
+  std::vector<int32_t> sequence_of;  // [N] index into sequences
   std::vector<int32_t> tokens;
   std::vector<int32_t> positions;  // [N]
   int64_t N = 0;
-  Tensor x;                      // [N, C] residual stream
-  Tensor normed;                 // [N, C] RMSNorm of x for the block being run
-  Tensor rstd;                   // [N]
-  Tensor q, k, v, attn, branch;  // [N, H*hd], [N, Hkv*hd] x2, [N, H*hd], [N, C]
-  Tensor router_logits;          // [N, Er] of the current layer
-  LayerRouting routing;          // of the current layer; routing.probs = unmasked softmax
-  Tensor logits;                 // [V] of the last token, or [N, V]
+  Tensor x;                       // [N, C] residual stream
+  Tensor normed;                  // [N, C] RMSNorm of x for the block being run
+  Tensor rstd;                    // [N]
+  Tensor q, k, v, attn, branch;   // [N, H*hd], [N, Hkv*hd] x2, [N, H*hd], [N, C]
+  Tensor router_logits;           // [N, Er] of the current layer
+  LayerRouting routing;           // of the current layer; routing.probs = unmasked softmax
+  LayerRouting sequence_routing;  // batched: the routing of one sequence at a time
+  Tensor last_rows;               // batched: [sequences, C] the last token of each
+  Tensor logits;                  // [V] of the last token, or [N, V]; batched: [sequences, V]
   // Expert dispatch scratch: assignments sorted by expert.
   std::vector<int32_t> order;        // [A] token*K + slot, sorted by expert
   std::vector<int64_t> offsets;      // [E+1]
@@ -61,10 +79,19 @@ struct DecoderPass {
   std::vector<float> slot_weight;    // [N, K]
 };
 
+// One sequence's share of a batched step: tokens appended to the sequence in `slot`, routed within `kept`
+// (per layer the kept routed experts, as ExpertSubset::routed; null: every routed expert).
+struct BatchEntry {
+  int64_t slot = 0;
+  std::vector<int32_t> tokens;
+  const std::vector<std::vector<int32_t>>* kept = nullptr;
+};
+
 class Decoder {
  public:
-  // capacity: most positions this sequence will hold (prompt + generated); at most the model's context.
-  Decoder(InferWeights& weights, int64_t capacity);
+  // capacity: most positions a sequence will hold (prompt + generated); at most the model's context.
+  // slots: sequences held at once (forward_batch); slot 0 is the one of the single-sequence calls.
+  Decoder(InferWeights& weights, int64_t capacity, int64_t slots = 1);
 
   // Runs `tokens` at positions length().. and appends them to the cache. Returns the logits of the last token
   // [V], or of every token [N, V] with all_logits. Throws emo::Error (and leaves the cache unchanged) when
@@ -81,24 +108,38 @@ class Decoder {
   void experts(int64_t l);
   const Tensor& finish(bool all_logits = false);
 
+  // One step of several sequences (distinct slots) at once: each entry's tokens appended to its slot.
+  // Returns the logits of each entry's last token [entries, V], in the order of the entries. Throws
+  // emo::Error (and changes no slot) when an entry does not fit its slot or holds a bad token id.
+  const Tensor& forward_batch(const std::vector<BatchEntry>& entries);
+
   DecoderPass& pass() { return pass_; }
-  int64_t length() const { return length_; }
-  int64_t capacity() const { return cache_.capacity(); }
-  const KvCache& cache() const { return cache_; }
+  int64_t length(int64_t slot = 0) const { return lengths_.at(slot); }
+  int64_t capacity() const { return caches_[0]->capacity(); }
+  int64_t slots() const { return static_cast<int64_t>(caches_.size()); }
+  const KvCache& cache(int64_t slot = 0) const { return *caches_.at(slot); }
   InferWeights& weights() { return weights_; }
-  // Forgets every position (the cache is reused).
-  void reset() { length_ = 0; }
-  // Keeps positions [0, length) and forgets the rest (a shared prefix is reused, the tail recomputed).
-  void truncate(int64_t length);
+  // Forgets every position of the slot (the cache is reused).
+  void reset(int64_t slot = 0) { lengths_.at(slot) = 0; }
+  // Keeps positions [0, length) of the slot and forgets the rest (a shared prefix is reused, the tail
+  // recomputed).
+  void truncate(int64_t length, int64_t slot = 0);
 
  private:
-  void check_chunk(const std::vector<int32_t>& tokens) const;
+  void check_chunk(const std::vector<int32_t>& tokens, int64_t slot) const;
+  // Starts a pass over the sequences' tokens (checked).
+  DecoderPass& begin_sequences(std::vector<PassSequence> sequences,
+                               const std::vector<const std::vector<int32_t>*>& tokens);
+  // Routes the tokens of each sequence within its experts into the pass's slots [N, K].
+  void route(int64_t l, int64_t Kr, int64_t K);
+  // logits [rows, V] of the given rows of x; the sequences' lengths advance.
+  const Tensor& logits_of(const std::vector<int64_t>& rows, bool as_vector);
   void dispatch(int64_t l, int64_t K);
   void dispatch_chunk(int64_t l, int64_t K, int64_t n0, int64_t n1);
 
   InferWeights& weights_;
-  KvCache cache_;
-  int64_t length_ = 0;
+  std::vector<std::unique_ptr<KvCache>> caches_;  // [slots]
+  std::vector<int64_t> lengths_;                  // [slots]
   DecoderPass pass_;
   std::unique_ptr<RoutingPolicy> standard_, subset_;
   RoutingOptions subset_options_;
