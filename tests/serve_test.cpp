@@ -1,8 +1,11 @@
 // Specification of the OpenAI wire format of `emo serve` (src/serve/openai): request checking with OpenAI's
 // error object naming the field, stop strings and UTF-8 held back while streaming, response objects.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -384,13 +387,14 @@ TEST(ServeHttp, ExpertsPacksAndChosenSubsets) {
   // ... and keeps the KV cache of the earlier request on it (the same prompt: all but its last token).
   EXPECT_EQ(again["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>(),
             again["usage"]["prompt_tokens"].get<int64_t>() - 1);
-  // A subset switch in between means a fresh prefill.
+  // A request on another subset in between runs in another slot: the subset's slot keeps its cache.
   s.post("/v1/completions", R"({"prompt": "def f(x):", "max_tokens": 1, "experts": "code"})");
   auto [switched_status, switched] =
       s.post("/v1/completions",
              json{{"prompt", "def f(x):"}, {"max_tokens", 6}, {"temperature", 0}, {"experts", id}}.dump());
   ASSERT_EQ(switched_status, 200) << switched.dump();
-  EXPECT_EQ(switched["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  EXPECT_EQ(switched["usage"]["prompt_tokens_details"]["cached_tokens"],
+            again["usage"]["prompt_tokens_details"]["cached_tokens"]);
   EXPECT_EQ(switched["choices"][0]["text"], chosen["choices"][0]["text"]);
   auto [examples_status, from_examples] =
       s.post("/v1/completions", R"({"prompt": "x", "max_tokens": 2, "experts": {"keep_k": 2,
@@ -623,6 +627,293 @@ TEST(ServeHttp, OfficialOpenAiNodeClientParsesEverything) {
   const std::string command =
       "node " + source + "/tests/openai_client/client_test.js " + dir + " " + std::to_string(s.port);
   EXPECT_EQ(std::system(command.c_str()), 0) << command;
+}
+
+// ---- continuous batching (--parallel): several requests decoded together ----
+
+// What `emo generate` produces greedily on the subset it chooses layerwise from the prompt (keep_k).
+std::string reference_chosen_text(const std::string& model, const std::vector<int32_t>& prompt,
+                                  int64_t max_new, int64_t keep_k) {
+  auto weights = InferWeights::open(model);
+  Decoder chooser(*weights, 64);
+  const ExpertSubset chosen = select_layerwise(*weights, {&chooser}, {prompt}, keep_k, "prompt");
+  return reference_text(model, prompt, max_new, &chosen);
+}
+
+// A request's outcome as a client sees it, streamed or not.
+struct Outcome {
+  int status = -1;
+  std::string text, finish_reason, error;
+  bool done = false;  // a stream's [DONE] (or a whole response)
+};
+
+Outcome run_request(const Served& s, json body, bool stream) {
+  Outcome o;
+  body["stream"] = stream;
+  auto res = s.client().Post("/v1/completions", body.dump(), "application/json");
+  if (!res) return o;
+  o.status = res->status;
+  if (!stream) {
+    const json j = json::parse(res->body);
+    if (o.status != 200) {
+      o.error = j.dump();
+      return o;
+    }
+    o.text = j["choices"][0]["text"];
+    o.finish_reason = j["choices"][0]["finish_reason"];
+    o.done = true;
+    return o;
+  }
+  const std::vector<std::string> events = sse_events(res->body);
+  for (const std::string& e : events) {
+    if (e == "[DONE]") {
+      o.done = true;
+      continue;
+    }
+    const json chunk = json::parse(e);
+    if (chunk.contains("error")) o.error = e;
+    if (!chunk.contains("choices") || chunk["choices"].empty()) continue;
+    o.text += chunk["choices"][0]["text"].get<std::string>();
+    if (!chunk["choices"][0]["finish_reason"].is_null())
+      o.finish_reason = chunk["choices"][0]["finish_reason"];
+  }
+  return o;
+}
+
+std::string metrics_of(const Served& s) {
+  auto res = s.client().Get("/metrics");
+  return res ? res->body : "";
+}
+
+// Polls /metrics until the engine has nothing running or queued (at most 20 s).
+std::string idle_metrics(const Served& s) {
+  std::string m;
+  for (int i = 0; i < 1000; ++i) {
+    m = metrics_of(s);
+    if (metric(m, "requests_running") == 0 && metric(m, "queue_length") == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return m;
+}
+
+// The requests of the batching tests: prompts of up to ~40 tokens (longer than --prefill-chunk 8, so prompts
+// join in chunks) on all experts, two packs and a choice from the prompt.
+struct BatchCase {
+  std::string prompt;
+  json experts;
+};
+const std::vector<BatchCase> kBatchCases = {
+    {"def f(x):", "a"},
+    {"The capital of France is a city where the river", "all"},
+    {"hi", "b"},
+    {"for i in range(10): print(i) if i", json{{"keep_k", 3}}},
+    {"Once upon a time", "a"},
+};
+constexpr int64_t kBatchTokens = 12;
+
+EngineOptions batch_options(int64_t parallel) {
+  EngineOptions options;
+  options.packs = {{"a", "pack.json"}, {"b", "pack_b.json"}};
+  options.parallel = parallel;
+  options.prefill_chunk = 8;
+  return options;
+}
+
+// The greedy reference of each case, as `emo generate` on its subset.
+std::vector<std::string> batch_references(const Served& s) {
+  const Tokenizer tokenizer = Tokenizer::load(kTokenizer);
+  const ModelConfig config = InferWeights::open(s.model)->config();
+  const ExpertSubset a = ExpertSubset::load(s.dir / "pack.json", config);
+  const ExpertSubset b = ExpertSubset::load(s.dir / "pack_b.json", config);
+  std::vector<std::string> references;
+  for (const BatchCase& c : kBatchCases) {
+    const std::vector<int32_t> prompt = tokenizer.encode(c.prompt);
+    if (c.experts.is_object())
+      references.push_back(reference_chosen_text(s.model, prompt, kBatchTokens, c.experts["keep_k"]));
+    else
+      references.push_back(reference_text(s.model, prompt, kBatchTokens,
+                                          c.experts == "a"   ? &a
+                                          : c.experts == "b" ? &b
+                                                             : nullptr));
+  }
+  return references;
+}
+
+json batch_body(const BatchCase& c) {
+  return {{"prompt", c.prompt}, {"max_tokens", kBatchTokens}, {"temperature", 0}, {"experts", c.experts}};
+}
+
+// Concurrent requests on all experts, two packs and a chosen subset, more than the slots: each equals what
+// generate produces for its prompt and subset, whatever runs beside it; they were decoded in shared steps.
+TEST(ServeBatch, ConcurrentRequestsOnDifferentSubsetsEqualGenerate) {
+  for (int64_t parallel : {4, 1}) {
+    SCOPED_TRACE(parallel);
+    Served s(batch_options(parallel));
+    const std::vector<std::string> references = batch_references(s);
+    std::vector<Outcome> outcomes(kBatchCases.size());
+    std::vector<std::thread> clients;
+    for (size_t i = 0; i < kBatchCases.size(); ++i)
+      clients.emplace_back([&, i] { outcomes[i] = run_request(s, batch_body(kBatchCases[i]), i % 2 == 1); });
+    for (auto& c : clients) c.join();
+    for (size_t i = 0; i < kBatchCases.size(); ++i) {
+      EXPECT_EQ(outcomes[i].status, 200) << i << " " << outcomes[i].error;
+      EXPECT_TRUE(outcomes[i].done) << i;
+      EXPECT_EQ(outcomes[i].text, references[i]) << "case " << i;
+    }
+    const std::string m = idle_metrics(s);
+    EXPECT_EQ(metric(m, "slots"), parallel);
+    EXPECT_EQ(metric(m, "requests_total"), static_cast<double>(kBatchCases.size()));
+    const double steps = metric(m, "batch_steps_total"), sequences = metric(m, "batch_sequences_total");
+    if (parallel == 1)
+      EXPECT_EQ(steps, sequences);
+    else
+      EXPECT_GT(sequences, steps) << m;  // some steps ran several sequences
+    std::printf("--parallel %lld: %.0f steps, %.2f sequences per step\n", static_cast<long long>(parallel),
+                steps, sequences / steps);
+  }
+}
+
+// 8 clients x 8 requests, mixed subsets, streamed and not: no error, every stream complete, every text equal
+// to generate's, memory within the bound, and the engine idle afterwards (nothing running, pinned or queued).
+TEST(ServeBatch, EightClientsOfEightMixedRequests) {
+  Served s(batch_options(4));
+  const std::vector<std::string> references = batch_references(s);
+  constexpr int kClients = 8, kRequests = 8;
+  const int64_t rss_before = current_rss_bytes();
+  std::vector<std::vector<Outcome>> outcomes(kClients, std::vector<Outcome>(kRequests));
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c)
+    clients.emplace_back([&, c] {
+      for (int r = 0; r < kRequests; ++r)
+        outcomes[c][r] =
+            run_request(s, batch_body(kBatchCases[(c + r) % kBatchCases.size()]), (c + r) % 2 == 0);
+    });
+  for (auto& c : clients) c.join();
+  const int64_t rss_growth = current_rss_bytes() - rss_before;
+  int errors = 0, incomplete = 0, different = 0;
+  for (int c = 0; c < kClients; ++c)
+    for (int r = 0; r < kRequests; ++r) {
+      const Outcome& o = outcomes[c][r];
+      errors += o.status != 200 || !o.error.empty();
+      incomplete += !o.done || (o.finish_reason != "stop" && o.finish_reason != "length");
+      different += o.text != references[(c + r) % kBatchCases.size()];
+      EXPECT_EQ(o.status, 200) << o.error;
+    }
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(incomplete, 0);
+  EXPECT_EQ(different, 0);
+  const std::string m = idle_metrics(s);
+  EXPECT_EQ(metric(m, "requests_running"), 0) << m;
+  EXPECT_EQ(metric(m, "queue_length"), 0);
+  EXPECT_EQ(metric(m, "expert_cache_pinned_bytes"), 0);
+  EXPECT_EQ(metric(m, "requests_total"), kClients * kRequests);
+  EXPECT_EQ(metric(m, "requests_failed_total"), 0);
+  // The bound: the KV caches of the 4 slots over the whole context, the decoder's scratch and the HTTP
+  // threads' stacks and buffers (the tiny model's weights are read before the first measure).
+  const ModelConfig config = InferWeights::open(s.model)->config();
+  const int64_t kv = 4 * 2 * config.num_hidden_layers * config.max_position_embeddings *
+                     config.num_key_value_heads * config.head_dim() * 4;
+  EXPECT_LE(rss_growth, kv + (16 << 20)) << rss_growth;
+  std::printf("64 requests: RSS growth %.2f MiB (bound %.2f MiB), %.2f sequences per step\n",
+              rss_growth / 1048576.0, (kv + (16 << 20)) / 1048576.0,
+              metric(m, "batch_sequences_total") / metric(m, "batch_steps_total"));
+}
+
+// Sends a streamed request on a raw socket, reads until the first chunk of text arrives, and closes.
+bool stream_then_vanish(int port, const std::string& body) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) return false;
+  const std::string request =
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) return false;
+  std::string got;
+  char buf[4096];
+  while (got.find("\"text\"") == std::string::npos) {
+    const ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return got.find("\"text\"") != std::string::npos;
+}
+
+// A client that goes away mid-stream: its sequence stops at the next step, its slot and its experts' pins
+// are freed, and the server keeps serving (the other slot's stream is untouched).
+TEST(ServeBatch, AClientGoneMidStreamFreesItsSlot) {
+  EngineOptions options = batch_options(2);
+  Served s(options, {}, 4096);  // experts of 768 KiB: a token takes long enough to leave mid-stream
+  const Tokenizer tokenizer = Tokenizer::load(kTokenizer);
+  const std::vector<int32_t> prompt = tokenizer.encode("hi");
+  // The greedy run goes on for all of max_tokens (no EOS): only the disconnect can end it early.
+  const int64_t max_tokens = 60;
+  const json body = {{"prompt", "hi"}, {"max_tokens", max_tokens}, {"temperature", 0}, {"stream", true}};
+  auto weights = InferWeights::open(s.model);
+  Decoder decoder(*weights, 64);
+  GenerateOptions generate_options;
+  generate_options.max_new_tokens = max_tokens;
+  generate_options.eos_id = 298;
+  ASSERT_EQ(static_cast<int64_t>(generate(decoder, prompt, generate_options).tokens.size()), max_tokens);
+
+  Outcome beside;
+  std::thread other([&] { beside = run_request(s, batch_body(kBatchCases[0]), true); });
+  ASSERT_TRUE(stream_then_vanish(s.port, body.dump()));
+  other.join();
+  const std::string m = idle_metrics(s);
+  EXPECT_EQ(metric(m, "requests_running"), 0) << m;
+  EXPECT_EQ(metric(m, "requests_cancelled_total"), 1) << m;
+  EXPECT_LT(metric(m, "generated_tokens_total"), max_tokens + kBatchTokens) << m;
+  EXPECT_EQ(metric(m, "expert_cache_pinned_bytes"), 0);
+  EXPECT_EQ(beside.status, 200);
+  EXPECT_TRUE(beside.done);
+  EXPECT_EQ(beside.text, batch_references(s)[0]);
+  const Outcome after = run_request(s, batch_body(kBatchCases[2]), false);
+  EXPECT_EQ(after.status, 200) << after.error;
+  EXPECT_EQ(after.text, batch_references(s)[2]);
+}
+
+// A budget that holds one pack: concurrent requests on two packs all run, the second pack's waiting in the
+// queue until the first's sequences end (not refused); nothing stays pinned.
+TEST(ServeBatch, APackThatDoesNotFitBesideTheRunningOnesWaits) {
+  constexpr int64_t kBudget = 10 << 20;  // one pack of 12 experts of 768 KiB, not two
+  EngineOptions options = batch_options(4);
+  options.memory_budget = kBudget;
+  Served s(options, {}, 4096);
+  const std::vector<std::string> references = batch_references(s);
+  const std::vector<size_t> cases = {0, 2, 4, 2, 0, 2};  // a, b, a, b, a, b
+  std::vector<Outcome> outcomes(cases.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < cases.size(); ++i)
+    clients.emplace_back(
+        [&, i] { outcomes[i] = run_request(s, batch_body(kBatchCases[cases[i]]), i % 2 == 0); });
+  for (auto& c : clients) c.join();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    EXPECT_EQ(outcomes[i].status, 200) << outcomes[i].error;
+    EXPECT_EQ(outcomes[i].text, references[cases[i]]) << i;
+  }
+  const std::string m = idle_metrics(s);
+  EXPECT_EQ(metric(m, "expert_cache_pinned_bytes"), 0);
+  EXPECT_LE(metric(m, "expert_cache_resident_bytes"), kBudget);
+  EXPECT_EQ(metric(m, "requests_failed_total"), 0);
+}
+
+// With --parallel 1 a request on another subset in between takes the only slot: a fresh prefill after.
+TEST(ServeBatch, ParallelOneHasOneCache) {
+  Served s(batch_options(1));
+  const json body = batch_body(kBatchCases[0]);
+  run_request(s, body, false);
+  auto [again_status, again] = s.post("/v1/completions", body.dump());
+  EXPECT_GT(again["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>(), 0);
+  run_request(s, batch_body(kBatchCases[2]), false);
+  auto [switched_status, switched] = s.post("/v1/completions", body.dump());
+  ASSERT_EQ(switched_status, 200) << switched.dump();
+  EXPECT_EQ(switched["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  EXPECT_EQ(switched["choices"][0]["text"], again["choices"][0]["text"]);
 }
 
 }  // namespace

@@ -13,6 +13,10 @@
 namespace emo::serve {
 namespace {
 
+// Engine steps a request that does not fit beside the running sequences' experts lets later ones that fit
+// go first; after it, the queue waits for it.
+constexpr uint64_t kPatienceSteps = 256;
+
 [[noreturn]] void unavailable(const std::string& message) {
   reject(503, "", message, "server_busy", "server_error");
 }
@@ -126,7 +130,11 @@ Engine::Engine(std::unique_ptr<InferWeights> weights, Tokenizer tokenizer, Engin
                  human_bytes(static_cast<double>(cache_.bytes_of(keys_of(nullptr)))),
                  "): requests on \"all\" will get a 503",
                  options_.keep_k > 0 ? "" : " (also those without \"experts\": set --keep-k)"));
-  decoder_ = std::make_unique<Decoder>(*weights_, config_.max_position_embeddings);
+  EMO_CHECK(options_.parallel >= 1, "serve", "--parallel ", options_.parallel, ": must be at least 1");
+  EMO_CHECK(options_.prefill_chunk >= 1, "serve", "--prefill-chunk ", options_.prefill_chunk,
+            ": must be at least 1");
+  decoder_ = std::make_unique<Decoder>(*weights_, config_.max_position_embeddings, options_.parallel);
+  slots_.resize(static_cast<size_t>(options_.parallel));
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -137,13 +145,12 @@ Engine::~Engine() {
     queue_changed_.notify_all();
   }
   thread_.join();
-  for (auto& job : queue_) {
-    ApiError e;
-    e.status = 503;
-    e.type = "server_error";
-    e.message = "the server is shutting down";
-    job->fail(e);
-  }
+  ApiError e;
+  e.status = 503;
+  e.type = "server_error";
+  e.message = "the server is shutting down";
+  fail_running(e);
+  for (auto& job : queue_) job->fail(e);
 }
 
 std::vector<std::string> Engine::pack_names() const {
@@ -229,7 +236,11 @@ void Engine::check_budget(int64_t keep_k) const {
 }
 
 void Engine::pin(ExpertPins& pins, const std::vector<ExpertKey>& keys, const std::string& what) const {
-  if (!pins.add(keys)) over_budget(what, cache_.bytes_of(keys), options_.memory_budget);
+  if (pins.add(keys)) return;
+  // submit() checked that the request fits alone: what is in the way is pinned by the running sequences
+  // (or by this one's earlier layers, for a choice), and goes when they end.
+  if (!cache_.fits(keys)) over_budget(what, cache_.bytes_of(keys), options_.memory_budget);
+  throw NoRoom{};
 }
 
 SubsetEntry Engine::resolve_named(const std::string& name) const {
@@ -342,146 +353,261 @@ std::shared_ptr<Job> Engine::submit(const CompletionRequest& request) {
 
 void Engine::loop() {
   while (true) {
-    std::shared_ptr<Job> job;
     {
       std::unique_lock lock(queue_mutex_);
-      queue_changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      queue_changed_.wait(lock, [&] { return stopping_ || !queue_.empty() || stats_.running > 0; });
       if (stopping_) return;
-      job = queue_.front();
-      queue_.pop_front();
-      ++stats_.running;
     }
-    ++stats_.requests;
+    for (Slot& slot : slots_)
+      if (slot.running && slot.running->job->cancelled()) {
+        ++stats_.requests_cancelled;
+        end(slot);
+      }
+    admit();
+    if (stats_.running == 0) continue;
     try {
-      run(*job);
-    } catch (const ApiError& e) {
-      ++stats_.requests_failed;
-      job->fail(e);
+      step();
     } catch (const std::exception& e) {
-      ++stats_.requests_failed;
       ApiError error;
       error.status = 500;
       error.type = "server_error";
       error.message = e.what();
-      // The cache may be half-written: start from nothing next time.
-      cached_tokens_.clear();
-      decoder_->reset();
-      job->fail(error);
+      fail_running(error);  // their caches may be half-written: those slots start from nothing
     }
-    --stats_.running;
+    ++step_count_;
+    update_gauges();
   }
 }
 
-void Engine::apply(const SubsetEntry& entry) {
-  if (applied_subset_ == entry.id) return;
-  if (entry.subset)
-    apply_subset(*weights_, *entry.subset);
-  else if (config_.is_moe())
-    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) weights_->keep_all_experts(l);
-  applied_subset_ = entry.id;
+void Engine::admit() {
+  std::vector<std::shared_ptr<Job>> waiting;
+  {
+    std::lock_guard lock(queue_mutex_);
+    waiting.assign(queue_.begin(), queue_.end());
+  }
+  std::vector<const Job*> gone;  // started or failed
+  for (const std::shared_ptr<Job>& job : waiting) {
+    const bool free_slot =
+        std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return !s.running; });
+    if (!free_slot) break;
+    if (job->cancelled()) {
+      ++stats_.requests_cancelled;
+      job->fail(
+          ApiError{499, "the client went away before the request ran", "server_error", "", "cancelled"});
+      gone.push_back(job.get());
+      continue;
+    }
+    try {
+      if (start(job)) {
+        gone.push_back(job.get());
+        continue;
+      }
+      // Later requests that fit may go first, but not for ever: after kPatienceSteps the oldest waiting one
+      // holds the queue until the running sequences' pins make room for it.
+      if (!job->waiting_since) job->waiting_since = step_count_;
+      if (step_count_ - *job->waiting_since >= kPatienceSteps) break;
+    } catch (const ApiError& e) {
+      lift_restriction();
+      ++stats_.requests;
+      ++stats_.requests_failed;
+      job->fail(e);
+      gone.push_back(job.get());
+    } catch (const std::exception& e) {
+      lift_restriction();
+      ++stats_.requests;
+      ++stats_.requests_failed;
+      job->fail(ApiError{500, e.what(), "server_error", "", ""});
+      gone.push_back(job.get());
+    }
+  }
+  std::lock_guard lock(queue_mutex_);
+  std::erase_if(queue_, [&](const std::shared_ptr<Job>& job) {
+    return std::find(gone.begin(), gone.end(), job.get()) != gone.end();
+  });
 }
 
-// Runs the prompt through the decoder, reusing the cached prefix when the subset is the same. Returns the
-// logits of the prompt's last token; `cached` gets how many prompt tokens came from the cache.
-const Tensor& Engine::prefill(Job& job, SubsetEntry& entry, int64_t& cached, ExpertPins& pins) {
-  cached = 0;
-  if (!job.subset) {
-    // Choose on this engine: from the examples (own decoders), or layerwise from the prompt (which also
-    // prefills it). Each layer's choice is pinned before its experts are read; the weights' restriction is
-    // unknown until the choice is complete.
-    applied_subset_.clear();
-    auto pin_layer = [&](int64_t l, const std::vector<int32_t>& routed) {
-      pin(pins, layer_keys(l, routed), cat("layer ", l, "'s chosen experts"));
-    };
-    if (!job.example_tokens.empty()) {
-      entry = remember(
-          select_layerwise(*weights_, job.example_tokens, job.choose_keep_k, "request examples", pin_layer),
-          "examples");
-      applied_subset_ = entry.id;  // select_layerwise left the weights restricted to it
+bool Engine::start(const std::shared_ptr<Job>& job) {
+  auto seq = std::make_unique<Sequence>(job, cache_);
+  try {
+    if (job->subset) {
+      seq->entry = *job->subset;
+      pin(seq->pins, keys_of(seq->entry.subset.get()), "'" + seq->entry.id + "'");
     } else {
-      decoder_->reset();
-      cached_tokens_.clear();
-      ExpertSubset chosen =
-          select_layerwise(*weights_, {decoder_.get()}, {job.prompt}, job.choose_keep_k, "prompt", pin_layer);
-      entry = remember(std::move(chosen), "prompt");
-      applied_subset_ = entry.id;
-      cached_subset_ = entry.id;
-      cached_tokens_ = job.prompt;
-      ++stats_.fresh_prefills;
-      return decoder_->pass().logits;
+      seq->entry = choose(*job, seq->pins);
     }
-  } else {
-    entry = *job.subset;
-    pin(pins, keys_of(entry.subset.get()), "'" + entry.id + "'");
+  } catch (const NoRoom&) {
+    lift_restriction();
+    return false;  // the pins taken so far go with seq
   }
-  apply(entry);
   size_t common = 0;
-  if (cached_subset_ == entry.id) {
-    const size_t limit = std::min(cached_tokens_.size(), job.prompt.size());
-    while (common < limit && cached_tokens_[common] == job.prompt[common]) ++common;
-  }
+  const size_t index = pick_slot(seq->entry.id, job->prompt, common);
+  Slot& slot = slots_[index];
   // At least the last prompt token is run again: its logits are not kept.
-  if (common == job.prompt.size()) --common;
-  decoder_->truncate(static_cast<int64_t>(common));
-  cached_tokens_.resize(common);
-  cached_subset_ = entry.id;
+  if (common == job->prompt.size()) --common;
+  decoder_->truncate(static_cast<int64_t>(common), static_cast<int64_t>(index));
+  slot.cached_tokens.resize(common);
+  slot.cached_subset = seq->entry.id;
   if (common > 0)
     ++stats_.prefix_reuses;
   else
     ++stats_.fresh_prefills;
-  cached = static_cast<int64_t>(common);
-  const std::vector<int32_t> rest(job.prompt.begin() + static_cast<std::ptrdiff_t>(common), job.prompt.end());
-  const Tensor& logits = decoder_->forward(rest);
-  cached_tokens_ = job.prompt;
-  return logits;
+  stats_.prompt_tokens += static_cast<int64_t>(job->prompt.size());
+  stats_.cached_prompt_tokens += static_cast<int64_t>(common);
+  by_subset_.add(seq->entry.id);
+
+  seq->prefilled = common;
+  SamplingOptions sampling = job->request.sampling;
+  if (!job->request.seeded) sampling.seed = std::random_device{}();
+  seq->sampler = std::make_unique<Sampler>(sampling);
+  seq->text = std::make_unique<TextStream>(job->stop);
+  seq->result.prompt_tokens = static_cast<int64_t>(job->prompt.size());
+  seq->result.cached_tokens = static_cast<int64_t>(common);
+  seq->result.finish_reason = "length";
+  slot.running = std::move(seq);
+  ++stats_.requests;
+  ++stats_.running;
+  return true;
 }
 
-void Engine::run(Job& job) {
+SubsetEntry Engine::choose(Job& job, ExpertPins& pins) {
+  // Each layer's choice is pinned before its experts are read; the weights stay restricted to the choice
+  // while it runs (the other sequences do not step meanwhile) and are lifted after.
+  auto pin_layer = [&](int64_t l, const std::vector<int32_t>& routed) {
+    pin(pins, layer_keys(l, routed), cat("layer ", l, "'s chosen experts"));
+  };
   SubsetEntry entry;
-  int64_t cached = 0;
-  ExpertPins pins(cache_);  // released when the sequence ends
-  const Tensor* logits = &prefill(job, entry, cached, pins);
-  stats_.prompt_tokens += static_cast<int64_t>(job.prompt.size());
-  stats_.cached_prompt_tokens += cached;
-  by_subset_.add(entry.id);
-
-  SamplingOptions sampling = job.request.sampling;
-  if (!job.request.seeded) sampling.seed = std::random_device{}();
-  Sampler sampler(sampling);
-  TextStream text(job.stop);
-  CompletionResult result;
-  result.prompt_tokens = static_cast<int64_t>(job.prompt.size());
-  result.cached_tokens = cached;
-  result.finish_reason = "length";
-  const int64_t V = config_.vocab_size;
-  while (true) {
-    if (job.cancelled()) {
-      ++stats_.requests_cancelled;
-      break;
-    }
-    const int32_t token = sampler.next(logits->data(), V);
-    ++result.completion_tokens;
-    ++stats_.generated_tokens;
-    if (eos_ && token == *eos_) {
-      result.finish_reason = "stop";
-      break;
-    }
-    job.emit(text.push(tokenizer_.decode({token})));
-    if (text.stopped()) {
-      result.finish_reason = "stop";
-      break;
-    }
-    if (result.completion_tokens >= job.max_tokens) break;
-    logits = &decoder_->forward({token});
-    cached_tokens_.push_back(token);
+  if (!job.example_tokens.empty()) {
+    entry = remember(
+        select_layerwise(*weights_, job.example_tokens, job.choose_keep_k, "request examples", pin_layer),
+        "examples");
+  } else {
+    // A decoder of its own for the choice: the prompt then runs again in the request's slot, in chunks
+    // between the steps of the others, on the chosen subset (the same values: layer l's choice is made
+    // before layer l's experts run).
+    Decoder chooser(*weights_, static_cast<int64_t>(job.prompt.size()));
+    entry = remember(
+        select_layerwise(*weights_, {&chooser}, {job.prompt}, job.choose_keep_k, "prompt", pin_layer),
+        "prompt");
   }
-  if (!text.stopped()) job.emit(text.finish());
-  result.text = text.text();
-  result.experts = entry.to_json();
-  kv_bytes_ = decoder_->cache().bytes_used(decoder_->length());
+  lift_restriction();
+  return entry;
+}
+
+// A free slot for a request: the one whose cache holds the longest prefix of its prompt on its subset, else
+// the one left longest ago.
+size_t Engine::pick_slot(const std::string& subset, const std::vector<int32_t>& prompt,
+                         size_t& common) const {
+  size_t best = slots_.size(), oldest = slots_.size();
+  common = 0;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& slot = slots_[i];
+    if (slot.running) continue;
+    if (oldest == slots_.size() || slot.last_used < slots_[oldest].last_used) oldest = i;
+    if (slot.cached_subset != subset) continue;
+    const size_t limit = std::min(slot.cached_tokens.size(), prompt.size());
+    size_t shared = 0;
+    while (shared < limit && slot.cached_tokens[shared] == prompt[shared]) ++shared;
+    if (shared > common) {
+      common = shared;
+      best = i;
+    }
+  }
+  return best < slots_.size() ? best : oldest;
+}
+
+void Engine::step() {
+  std::vector<BatchEntry> entries;
+  std::vector<size_t> entry_slot;  // [entries] whose
+  int64_t prefill_left = options_.prefill_chunk;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Sequence* seq = slots_[i].running.get();
+    if (!seq) continue;
+    BatchEntry entry;
+    entry.slot = static_cast<int64_t>(i);
+    entry.kept = seq->entry.subset ? &seq->entry.subset->routed : nullptr;
+    const std::vector<int32_t>& prompt = seq->job->prompt;
+    if (seq->prefilled < prompt.size()) {
+      const auto n = std::min<size_t>(static_cast<size_t>(prefill_left), prompt.size() - seq->prefilled);
+      if (n == 0) continue;  // this step's prompt chunk went to sequences before it
+      const auto first = prompt.begin() + static_cast<std::ptrdiff_t>(seq->prefilled);
+      entry.tokens.assign(first, first + static_cast<std::ptrdiff_t>(n));
+      prefill_left -= static_cast<int64_t>(n);
+    } else {
+      entry.tokens = {seq->last_token};
+    }
+    entries.push_back(std::move(entry));
+    entry_slot.push_back(i);
+  }
+  const Tensor& logits = decoder_->forward_batch(entries);  // [entries, V]
+  ++stats_.steps;
+  stats_.step_sequences += static_cast<int64_t>(entries.size());
+  const int64_t V = config_.vocab_size;
+  for (size_t k = 0; k < entries.size(); ++k) {
+    Slot& slot = slots_[entry_slot[k]];
+    Sequence& seq = *slot.running;
+    slot.cached_tokens.insert(slot.cached_tokens.end(), entries[k].tokens.begin(), entries[k].tokens.end());
+    if (seq.prefilled < seq.job->prompt.size()) {
+      seq.prefilled += entries[k].tokens.size();
+      if (seq.prefilled < seq.job->prompt.size()) continue;
+    }
+    if (produce(seq, seq.sampler->next(logits.data() + static_cast<int64_t>(k) * V, V))) end(slot);
+  }
+}
+
+bool Engine::produce(Sequence& seq, int32_t token) {
+  ++seq.result.completion_tokens;
+  ++stats_.generated_tokens;
+  if (eos_ && token == *eos_) {
+    seq.result.finish_reason = "stop";
+    return true;
+  }
+  seq.job->emit(seq.text->push(tokenizer_.decode({token})));
+  if (seq.text->stopped()) {
+    seq.result.finish_reason = "stop";
+    return true;
+  }
+  seq.last_token = token;
+  return seq.result.completion_tokens >= seq.job->max_tokens;
+}
+
+void Engine::end(Slot& slot) {
+  std::unique_ptr<Sequence> seq = std::move(slot.running);
+  if (!seq->text->stopped()) seq->job->emit(seq->text->finish());
+  seq->result.text = seq->text->text();
+  seq->result.experts = seq->entry.to_json();
+  slot.last_used = step_count_;
+  // Before the client hears of the end, so /metrics read after it shows nothing pinned or running.
+  seq->pins.release();
+  --stats_.running;
+  update_gauges();
+  seq->job->finish(std::move(seq->result));
+}
+
+void Engine::fail_running(const ApiError& error) {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& slot = slots_[i];
+    if (!slot.running) continue;
+    slot.running->pins.release();
+    ++stats_.requests_failed;
+    --stats_.running;
+    slot.running->job->fail(error);
+    slot.running.reset();
+    slot.cached_tokens.clear();
+    decoder_->reset(static_cast<int64_t>(i));
+  }
+}
+
+void Engine::update_gauges() {
+  int64_t kv = 0;
+  for (int64_t s = 0; s < decoder_->slots(); ++s) kv += decoder_->cache(s).bytes_used(decoder_->length(s));
+  kv_bytes_ = kv;
   experts_loaded_ = weights_->experts_loaded();
-  pins.release();  // before the client hears of the end, so /metrics read after it shows nothing pinned
-  job.finish(std::move(result));
+}
+
+void Engine::lift_restriction() {
+  if (!config_.is_moe()) return;
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l)
+    if (weights_->restricted(l)) weights_->keep_all_experts(l);
 }
 
 }  // namespace emo::serve

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -73,6 +74,9 @@ std::string metric_value(double value) {
 Server::Server(Engine& engine, ServerOptions options)
     : engine_(engine), options_(std::move(options)), http_(std::make_unique<httplib::Server>()) {
   http_->set_payload_max_length(options_.max_body_bytes);
+  // A handler thread per running stream and per waiting request, with room for /metrics and /health.
+  const size_t threads = std::max<size_t>(CPPHTTPLIB_THREAD_POOL_COUNT, 2 * engine_.slots() + 4);
+  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http_->set_read_timeout(options_.read_timeout);
   http_->set_write_timeout(options_.read_timeout);
   // httplib's own refusals (no route, body too long) get OpenAI's error object too.
@@ -243,7 +247,12 @@ std::string Server::metrics() const {
   metric("prefix_reuses_total", "counter", "Requests that reused a cached prefix.", s.prefix_reuses);
   metric("fresh_prefills_total", "counter", "Requests that prefilled from an empty cache.", s.fresh_prefills);
   metric("subsets_chosen_total", "counter", "Expert subsets chosen by the engine.", s.subsets_chosen);
-  metric("requests_running", "gauge", "Requests being decoded.", s.running);
+  metric("requests_running", "gauge", "Requests in a slot (prefilling or decoding).", s.running);
+  metric("slots", "gauge", "Sequences the engine decodes together (--parallel).",
+         static_cast<double>(engine_.slots()));
+  metric("batch_steps_total", "counter", "Batched decoder steps run.", s.steps);
+  metric("batch_sequences_total", "counter",
+         "Sequences over all batched steps (divided by the steps: the mean batch).", s.step_sequences);
   metric("queue_length", "gauge", "Requests waiting for the engine.",
          static_cast<double>(engine_.queue_length()));
   metric("experts_loaded", "gauge", "Experts resident in memory.",

@@ -66,6 +66,14 @@ std::function<int()> setup_serve(CLI::App& app) {
   app.add_option("--max-body", o->max_body, "Largest request body in bytes")
       ->capture_default_str()
       ->check(emo::cli::in_range(1, int64_t{1} << 40));
+  app.add_option("--parallel", o->engine.parallel,
+                 "Requests decoded together, each in a slot with its own KV cache (1: one at a time)")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, 256));
+  app.add_option("--prefill-chunk", o->engine.prefill_chunk,
+                 "Prompt tokens prefilled per step between the running streams' tokens")
+      ->capture_default_str()
+      ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--max-queue", o->max_queue, "Requests waiting beyond this get a 503")
       ->capture_default_str()
       ->check(emo::cli::in_range(1, emo::cli::kManyItems));
