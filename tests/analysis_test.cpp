@@ -340,20 +340,19 @@ TEST(Trace, EqualsAForwardOfEachDocumentAlone) {
   routing.training = false;
   for (int64_t d : {0, 5, 11}) {
     const TracedDocument& doc = sample.documents[d];
-    std::vector<int32_t> tokens = {kEos};
-    tokens.insert(tokens.end(), sample.tokens.begin() + doc.first_token,
-                  sample.tokens.begin() + doc.first_token + doc.length);
+    // Alone: without the EOS before it in the trace's rows, which ends the previous document (attention).
+    std::vector<int32_t> tokens(sample.tokens.begin() + doc.first_token,
+                                sample.tokens.begin() + doc.first_token + doc.length);
     const int64_t T = static_cast<int64_t>(tokens.size());
     auto state = model->infer(Batch::from_tokens(1, T, tokens, {}, kEos), routing);
     for (int64_t l = 0; l < 3; ++l)
       for (int64_t t = 0; t < doc.length; ++t) {
         for (int64_t e = 0; e < 9; ++e)
           ASSERT_NEAR(trace.vectors[(doc.first_token + t) * 27 + l * 9 + e],
-                      state->routing(l).probs[(t + 1) * 9 + e], 1e-5)
+                      state->routing(l).probs[t * 9 + e], 1e-5)
               << "document " << d << " layer " << l << " token " << t;
         for (int64_t s = 0; s < 2; ++s)
-          EXPECT_EQ(trace.chosen[(doc.first_token + t) * 6 + l * 2 + s],
-                    state->routing(l).ids[(t + 1) * 2 + s]);
+          EXPECT_EQ(trace.chosen[(doc.first_token + t) * 6 + l * 2 + s], state->routing(l).ids[t * 2 + s]);
       }
   }
   fs::remove_all(dir);

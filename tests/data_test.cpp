@@ -78,7 +78,8 @@ std::vector<PackedBatch> take(Packer& packer, int n) {
 }
 
 bool same(const PackedBatch& a, const PackedBatch& b) {
-  return a.B == b.B && a.T == b.T && a.tokens == b.tokens && a.targets == b.targets && a.doc_ids == b.doc_ids;
+  return a.B == b.B && a.T == b.T && a.tokens == b.tokens && a.targets == b.targets &&
+         a.doc_ids == b.doc_ids && a.attention_doc_ids == b.attention_doc_ids;
 }
 
 }  // namespace
@@ -478,6 +479,9 @@ TEST(Packer, EosEndsEachDocumentAndStartsTheNextSegment) {
   // row starts inside document 3 (segment 0), and its final EOS opens a segment of its own.
   EXPECT_EQ(batch.doc_ids, (std::vector<int32_t>{0, 0, 0, 1, 1, 1, 2, 2,  //
                                                  0, 0, 0, 1, 1, 1, 1, 2}));
+  // For attention an EOS ends its own document: it sees the document it closes, the next one does not.
+  EXPECT_EQ(batch.attention_doc_ids, (std::vector<int32_t>{0, 0, 0, 0, 1, 1, 1, 2,  //
+                                                           0, 0, 0, 0, 1, 1, 1, 1}));
 }
 
 TEST(Packer, DocIdsFollowTheEosRuleEverywhere) {
@@ -488,8 +492,13 @@ TEST(Packer, DocIdsFollowTheEosRuleEverywhere) {
     for (int64_t r = 0; r < batch.B; ++r) {
       const int32_t* tokens = batch.tokens.data() + r * batch.T;
       const int32_t* ids = batch.doc_ids.data() + r * batch.T;
+      const int32_t* documents = batch.attention_doc_ids.data() + r * batch.T;
       EXPECT_EQ(ids[0], 0);
-      for (int64_t t = 1; t < batch.T; ++t) EXPECT_EQ(ids[t], ids[t - 1] + (tokens[t] == kEos ? 1 : 0));
+      EXPECT_EQ(documents[0], 0);
+      for (int64_t t = 1; t < batch.T; ++t) {
+        EXPECT_EQ(ids[t], ids[t - 1] + (tokens[t] == kEos ? 1 : 0));
+        EXPECT_EQ(documents[t], documents[t - 1] + (tokens[t - 1] == kEos ? 1 : 0));
+      }
     }
 }
 
@@ -531,7 +540,7 @@ TEST(Packer, RanksTakeDisjointSharesWhoseUnionIsTheOneRankBatch) {
   for (int step = 0; step < 10; ++step) {
     PackedBatch whole;
     ASSERT_TRUE(single.next(whole));
-    PackedBatch joined{0, 4, {}, {}, {}};
+    PackedBatch joined{0, 4, {}, {}, {}, {}};
     for (auto& rank : ranks) {
       PackedBatch part;
       ASSERT_TRUE(rank.next(part));
@@ -540,6 +549,8 @@ TEST(Packer, RanksTakeDisjointSharesWhoseUnionIsTheOneRankBatch) {
       joined.tokens.insert(joined.tokens.end(), part.tokens.begin(), part.tokens.end());
       joined.targets.insert(joined.targets.end(), part.targets.begin(), part.targets.end());
       joined.doc_ids.insert(joined.doc_ids.end(), part.doc_ids.begin(), part.doc_ids.end());
+      joined.attention_doc_ids.insert(joined.attention_doc_ids.end(), part.attention_doc_ids.begin(),
+                                      part.attention_doc_ids.end());
       EXPECT_EQ(rank.state(), single.state());
     }
     EXPECT_TRUE(same(joined, whole)) << "step " << step;
@@ -577,7 +588,8 @@ TEST(Packer, HeldOutDomainIsIteratedOnceWithPadding) {
   ASSERT_TRUE(longer.next(batch));
   EXPECT_EQ(batch.tokens, (std::vector<int32_t>{5000, 5001, 0, 7, 7}));
   EXPECT_EQ(batch.targets, (std::vector<int32_t>{5001, 0, -1, -1, -1}));
-  EXPECT_EQ(batch.doc_ids, (std::vector<int32_t>{0, 0, 1, 2, 2}));  // padding: a segment of its own
+  EXPECT_EQ(batch.doc_ids, (std::vector<int32_t>{0, 0, 1, 2, 2}));            // padding: a segment of its own
+  EXPECT_EQ(batch.attention_doc_ids, (std::vector<int32_t>{0, 0, 0, 1, 1}));  // and a document of its own
   EXPECT_FALSE(longer.next(batch));
 }
 

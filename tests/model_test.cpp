@@ -208,9 +208,10 @@ TEST(ModelGradient, NormalisedTopKMatchesFiniteDifferences) {
   check_gradients(model, tiny_batch(), RoutingOptions{});
 }
 
-TEST(Batch, EosAfterTheFirstPositionStartsTheNextSegment) {
+TEST(Batch, EosStartsTheNextRoutingSegmentAndEndsItsOwnAttentionDocument) {
   Batch b = Batch::from_tokens(1, 7, {kEos, 4, 5, kEos, 6, kEos, kEos}, {}, kEos);
   EXPECT_EQ(b.doc_ids, (std::vector<int32_t>{0, 0, 0, 1, 1, 2, 3}));
+  EXPECT_EQ(b.attention_doc_ids, (std::vector<int32_t>{0, 1, 1, 1, 2, 2, 3}));
   EXPECT_EQ(b.targets, std::vector<int32_t>(7, -1));
 }
 
@@ -427,8 +428,9 @@ TEST(Losses, LoadBalancingIsOneAtPerfectBalance) {
   LossTerms terms = model->loss(*state, LossWeights{}, &counts, G);
   for (double lb : terms.lb_per_layer) EXPECT_NEAR(lb, 1.0, 1e-6);
   EXPECT_NEAR(terms.lb, 1.0, 1e-6);
-  // Router z-loss: lse of seven zero logits = log 7.
-  for (double z : terms.router_z_per_layer) EXPECT_NEAR(z, std::log(7.0) * std::log(7.0), 1e-5);
+  // Router z-loss: lse of seven zero logits = log 7 at each of the 24 positions, summed and divided by the
+  // label tokens, the 23 positions with a target (as the reference; one position is ignored).
+  for (double z : terms.router_z_per_layer) EXPECT_NEAR(z, std::log(7.0) * std::log(7.0) * 24 / 23, 1e-5);
 }
 
 TEST(Losses, TotalCombinesTheTermsWithTheirWeights) {
@@ -469,13 +471,30 @@ TEST(Model, IntraDocumentAttentionIsolatesTheDocumentsOfARow) {
   // Not bit-identical: the changed token routes elsewhere, so the experts' token groups change size, and
   // OpenBLAS's rounding of a row depends on the size of the product (on some CPUs). A leak across the EOS
   // would move the logits by far more than this.
-  for (int64_t t = 3; t < 24; ++t)  // every later position of row 0, and row 1
+  for (int64_t t = 4; t < 24; ++t)  // every position of row 0 after the document's EOS, and row 1
     for (int64_t v = 0; v < V; ++v)
       ASSERT_NEAR(a->logits[t * V + v], b->logits[t * V + v], 1e-5 * (1 + std::abs(a->logits[t * V + v])))
           << "position " << t;
   auto c = model->forward(batch, RoutingOptions{});
   auto d = model->forward(changed, RoutingOptions{});
   EXPECT_NE(c->logits[5 * V], d->logits[5 * V]);  // plain causal attention sees across the EOS
+}
+
+// The EOS at 3 closes row 0's first document: it attends to [0, 3], and the next document (from 4) does not
+// attend to it; the EMO pool routes it with the next document all the same (EmoRouting tests).
+TEST(Model, AnEosAttendsToTheDocumentItClosesAndTheNextDocumentDoesNotSeeIt) {
+  auto model = tiny_model(true);
+  RoutingOptions isolated;
+  isolated.intra_document_attention = true;
+  auto state = model->forward(tiny_batch(), isolated);
+  const int64_t T = 12, H = 2;
+  for (int64_t l = 0; l < 2; ++l)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* p = state->layers[l].probs.data() + h * T * T;  // row 0, head h: [T, T]
+      for (int64_t s = 0; s <= 3; ++s) EXPECT_GT(p[3 * T + s], 0.0f) << "EOS 3 to " << s;
+      for (int64_t t = 4; t < T; ++t)
+        for (int64_t s = 0; s <= 3; ++s) EXPECT_EQ(p[t * T + s], 0.0f) << t << " to " << s;
+    }
 }
 
 TEST(Model, ForwardIntoAReusedStateEqualsAFreshForward) {

@@ -296,6 +296,7 @@ TEST(SyntheticSource, ResumesExactlyFromItsState) {
   EXPECT_EQ(got.tokens, expected.tokens);
   EXPECT_EQ(got.targets, expected.targets);
   EXPECT_EQ(got.doc_ids, expected.doc_ids);
+  EXPECT_EQ(got.attention_doc_ids, expected.attention_doc_ids);
 }
 
 TEST(SyntheticSource, TargetsAreTheNextTokensAcrossRows) {

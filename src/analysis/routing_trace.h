@@ -6,7 +6,8 @@
 // document contributing its first max_document_tokens tokens, until max_tokens are taken. Rows hold
 // EOS d_a EOS d_b ... (each document after the EOS that starts its segment, as in training), routed with
 // evaluation routing (standard top-k over all experts; the EMO pool is a training device) and attention
-// inside each document. EOS positions are routed but not traced.
+// inside each document (an EOS belongs to the document it ends, so each document is traced as if alone).
+// EOS positions are routed but not traced.
 // Legend: n = traced tokens, F = sum over layers of routed experts (the concatenated router vector),
 // S = sum over layers of routed slots.
 #pragma once

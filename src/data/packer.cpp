@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "data/segments.h"
 
 namespace emo::data {
 
@@ -108,6 +109,7 @@ bool Packer::next(PackedBatch& batch) {
   batch.tokens.assign(rows * T, options_.pad_id);
   batch.targets.assign(rows * T, -1);
   batch.doc_ids.assign(rows * T, 0);
+  batch.attention_doc_ids.assign(rows * T, 0);
 
   Cursor c = start;
   skip(c, options_.rank * rows * T);
@@ -119,15 +121,16 @@ bool Packer::next(PackedBatch& batch) {
     int32_t* tokens = batch.tokens.data() + r * T;
     int32_t* targets = batch.targets.data() + r * T;
     int32_t* doc_ids = batch.doc_ids.data() + r * T;
-    int32_t segment = 0;
+    int32_t* attention_doc_ids = batch.attention_doc_ids.data() + r * T;
     for (int64_t t = 0; t < real; ++t) {
       tokens[t] = window[t];
       targets[t] = t + 1 < got ? window[t + 1] : -1;
-      if (t > 0 && window[t] == options_.eos_id) ++segment;
-      doc_ids[t] = segment;
     }
-    for (int64_t t = real; t < T; ++t)
-      doc_ids[t] = real > 0 ? segment + 1 : 0;  // padding: a segment of its own
+    row_segment_ids(tokens, real, options_.eos_id, doc_ids, attention_doc_ids);
+    for (int64_t t = real; t < T; ++t) {  // padding: a segment and a document of its own
+      doc_ids[t] = real > 0 ? doc_ids[real - 1] + 1 : 0;
+      attention_doc_ids[t] = real > 0 ? attention_doc_ids[real - 1] + 1 : 0;
+    }
     skip(c, T);
   }
   Cursor next = start;

@@ -7,7 +7,8 @@
 //   tokens[t]  = stream[p + t]
 //   targets[t] = stream[p + t + 1]          (every position is trained, the last one on the next row's first
 //   token) doc_ids[t] = segment index in the row:  0 at t = 0, +1 at every t > 0 holding EOS
-// so an EOS is grouped with the document that follows it (docs/emo.md section 3).
+// so an EOS is grouped with the document that follows it (docs/emo.md section 3), and
+//   attention_doc_ids[t] = document index in the row: +1 after every EOS, which ends its own document.
 //
 // A global batch is B consecutive rows; with n data-parallel ranks, rank r gets rows [r B/n, (r+1) B/n) of it
 // (B must divide by n), so the ranks' rows are disjoint and together form the one-rank batch.
@@ -50,7 +51,7 @@ struct PackerState {
 // Rows of one rank, row-major [rows, T].
 struct PackedBatch {
   int64_t B = 0, T = 0;
-  std::vector<int32_t> tokens, targets, doc_ids;
+  std::vector<int32_t> tokens, targets, doc_ids, attention_doc_ids;  // data/segments.h: the two EOS rules
 };
 
 class Packer {

@@ -47,6 +47,7 @@ DomainLoss loss_of_domain(const Model& model, const data::Dataset& dataset, int 
     batch.tokens = std::move(rows.tokens);
     batch.targets = std::move(rows.targets);
     batch.doc_ids = std::move(rows.doc_ids);
+    batch.attention_doc_ids = std::move(rows.attention_doc_ids);
     if (options.max_tokens > 0) keep_first_targets(batch.targets, options.max_tokens - result.tokens);
     auto state = model.infer(batch, routing);
     ce_sum += state->ce.ce;

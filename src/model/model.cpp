@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/profile.h"
+#include "data/segments.h"
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
@@ -32,14 +33,10 @@ Batch Batch::from_tokens(int64_t B, int64_t T, std::vector<int32_t> tokens, std:
   batch.tokens = std::move(tokens);
   batch.targets = targets.empty() ? std::vector<int32_t>(B * T, -1) : std::move(targets);
   batch.doc_ids.resize(B * T);
-  for (int64_t b = 0; b < B; ++b) {
-    int32_t doc = 0;
-    for (int64_t t = 0; t < T; ++t) {
-      // An EOS at t > 0 opens the next segment: it is routed with the document that follows it.
-      if (t > 0 && batch.tokens[b * T + t] == eos_id) ++doc;
-      batch.doc_ids[b * T + t] = doc;
-    }
-  }
+  batch.attention_doc_ids.resize(B * T);
+  for (int64_t b = 0; b < B; ++b)
+    data::row_segment_ids(&batch.tokens[b * T], T, eos_id, &batch.doc_ids[b * T],
+                          &batch.attention_doc_ids[b * T]);
   return batch;
 }
 
@@ -79,9 +76,11 @@ void check_batch(const Batch& batch, const ModelConfig& config, const RoutingOpt
             " targets for ", N, " tokens");
   EMO_CHECK(batch.T <= config.max_position_embeddings, "model", "row length ", batch.T,
             " exceeds max_position_embeddings ", config.max_position_embeddings);
-  bool needs_docs = routing.intra_document_attention || routing.mode == RoutingMode::kEmoPool;
-  EMO_CHECK(!needs_docs || batch.doc_ids.size() == N, "model", "batch holds ", batch.doc_ids.size(),
-            " doc_ids for ", N, " tokens (intra-document attention and EMO pools need them)");
+  EMO_CHECK(routing.mode != RoutingMode::kEmoPool || batch.doc_ids.size() == N, "model", "batch holds ",
+            batch.doc_ids.size(), " doc_ids for ", N, " tokens (EMO pools need them)");
+  EMO_CHECK(!routing.intra_document_attention || batch.attention_doc_ids.size() == N, "model", "batch holds ",
+            batch.attention_doc_ids.size(), " attention_doc_ids for ", N,
+            " tokens (intra-document attention needs them)");
 }
 
 }  // namespace
@@ -142,11 +141,19 @@ std::vector<std::string> Model::param_names() const {
   return names;
 }
 
-// Scales of the router losses' gradients: grad_scale * alpha / L, grad_scale * beta / L, and G.
+// Scales of the router losses' gradients: grad_scale * alpha / L, grad_scale * beta / L, and their divisors.
 struct RouterGradScales {
   double lb, z;
-  int64_t global_tokens;
+  LabelTokens labels;
 };
+
+// The router losses' divisors of a micro-batch: its positions with a target, and `global_labels` (those of
+// the whole global batch; 0: this micro-batch alone). A batch without any target (inference, selection)
+// divides by its positions.
+LabelTokens label_tokens(const ForwardState& state, int64_t global_labels) {
+  const int64_t local = state.ce.count > 0 ? state.ce.count : state.batch.B * state.batch.T;
+  return {global_labels > 0 ? global_labels : local, local};
+}
 
 // The passes over a model's private weights.
 struct ModelPasses {
@@ -167,7 +174,7 @@ struct ModelPasses {
                                 const RoutingPolicy& policy, const RoutingContext& context);
   static void dense_block_forward(const Model& model, int64_t l, LayerState& s, Tensor& out);
   static void backward(Model& model, ForwardState& state, const LossWeights& weights,
-                       const std::vector<std::vector<double>>* global_counts, int64_t global_tokens,
+                       const std::vector<std::vector<double>>* global_counts, int64_t global_label_tokens,
                        float grad_scale);
   static void moe_block_backward(Model& model, int64_t l, LayerState& s, const Tensor& dout, Tensor& dffn,
                                  const std::vector<double>& counts, const RouterGradScales& router);
@@ -218,7 +225,7 @@ void ModelPasses::attention_block_forward(const Model& model, int64_t l, LayerSt
   const int64_t B = state.batch.B, T = state.batch.T, N = B * T, C = config_.hidden_size;
   const int64_t H = config_.num_attention_heads, Hkv = config_.num_key_value_heads, hd = config_.head_dim();
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  const int32_t* doc_ids = routing.intra_document_attention ? state.batch.doc_ids.data() : nullptr;
+  const int32_t* doc_ids = routing.intra_document_attention ? state.batch.attention_doc_ids.data() : nullptr;
 
   // Attention block: x += o(attention(rope(q), rope(k), v)) of RMSNorm(x)
   {
@@ -435,7 +442,8 @@ std::vector<std::vector<double>> Model::expert_counts(const ForwardState& state)
 }
 
 LossTerms Model::loss(const ForwardState& state, const LossWeights& weights,
-                      const std::vector<std::vector<double>>* global_counts, int64_t global_tokens) const {
+                      const std::vector<std::vector<double>>* global_counts,
+                      int64_t global_label_tokens) const {
   LossTerms terms;
   terms.tokens = state.ce.count;
   if (state.ce.count > 0) {
@@ -443,15 +451,15 @@ LossTerms Model::loss(const ForwardState& state, const LossWeights& weights,
     terms.output_z = state.ce.z / static_cast<double>(state.ce.count);
   }
   if (config_.is_moe()) {
-    const int64_t L = config_.num_hidden_layers, N = state.batch.B * state.batch.T;
+    const int64_t L = config_.num_hidden_layers;
+    const LabelTokens labels = label_tokens(state, global_label_tokens);
     std::vector<std::vector<double>> own;
     if (!global_counts) own = expert_counts(state);
     const auto& counts = global_counts ? *global_counts : own;
     EMO_CHECK(static_cast<int64_t>(counts.size()) == L, "model", "expert counts hold ", counts.size(),
               " layers, the model has ", L);
     for (int64_t l = 0; l < L; ++l) {
-      RouterLoss r = router_loss(state.routing(l), counts[l], global_tokens > 0 ? global_tokens : N, nullptr,
-                                 nullptr, 0, 0);
+      RouterLoss r = router_loss(state.routing(l), counts[l], labels);
       terms.lb_per_layer.push_back(r.lb);
       terms.router_z_per_layer.push_back(r.z);
       terms.lb += r.lb / static_cast<double>(L);
@@ -464,13 +472,13 @@ LossTerms Model::loss(const ForwardState& state, const LossWeights& weights,
 }
 
 void Model::backward(ForwardState& state, const LossWeights& weights,
-                     const std::vector<std::vector<double>>* global_counts, int64_t global_tokens,
+                     const std::vector<std::vector<double>>* global_counts, int64_t global_label_tokens,
                      float grad_scale) {
-  ModelPasses::backward(*this, state, weights, global_counts, global_tokens, grad_scale);
+  ModelPasses::backward(*this, state, weights, global_counts, global_label_tokens, grad_scale);
 }
 
 void ModelPasses::backward(Model& model, ForwardState& state, const LossWeights& weights,
-                           const std::vector<std::vector<double>>* global_counts, int64_t global_tokens,
+                           const std::vector<std::vector<double>>* global_counts, int64_t global_label_tokens,
                            float grad_scale) {
   EMO_CHECK(state.for_backward, "model",
             "backward needs the state of Model::forward (Model::infer keeps none)");
@@ -506,7 +514,7 @@ void ModelPasses::backward(Model& model, ForwardState& state, const LossWeights&
   const auto* counts = global_counts ? global_counts : &own;
   RouterGradScales router{grad_scale * weights.lb / static_cast<double>(L),
                           grad_scale * weights.router_z / static_cast<double>(L),
-                          global_tokens > 0 ? global_tokens : N};
+                          label_tokens(state, global_label_tokens)};
   for (int64_t l = L - 1; l >= 0; --l) {
     LayerState& s = state.layers[l];
     Tensor& dffn = zeroed(w.buffers.dffn, {N, C});  // [N, C] gradient of RMSNorm(mid)
@@ -545,7 +553,7 @@ void ModelPasses::moe_block_backward(Model& model, int64_t l, LayerState& s, con
     for (int64_t k = 0; k < m.slots; ++k) droute[n * m.slots + k] = dweights[n * m.all_slots + k];
   Tensor dscores({N, m.routed});  // [N, Er]
   Tensor dlse({N});               // [N]
-  router_loss(s.routing, counts, router.global_tokens, dscores.data(), dlse.data(), router.lb, router.z);
+  router_loss(s.routing, counts, router.labels, dscores.data(), dlse.data(), router.lb, router.z);
   Tensor dlogits({N, m.routed});  // [N, Er]
   route_backward(dlogits.data(), s.routing, droute.data(), dscores.data(), dlse.data());
   linear_backward(dffn.data(), lw.router->grad.data(), dlogits.data(), s.ffn_norm.data(),

@@ -21,14 +21,16 @@ struct Param {
   bool no_weight_decay;  // embeddings and norms
 };
 
-// A micro-batch of packed rows. Segment rule of the reference: a position t > 0 holding EOS starts a new
-// segment, so an EOS is routed with the document that follows it. doc_ids gives the document of each position
-// (used by intra-document attention and by the EMO pool); Batch::from_tokens derives it from EOS positions.
+// A micro-batch of packed rows, with the two EOS rules of the reference (data/segments.h): doc_ids are the
+// EMO pool's segments (an EOS at t > 0 starts the next one: it is routed with the document that follows it),
+// attention_doc_ids the documents of intra-document attention (an EOS ends its own document). Both are made
+// from the EOS positions by the packer and by Batch::from_tokens.
 struct Batch {
   int64_t B = 0, T = 0;
-  std::vector<int32_t> tokens;   // [B, T]
-  std::vector<int32_t> targets;  // [B, T]; -1 = no loss at this position
-  std::vector<int32_t> doc_ids;  // [B, T]; segment index within its row, starting at 0
+  std::vector<int32_t> tokens;             // [B, T]
+  std::vector<int32_t> targets;            // [B, T]; -1 = no loss at this position
+  std::vector<int32_t> doc_ids;            // [B, T]; routing segment index within its row, from 0
+  std::vector<int32_t> attention_doc_ids;  // [B, T]; attention document index within its row, from 0
   static Batch from_tokens(int64_t B, int64_t T, std::vector<int32_t> tokens, std::vector<int32_t> targets,
                            int32_t eos_id);
 };
@@ -105,16 +107,17 @@ class Model {
   // for the trainer to sum over micro-batches and ranks before the load-balancing loss uses them.
   std::vector<std::vector<double>> expert_counts(const ForwardState& state) const;
 
-  // Loss terms with the given global counts (null = this micro-batch's own) and global token count G
-  // (0 = this micro-batch's tokens).
+  // Loss terms with the given global counts (null = this micro-batch's own) and G, the global batch's label
+  // tokens (positions with a target; 0 = this micro-batch's). LB divides by G, the router z-loss by this
+  // micro-batch's label tokens (model/losses.h).
   LossTerms loss(const ForwardState& state, const LossWeights& weights,
                  const std::vector<std::vector<double>>* global_counts = nullptr,
-                 int64_t global_tokens = 0) const;
+                 int64_t global_label_tokens = 0) const;
 
   // Accumulates (+=) grad_scale * d(total loss)/d(params) into the gradients.
   void backward(ForwardState& state, const LossWeights& weights,
-                const std::vector<std::vector<double>>* global_counts = nullptr, int64_t global_tokens = 0,
-                float grad_scale = 1.0f);
+                const std::vector<std::vector<double>>* global_counts = nullptr,
+                int64_t global_label_tokens = 0, float grad_scale = 1.0f);
 
   // Checkpoint I/O in the Hugging Face layout (config.json + model.safetensors or shards).
   static std::unique_ptr<Model> load(const std::string& dir);

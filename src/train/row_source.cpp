@@ -85,6 +85,7 @@ class DatasetSource : public RowSource {
     rows.tokens = std::move(packed.tokens);
     rows.targets = std::move(packed.targets);
     rows.doc_ids = std::move(packed.doc_ids);
+    rows.attention_doc_ids = std::move(packed.attention_doc_ids);
     return true;
   }
   nlohmann::json state() const override {

@@ -82,6 +82,8 @@ std::vector<Batch> split_rows(const Batch& batch, int64_t micro_rows) {
     mb.tokens.assign(batch.tokens.begin() + r * T, batch.tokens.begin() + (r + rows) * T);
     mb.targets.assign(batch.targets.begin() + r * T, batch.targets.begin() + (r + rows) * T);
     mb.doc_ids.assign(batch.doc_ids.begin() + r * T, batch.doc_ids.begin() + (r + rows) * T);
+    mb.attention_doc_ids.assign(batch.attention_doc_ids.begin() + r * T,
+                                batch.attention_doc_ids.begin() + (r + rows) * T);
     out.push_back(std::move(mb));
   }
   return out;
@@ -252,16 +254,20 @@ StepMetrics Trainer::train_step(const std::vector<Batch>& micro_batches,
   std::vector<std::vector<std::vector<double>>> own_counts;
   std::vector<std::vector<double>> step_counts;
   int64_t local_tokens = 0;
+  double local_label_tokens = 0;  // positions with a target: the divisor G of the load balancing
   for (size_t i = 0; i < micro_batches.size(); ++i) {
     Rng pool_rng(micro_batch_seed(step_seed, global_index(i)));
     states.push_back(model_->forward(micro_batches[i], routing, &pool_rng));
     own_counts.push_back(model_->expert_counts(*states.back()));
     add_counts(step_counts, own_counts.back());
     local_tokens += micro_batches[i].B * micro_batches[i].T;
+    local_label_tokens += static_cast<double>(states.back()->ce.count);
   }
   // The step's counts over all ranks: what global balancing uses and what the usage statistics describe.
   dist.all_reduce_counts(step_counts);
   const int64_t global_tokens = local_tokens * dist.size();
+  double global_label_tokens = local_label_tokens;
+  dist.all_reduce_sum(&global_label_tokens, 1);
 
   const float grad_scale = 1.0f / static_cast<float>(micro_batches_in_global_batch);
   // Sums over this rank's micro-batches of (term / micro-batches): ce, output_z, lb, router_z, total, then
@@ -269,7 +275,7 @@ StepMetrics Trainer::train_step(const std::vector<Batch>& micro_batches,
   std::vector<double> sums(7, 0.0);
   for (size_t i = 0; i < states.size(); ++i) {
     const auto* counts = global_scope ? &step_counts : &own_counts[i];
-    const int64_t tokens = global_scope ? global_tokens : 0;
+    const int64_t tokens = global_scope ? static_cast<int64_t>(global_label_tokens) : 0;
     LossTerms terms = model_->loss(*states[i], weights, counts, tokens);
     model_->backward(*states[i], weights, counts, tokens, grad_scale);
     const double share = 1.0 / static_cast<double>(micro_batches_in_global_batch);

@@ -39,10 +39,13 @@ OUT  logits                     F32 [B*T, V]
 
 Conventions (where emo.md leaves a choice, the engine's documented one):
   * Segments: a position t > 0 holding EOS starts a new segment (EOS routed with the document after it).
-  * Intra-document attention: a token attends only to earlier tokens of its own segment.
+  * Intra-document attention: a token attends only to earlier tokens of its own document, where an EOS ends
+    its own document (OLMo-core's document lengths): the EOS sees the document it closes, the next one
+    does not see it. The two rules differ only at the EOS positions.
   * RoPE position = index in the row.
-  * CE and the output z-loss are means over the positions with target >= 0; LB and router z-loss are means
-    over all B*T tokens, G = B*T and C_e = this micro-batch's counts.
+  * CE and the output z-loss are means over the positions with target >= 0; LB and router z-loss sum over
+    all B*T tokens and divide by G = the positions with target >= 0 (label tokens); Pbar_e is the mean over
+    all B*T tokens; C_e = this micro-batch's counts.
   * Pool: the top-d routed experts by summed probability mass over the segment, d clamped to [1, Er].
   * A token with no allowed routed expert (subset keeping only the shared one) has no router z term.
 """
@@ -293,13 +296,13 @@ class EmoModel(nn.Module):
         self.model.norm = RMSNorm(d, cfg.get("rms_norm_eps", 1e-6))
         self.lm_head = nn.Linear(d, V, bias=False)
 
-    def forward(self, tokens, doc_ids, intra_document, ctx_for_layer):
-        # tokens, doc_ids [B, T]
+    def forward(self, tokens, attention_ids, intra_document, ctx_for_layer):
+        # tokens, attention_ids [B, T]
         B, T = tokens.shape
         causal = torch.ones(T, T, dtype=torch.bool).tril()  # [T, T]
         allowed = causal[None].expand(B, T, T)
         if intra_document:
-            allowed = allowed & (doc_ids[:, :, None] == doc_ids[:, None, :])
+            allowed = allowed & (attention_ids[:, :, None] == attention_ids[:, None, :])
         h = self.model.embed_tokens(tokens)  # [B, T, d]
         routes = []
         for l, block in enumerate(self.model.layers):
@@ -324,12 +327,12 @@ def losses(logits, targets, routes, slots, w):
     terms = {"ce": ce, "output_z": output_z}
     lb_sum = logits.new_zeros(())
     z_sum = logits.new_zeros(())
+    G = int(counted.sum()) or targets.numel()  # label tokens of the step (all positions if none has a target)
     for l, r in moe:
         N, Er = r.scores.shape
-        G = N  # tokens of the step: this micro-batch
         pbar = r.scores.mean(0)  # [Er] carries gradient
         lb = (Er / slots[l]) * (r.counts.to(logits.dtype) * pbar).sum() / G  # counts carry no gradient
-        z = (r.lse**2).mean()
+        z = (r.lse**2).sum() / G
         terms[f"lb.{l}"], terms[f"router_z.{l}"] = lb, z
         lb_sum = lb_sum + lb
         z_sum = z_sum + z
@@ -365,10 +368,16 @@ def load_model(model_dir, dtype):
 
 
 def segment_ids(tokens, eos_id):
-    """[B, T] segment index per position: t > 0 holding EOS starts a new segment."""
+    """[B, T] segment index per position for the EMO pool: t > 0 holding EOS starts a new segment."""
     starts = tokens == eos_id
     starts[:, 0] = False
     return torch.cumsum(starts.long(), dim=1)
+
+
+def attention_ids(tokens, eos_id):
+    """[B, T] document index per position for attention: a document ends with (and includes) its EOS."""
+    ends = (tokens == eos_id).long()
+    return torch.cumsum(ends, dim=1) - ends  # EOS strictly before t
 
 
 def run(model, cfg, inputs, meta):
@@ -401,7 +410,8 @@ def run(model, cfg, inputs, meta):
         return {"mode": mode, "segments": segments, "pool_sizes": sizes,
                 "subset": subset[l] if subset is not None else None}
 
-    logits, routes = model(tokens, doc_ids, intra, ctx_for_layer)
+    eos_id = int(meta.get("eos_id", cfg.get("eos_token_id", -1)))
+    logits, routes = model(tokens, attention_ids(tokens, eos_id), intra, ctx_for_layer)
     slots = [block.mlp.Kr if block.is_moe else 0 for block in model.model.layers]
     terms = losses(logits, targets.view(-1), routes, slots, w)
     model.zero_grad()
