@@ -32,13 +32,68 @@ GgmlType weight_type(const std::string& dtype, uint32_t* file_type) {
   if (dtype == "bf16" || dtype == "bfloat16") return *file_type = 32, GgmlType::kBF16;
   if (dtype == "q8_0" || dtype == "Q8_0") return *file_type = 7, GgmlType::kQ8_0;
   if (dtype == "q4_0" || dtype == "Q4_0") return *file_type = 2, GgmlType::kQ4_0;
-  fail(kOp, cat("--dtype '", dtype, "' is not f32, bf16, q8_0 or q4_0"));
+  // LLAMA_FTYPE_MOSTLY_Q4_K_M: Q4_K with llama-quantize's Q4_K_M mix (mixed_type below).
+  if (dtype == "q4_k" || dtype == "Q4_K" || dtype == "q4_k_m" || dtype == "Q4_K_M")
+    return *file_type = 15, GgmlType::kQ4_K;
+  fail(kOp, cat("--dtype '", dtype, "' is not f32, bf16, q8_0, q4_0 or q4_k"));
 }
 
-// The embedding and output matrices of a q4_0 file stay at q8_0, as emo quantize keeps them at int8 and
-// llama.cpp's own Q4_0 files keep the output at higher precision.
-GgmlType embedding_type(GgmlType weights) {
-  return weights == GgmlType::kQ4_0 ? GgmlType::kQ8_0 : weights;
+// A matrix as llama-quantize categorises it (by name: token_embd, output, attn_q/k/v/output, ffn_gate*,
+// ffn_up*, ffn_down*; the experts' and shared experts' tensors alike).
+enum class Role { kEmbedding, kOutput, kAttnQ, kAttnK, kAttnV, kAttnOutput, kFfnGate, kFfnUp, kFfnDown };
+
+struct MatrixPlace {
+  Role role;
+  int64_t layer = 0;  // blk.N
+};
+
+// llama-quantize's layers given more bits: the first and last eighth and every third one between.
+bool more_bits(int64_t layer, int64_t layers) {
+  return layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
+}
+
+// Q4_K_M as llama.cpp's llama_tensor_get_type chooses it for an untied model with separate output
+// (llama-quant.cpp, the source node-llama-cpp 3.21.1 bundles): the output in Q6_K (Q8_0 when its rows are
+// not whole super-blocks); attn_v and ffn_down (routed and shared) in Q6_K in the more_bits layers; with
+// exactly 8 routed experts attn_v and attn_k in Q8_0 and attn_output in Q5_K; the rest Q4_K. Then its
+// fallback for rows that are not whole super-blocks of 256: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0.
+GgmlType q4_k_m_type(MatrixPlace place, int64_t layers, int64_t routed_experts, int64_t ne0) {
+  const bool eight = routed_experts == 8;
+  GgmlType type = GgmlType::kQ4_K;
+  switch (place.role) {
+    case Role::kOutput:
+      type = ne0 % ggml_block_size(GgmlType::kQ4_K) != 0 ? GgmlType::kQ8_0 : GgmlType::kQ6_K;
+      break;
+    case Role::kAttnV:
+      type = eight ? GgmlType::kQ8_0 : more_bits(place.layer, layers) ? GgmlType::kQ6_K : GgmlType::kQ4_K;
+      break;
+    case Role::kAttnK:
+      type = eight ? GgmlType::kQ8_0 : GgmlType::kQ4_K;
+      break;
+    case Role::kAttnOutput:
+      type = eight ? GgmlType::kQ5_K : GgmlType::kQ4_K;
+      break;
+    case Role::kFfnDown:
+      type = more_bits(place.layer, layers) ? GgmlType::kQ6_K : GgmlType::kQ4_K;
+      break;
+    default:
+      break;
+  }
+  if (ne0 % ggml_block_size(type) == 0) return type;
+  if (type == GgmlType::kQ4_K) return GgmlType::kQ5_0;
+  if (type == GgmlType::kQ5_K) return GgmlType::kQ5_1;
+  if (type == GgmlType::kQ6_K) return GgmlType::kQ8_0;
+  return type;
+}
+
+// The type of one matrix with ne0 weights per row in a file of `weights` type: the weight type itself, but
+// for a q4_0 file's embedding and output at q8_0 (as emo quantize keeps them at int8, and llama.cpp's own
+// Q4_0 files keep the output at higher precision) and q4_k's mix.
+GgmlType matrix_type(GgmlType weights, MatrixPlace place, const ModelConfig& c, int64_t ne0) {
+  if (weights == GgmlType::kQ4_K)
+    return q4_k_m_type(place, c.num_hidden_layers, c.experts_in_layer(0) - c.shared_in_layer(0), ne0);
+  const bool outer = place.role == Role::kEmbedding || place.role == Role::kOutput;
+  return weights == GgmlType::kQ4_0 && outer ? GgmlType::kQ8_0 : weights;
 }
 
 // n weights (whole blocks) in `type`, appended to out: Q4_0 with the fitted block scales of emo quantize
@@ -50,20 +105,26 @@ void encode(GgmlType type, const float* w, int64_t n, std::vector<uint8_t>& out)
   quantize_row_q4_0_fitted(w, reinterpret_cast<BlockQ4_0*>(out.data() + start), n);
 }
 
-// Concatenates float blocks and encodes them, scaled, in `type`.
+// Float pieces, scaled, concatenated into rows of `row` weights (a piece may be part of a row: the shared
+// experts' down projections side by side) and encoded in `type` row by row.
 struct Pieces {
   std::vector<const float*> parts;
   int64_t part_size = 0;
   float scale = 1.0f;
+  int64_t row = 0;  // weights per row (ne0); 0: part_size
 };
 
 std::function<void(std::vector<uint8_t>&)> encoder(GgmlType type, Pieces pieces) {
   return [type, pieces](std::vector<uint8_t>& out) {
-    std::vector<float> buffer(static_cast<size_t>(pieces.part_size));
+    const int64_t row = pieces.row > 0 ? pieces.row : pieces.part_size;
+    std::vector<float> buffer;
     for (const float* part : pieces.parts) {
-      for (int64_t i = 0; i < pieces.part_size; ++i) buffer[i] = part[i] * pieces.scale;
-      encode(type, buffer.data(), pieces.part_size, out);
+      for (int64_t i = 0; i < pieces.part_size; ++i) buffer.push_back(part[i] * pieces.scale);
+      if (static_cast<int64_t>(buffer.size()) % row != 0) continue;
+      encode(type, buffer.data(), static_cast<int64_t>(buffer.size()), out);
+      buffer.clear();
     }
+    EMO_CHECK(buffer.empty(), kOp, "pieces of ", pieces.part_size, " weights do not fill rows of ", row);
   };
 }
 
@@ -167,10 +228,13 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   const int64_t hd = c.head_dim(), H = c.num_attention_heads, Hkv = c.num_key_value_heads;
   const int64_t E = c.experts_in_layer(0), ns = c.shared_in_layer(0), Er = E - ns;
   const int64_t used = std::min(c.num_experts_per_tok - ns, Er);
-  if (C % ggml_block_size(wt) != 0 || F % ggml_block_size(wt) != 0 || (H * hd) % ggml_block_size(wt) != 0)
-    fail_file(kOp, model_dir,
-              cat(options.dtype, " stores rows in blocks of ", ggml_block_size(wt), " weights: hidden_size ",
-                  C, " and intermediate_size ", F, " must be multiples of it"));
+  // q4_k's rows that are not whole super-blocks of 256 fall back to 32-weight blocks (q4_k_m_type).
+  const int64_t block = wt == GgmlType::kQ4_K ? 32 : ggml_block_size(wt);
+  if (C % block != 0 || F % block != 0 || (H * hd) % block != 0)
+    fail_file(
+        kOp, model_dir,
+        cat(options.dtype, " stores rows in blocks of ", block, " weights: hidden_size ", C,
+            ", intermediate_size ", F, " and the attention width ", H * hd, " must be multiples of it"));
 
   GgufWriter w;
   const std::string a = "qwen2moe.";
@@ -199,30 +263,33 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   auto whole = [&](const std::string& name, float scale = 1.0f) {
     return Pieces{{data(name)}, m.weight(name).size(), scale};
   };
-  const GgmlType et = embedding_type(wt);
-  w.add_tensor({"token_embd.weight", {C, V}, et, encoder(et, whole("model.embed_tokens.weight"))});
+  // A matrix [ne0 = in, out(, experts)] at its type in this file.
+  auto matrix = [&](const std::string& name, std::vector<int64_t> dims, MatrixPlace place, Pieces pieces) {
+    const GgmlType type = matrix_type(wt, place, c, dims[0]);
+    pieces.row = dims[0];
+    w.add_tensor({name, std::move(dims), type, encoder(type, std::move(pieces))});
+  };
+  matrix("token_embd.weight", {C, V}, {Role::kEmbedding}, whole("model.embed_tokens.weight"));
   w.add_tensor(
       {"output_norm.weight", {C}, GgmlType::kF32, encoder(GgmlType::kF32, whole("model.norm.weight"))});
-  w.add_tensor({"output.weight",
-                {C, V},
-                et,
-                encoder(et, whole(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"))});
+  matrix("output.weight", {C, V}, {Role::kOutput},
+         whole(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
   for (int64_t l = 0; l < L; ++l) {
     const std::string p = cat("model.layers.", l, "."), b = cat("blk.", l, ".");
     auto f32 = [&](const std::string& name, const std::string& from) {
       w.add_tensor({b + name, {C}, GgmlType::kF32, encoder(GgmlType::kF32, whole(p + from))});
     };
-    auto matrix = [&](const std::string& name, const std::string& from, int64_t in, int64_t out) {
-      w.add_tensor({b + name, {in, out}, wt, encoder(wt, whole(p + from))});
+    auto layer_matrix = [&](const std::string& name, std::vector<int64_t> dims, Role role, Pieces pieces) {
+      matrix(b + name, std::move(dims), {role, l}, std::move(pieces));
     };
     f32("attn_norm.weight", "pre_attention_layernorm.weight");
-    matrix("attn_q.weight", "self_attn.q_proj.weight", C, H * hd);
-    matrix("attn_k.weight", "self_attn.k_proj.weight", C, Hkv * hd);
-    matrix("attn_v.weight", "self_attn.v_proj.weight", C, Hkv * hd);
+    layer_matrix("attn_q.weight", {C, H * hd}, Role::kAttnQ, whole(p + "self_attn.q_proj.weight"));
+    layer_matrix("attn_k.weight", {C, Hkv * hd}, Role::kAttnK, whole(p + "self_attn.k_proj.weight"));
+    layer_matrix("attn_v.weight", {C, Hkv * hd}, Role::kAttnV, whole(p + "self_attn.v_proj.weight"));
     w.add_tensor({b + "attn_q.bias", {H * hd}, GgmlType::kF32, constant(0.0f, H * hd)});
     w.add_tensor({b + "attn_k.bias", {Hkv * hd}, GgmlType::kF32, constant(0.0f, Hkv * hd)});
     w.add_tensor({b + "attn_v.bias", {Hkv * hd}, GgmlType::kF32, constant(0.0f, Hkv * hd)});
-    matrix("attn_output.weight", "self_attn.o_proj.weight", H * hd, C);
+    layer_matrix("attn_output.weight", {H * hd, C}, Role::kAttnOutput, whole(p + "self_attn.o_proj.weight"));
     f32("ffn_norm.weight", "pre_feedforward_layernorm.weight");
     // The router's routed rows come first ([E, C], shared rows last): the first Er rows are the routed gate.
     w.add_tensor({b + "ffn_gate_inp.weight",
@@ -235,23 +302,19 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
         pieces.parts.push_back(data(cat(p, "mlp.experts.", e, ".", proj)));
       return pieces;
     };
-    w.add_tensor(
-        {b + "ffn_gate_exps.weight", {C, F, Er}, wt, encoder(wt, experts("gate_proj.weight", 0, Er, 1))});
-    w.add_tensor(
-        {b + "ffn_up_exps.weight", {C, F, Er}, wt, encoder(wt, experts("up_proj.weight", 0, Er, 1))});
-    w.add_tensor(
-        {b + "ffn_down_exps.weight", {F, C, Er}, wt, encoder(wt, experts("down_proj.weight", 0, Er, 1))});
+    layer_matrix("ffn_gate_exps.weight", {C, F, Er}, Role::kFfnGate, experts("gate_proj.weight", 0, Er, 1));
+    layer_matrix("ffn_up_exps.weight", {C, F, Er}, Role::kFfnUp, experts("up_proj.weight", 0, Er, 1));
+    layer_matrix("ffn_down_exps.weight", {F, C, Er}, Role::kFfnDown, experts("down_proj.weight", 0, Er, 1));
     // Several shared experts are one SwiGLU of width ns*F: gate/up rows stacked, down rows side by side.
     w.add_tensor({b + "ffn_gate_inp_shexp.weight", {C}, GgmlType::kF32, constant(kSharedGateWeight, C)});
-    w.add_tensor(
-        {b + "ffn_gate_shexp.weight", {C, ns * F}, wt, encoder(wt, experts("gate_proj.weight", Er, ns, 1))});
-    w.add_tensor(
-        {b + "ffn_up_shexp.weight", {C, ns * F}, wt, encoder(wt, experts("up_proj.weight", Er, ns, 1))});
+    layer_matrix("ffn_gate_shexp.weight", {C, ns * F}, Role::kFfnGate,
+                 experts("gate_proj.weight", Er, ns, 1));
+    layer_matrix("ffn_up_shexp.weight", {C, ns * F}, Role::kFfnUp, experts("up_proj.weight", Er, ns, 1));
     Pieces down{{}, F, kSharedDownScale};
     for (int64_t row = 0; row < C; ++row)
       for (int64_t e = Er; e < E; ++e)
         down.parts.push_back(data(cat(p, "mlp.experts.", e, ".down_proj.weight")) + row * F);
-    w.add_tensor({b + "ffn_down_shexp.weight", {ns * F, C}, wt, encoder(wt, down)});
+    layer_matrix("ffn_down_shexp.weight", {ns * F, C}, Role::kFfnDown, down);
   }
   GgufExportSummary s;
   s.layers = L;

@@ -15,11 +15,12 @@
 namespace emo {
 
 struct GgufExportOptions {
-  std::string dtype = "f32";  // f32, bf16, q8_0 or q4_0 (norms, biases and routers stay f32; q4_0 keeps the
-                              // embedding and output at q8_0)
-  std::string tokenizer;      // tokenizer.json; default MODEL/tokenizer.json
-  std::string name;           // general.name; default the model directory's name
-  bool force = false;         // replace an earlier output of emo export gguf at the output path
+  // f32, bf16, q8_0, q4_0 (its embedding and output at q8_0) or q4_k (llama-quantize's Q4_K_M mix of Q4_K
+  // and Q6_K); norms, biases and routers stay f32.
+  std::string dtype = "f32";
+  std::string tokenizer;  // tokenizer.json; default MODEL/tokenizer.json
+  std::string name;       // general.name; default the model directory's name
+  bool force = false;     // replace an earlier output of emo export gguf at the output path
 };
 
 // The metadata key emo writes second (after general.architecture), "emo <version>": it marks the file as

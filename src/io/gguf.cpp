@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/ggml_blocks.h"
 #include "tensor/dtype.h"
 
 namespace emo {
@@ -242,7 +243,7 @@ GgufValue get_value(Cursor& in) {
 }
 
 bool known_type(uint32_t t) {
-  return t == 0 || t == 1 || t == 2 || t == 8 || t == 30;
+  return t == 0 || t == 1 || t == 2 || t == 6 || t == 7 || t == 8 || t == 12 || t == 13 || t == 14 || t == 30;
 }
 
 }  // namespace
@@ -257,8 +258,18 @@ std::string ggml_type_name(GgmlType type) {
       return "F16";
     case GgmlType::kQ4_0:
       return "Q4_0";
+    case GgmlType::kQ5_0:
+      return "Q5_0";
+    case GgmlType::kQ5_1:
+      return "Q5_1";
     case GgmlType::kQ8_0:
       return "Q8_0";
+    case GgmlType::kQ4_K:
+      return "Q4_K";
+    case GgmlType::kQ5_K:
+      return "Q5_K";
+    case GgmlType::kQ6_K:
+      return "Q6_K";
     case GgmlType::kBF16:
       return "BF16";
   }
@@ -266,7 +277,19 @@ std::string ggml_type_name(GgmlType type) {
 }
 
 int64_t ggml_block_size(GgmlType type) {
-  return type == GgmlType::kQ8_0 || type == GgmlType::kQ4_0 ? 32 : 1;
+  switch (type) {
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ5_1:
+    case GgmlType::kQ8_0:
+      return 32;
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K:
+    case GgmlType::kQ6_K:
+      return 256;
+    default:
+      return 1;
+  }
 }
 
 int64_t ggml_block_bytes(GgmlType type) {
@@ -278,8 +301,18 @@ int64_t ggml_block_bytes(GgmlType type) {
       return 2;
     case GgmlType::kQ4_0:
       return kQ4BlockBytes;
+    case GgmlType::kQ5_0:
+      return 2 + 4 + 16;
+    case GgmlType::kQ5_1:
+      return 2 + 2 + 4 + 16;
     case GgmlType::kQ8_0:
       return 2 + 32;
+    case GgmlType::kQ4_K:
+      return 2 + 2 + 12 + 128;
+    case GgmlType::kQ5_K:
+      return 2 + 2 + 12 + 32 + 128;
+    case GgmlType::kQ6_K:
+      return 128 + 64 + 16 + 2;
   }
   fail(kOp, cat("unknown ggml type ", static_cast<uint32_t>(type)));
 }
@@ -295,6 +328,7 @@ void ggml_encode(GgmlType type, const float* w, int64_t n, std::vector<uint8_t>&
   const size_t start = out.size();
   out.resize(start + static_cast<size_t>(ggml_row_bytes(type, n)));
   uint8_t* dst = out.data() + start;
+  if (is_ggml_block_type(type)) return encode_ggml_blocks(type, w, n, dst);
   switch (type) {
     case GgmlType::kF32:
       std::memcpy(dst, w, static_cast<size_t>(n) * 4);
@@ -319,10 +353,14 @@ void ggml_encode(GgmlType type, const float* w, int64_t n, std::vector<uint8_t>&
       return;
     case GgmlType::kQ4_0:
       fail(kOp, "Q4_0 blocks are made by the q4 quantisers (kernels/q4.h), not by ggml_encode");
+    default:
+      break;
   }
+  fail(kOp, cat("unknown ggml type ", static_cast<uint32_t>(type)));
 }
 
 void ggml_decode(GgmlType type, const uint8_t* src, int64_t n, float* out) {
+  if (is_ggml_block_type(type)) return decode_ggml_blocks(type, src, n, out);
   switch (type) {
     case GgmlType::kF32:
       std::memcpy(out, src, static_cast<size_t>(n) * 4);
@@ -346,6 +384,8 @@ void ggml_decode(GgmlType type, const uint8_t* src, int64_t n, float* out) {
           out[b * 32 + j] = d * static_cast<float>(static_cast<int8_t>(src[2 + j]));
       }
       return;
+    default:
+      break;
   }
   fail(kOp, cat("unknown ggml type ", static_cast<uint32_t>(type)));
 }

@@ -10,7 +10,8 @@
 //
 // Tensor data in llama.cpp's block layouts: F32, F16, BF16, Q8_0 (blocks of 32 weights: an fp16 scale d
 // and 32 int8, w = d * q) and Q4_0 (blocks of 32: an fp16 scale d and 16 bytes of nibbles, w = d * (q - 8);
-// DType::kQ4_0's layout, tensor/dtype.h).
+// DType::kQ4_0's layout, tensor/dtype.h), and the 5-bit and k-quant layouts Q5_0, Q5_1, Q4_K, Q5_K and Q6_K
+// (io/ggml_blocks.h).
 #pragma once
 
 #include <cstdint>
@@ -22,9 +23,21 @@
 namespace emo {
 
 // ggml_type numbers as llama.cpp stores them.
-enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kBF16 = 30 };
+enum class GgmlType : uint32_t {
+  kF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+  kBF16 = 30
+};
 
-// "F32", "F16", "Q4_0", "Q8_0", "BF16"; throws "[gguf] unknown ggml type N" for others.
+// "F32", "F16", "Q4_0", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "BF16"; throws "[gguf] unknown ggml
+// type N" for others.
 std::string ggml_type_name(GgmlType type);
 // Weights per block (1 for plain floats) and bytes per block.
 int64_t ggml_block_size(GgmlType type);
@@ -34,7 +47,8 @@ int64_t ggml_row_bytes(GgmlType type, int64_t ne0);
 
 // n fp32 weights (n a multiple of the type's block size) in `type`'s layout, appended to out. Q8_0 as
 // llama.cpp's reference quantiser: d = max|w| / 127 over the block, q = round(w / d), d stored as fp16.
-// Q4_0 is not encoded here (its quantisers are kernels/q4.h's): throws.
+// Q5_0, Q5_1 and the K types by io/ggml_blocks' quantisers. Q4_0 is not encoded here (its quantisers are
+// kernels/q4.h's): throws.
 void ggml_encode(GgmlType type, const float* w, int64_t n, std::vector<uint8_t>& out);
 // The inverse: n weights of `type` at src to fp32.
 void ggml_decode(GgmlType type, const uint8_t* src, int64_t n, float* out);

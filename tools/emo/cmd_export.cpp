@@ -1,4 +1,4 @@
-// `emo export gguf MODEL -o FILE.gguf [--dtype f32|bf16|q8_0|q4_0]`: a checkpoint as a GGUF file that
+// `emo export gguf MODEL -o FILE.gguf [--dtype f32|bf16|q8_0|q4_0|q4_k]`: a checkpoint as a GGUF file that
 // llama.cpp (and the tools built on it: Ollama, LM Studio) runs with EMO's semantics, docs/export.md.
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -20,8 +20,10 @@ std::function<int()> setup_export(CLI::App& app) {
   auto o = std::make_shared<Options>();
   gguf->add_option("model", o->model, "Model directory (fp32, bf16, f16 or int8 weights)")->required();
   gguf->add_option("-o,--out", o->out, "Output .gguf file")->required();
-  gguf->add_option("--dtype", o->gguf.dtype,
-                   "f32, bf16, q8_0 or q4_0 (norms and routers stay f32; q4_0 keeps embeddings at q8_0)")
+  gguf->add_option(
+          "--dtype", o->gguf.dtype,
+          "f32, bf16, q8_0, q4_0 or q4_k (norms and routers stay f32; q4_0 keeps embeddings at q8_0; q4_k is "
+          "llama.cpp's Q4_K_M mix)")
       ->capture_default_str();
   gguf->add_option("--tokenizer", o->gguf.tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   gguf->add_option("--name", o->gguf.name, "general.name (default: the model directory's name)");
