@@ -1,8 +1,9 @@
 // emo beside llama.cpp on the same weights (bench/llama_peer.sh builds llama.cpp's llama-bench and runs
 // this). The model (bench/scaled_model.h peer_config: d 1024, 16 layers, 32 experts of width 512, 7 routed +
 // 1 shared per token, vocab 32768; random weights) and the same model pruned to 12.5% of its experts (4 of 32
-// per layer, chosen layerwise from a random prompt), each as emo checkpoints in f32 / bf16 / int8 and as GGUF
-// exports (emo export gguf) in f32 / bf16 / Q8_0. Per format and round, alternating which engine goes first:
+// per layer, chosen layerwise from a random prompt), each as emo checkpoints in f32 / bf16 / int8 / q4 and as
+// GGUF exports (emo export gguf) in f32 / bf16 / Q8_0 / Q4_0 / Q4_K_M (emo's q4 is paired with both 4-bit
+// files). Per format and round, alternating which engine goes first:
 //   - emo in a fresh process (this program, --emo DIR) and llama-bench in a fresh process, both on 2 threads
 //     (OMP_WAIT_POLICY=passive for llama.cpp), each timing prompt processing of 128 and 512 tokens and the
 //     decode of 64 tokens from an empty context after a warmup run (llama-bench's method: random tokens,
@@ -11,8 +12,9 @@
 //     beside bandwidth / bytes one token reads (its weights in its format, KV cache at the mean position).
 // Reported: per format the medians over rounds of each figure and of each paired ratio emo / llama.cpp.
 //   bench_peer --write DIR                       writes the models once (about 10 GB, a few minutes)
+//   bench_peer --gguf-types A.gguf B.gguf        the tensor types of two GGUF files side by side
 //   bench_peer --models DIR --llama-bench PATH [--rounds N] [--threads N] [--sets full,pruned]
-//              [--formats f32,bf16,int8] [--llama-wait-policy passive|active]
+//              [--formats f32,bf16,int8,q4] [--llama-wait-policy passive|active]
 // Ends with one JSON line.
 #include <fcntl.h>
 #include <spawn.h>
@@ -59,7 +61,15 @@ const std::string kTokenizer = std::string(EMO_SOURCE_DIR) + "/fuzz/corpus/token
 struct Format {
   std::string emo, gguf;
 };
-const std::vector<Format> kFormats = {{"f32", "f32"}, {"bf16", "bf16"}, {"int8", "q8_0"}};
+// emo's q4 (Q4_0 blocks) is paired twice: with the q4_0 export of the same blocks, and with the q4_k export
+// (llama-quantize's Q4_K_M mix), the 4-bit file a llama.cpp user would pick.
+const std::vector<Format> kFormats = {
+    {"f32", "f32"}, {"bf16", "bf16"}, {"int8", "q8_0"}, {"q4", "q4_0"}, {"q4", "q4_k"}};
+
+// A pair's key in the results: "set/emo/gguf".
+std::string pair_key(const std::string& set, const Format& f) {
+  return cat(set, "/", f.emo, "/", f.gguf);
+}
 
 std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
   emo::Rng rng(seed);
@@ -100,11 +110,31 @@ void export_one(const fs::path& dir, const std::string& set, const std::string& 
       {"bytes", s.bytes}, {"used_experts", s.used_experts}, {"bytes_per_token", gguf_bytes_per_token(out)}};
 }
 
-// Writes DIR/{full,pruned}/{f32,bf16,int8} and DIR/gguf/{full,pruned}-{f32,bf16,q8_0}.gguf once; the
-// manifest (DIR/peer-models.json, written last) marks a complete set.
+// DIR/{full,pruned}/q4 (emo quantize --dtype q4 of the f32 checkpoint) and its GGUF pairs q4_0 (the same
+// blocks) and q4_k, from the same f32; recorded in the manifest.
+void write_q4_models(const fs::path& dir, nlohmann::json& manifest) {
+  for (const char* set : {"full", "pruned"}) {
+    emo::quantize_checkpoint((dir / set / "f32").string(), (dir / set / "q4").string(), emo::DType::kQ4_0,
+                             {"quantize", {}, true});
+    export_one(dir, set, "f32", "q4_0", manifest);
+    export_one(dir, set, "f32", "q4_k", manifest);
+  }
+}
+
+// Writes DIR/{full,pruned}/{f32,bf16,int8,q4} and DIR/gguf/{full,pruned}-{f32,bf16,q8_0,q4_0,q4_k}.gguf once;
+// the manifest (DIR/peer-models.json, written last) marks a complete set. A set written before the q4 pairs
+// existed gets them added (the manifest then rewritten).
 void write_models(const fs::path& dir) {
   const fs::path manifest_path = dir / "peer-models.json";
-  if (fs::exists(manifest_path)) return;
+  if (fs::exists(manifest_path)) {
+    nlohmann::json manifest = emo::read_json_file(manifest_path.string(), "bench_peer");
+    if (manifest.at("gguf").contains("pruned-q4_k")) return;
+    Timer t;
+    write_q4_models(dir, manifest);
+    emo::write_json_file(manifest_path.string(), manifest);
+    std::printf("wrote the q4 models to %s in %s\n", dir.c_str(), emo::human_duration(t.seconds()).c_str());
+    return;
+  }
   Timer t;
   const emo::ModelConfig config = emo::bench::peer_config();
   {
@@ -133,6 +163,7 @@ void write_models(const fs::path& dir) {
     export_one(dir, set, "bf16", "bf16", manifest);  // a copy of the bf16 checkpoint's values
     export_one(dir, set, "f32", "q8_0", manifest);   // both 8-bit formats quantised from the same f32
   }
+  write_q4_models(dir, manifest);
   emo::write_json_file(manifest_path.string(), manifest);
   std::printf("wrote the models to %s in %s\n", dir.c_str(), emo::human_duration(t.seconds()).c_str());
 }
@@ -339,7 +370,7 @@ nlohmann::json print_stages(const std::vector<std::pair<std::string, Format>>& r
   std::printf("%-6s %-5s %-18s %9s %9s %8s %14s\n", "model", "emo", "stage", "ms/token", "MB/token", "GB/s",
               "at bandwidth");
   for (const auto& [set, format] : runs) {
-    const PairRounds& r = results[cat(set, "/", format.emo)];
+    const PairRounds& r = results[pair_key(set, format)];
     for (const char* stage : {"attention", "router", "experts", "embedding_lm_head"}) {
       std::vector<double> ms, streamed;
       for (size_t i = 0; i < r.emo.size(); ++i) {
@@ -368,7 +399,7 @@ struct Options {
   // OpenMP's wait policy for llama.cpp's threads: passive (they sleep between graph nodes, the polite choice
   // on a shared machine) or active (they spin, as emo's pool does between the tasks of a step).
   std::string llama_wait_policy = "passive";
-  std::vector<std::string> sets = {"full", "pruned"}, formats = {"f32", "bf16", "int8"};
+  std::vector<std::string> sets = {"full", "pruned"}, formats = {"f32", "bf16", "int8", "q4"};
 };
 
 int compare_engines(const char* self, const Options& o) {
@@ -380,7 +411,7 @@ int compare_engines(const char* self, const Options& o) {
       "emo vs llama.cpp (llama-bench %s, OMP_WAIT_POLICY=%s), %d threads, %d rounds alternating which engine "
       "goes first;\nmodels in %s (children's stderr in %s)\n",
       o.llama_bench.c_str(), o.llama_wait_policy.c_str(), o.threads, o.rounds, o.models.c_str(), log.c_str());
-  std::map<std::string, PairRounds> results;  // "set/format"
+  std::map<std::string, PairRounds> results;  // pair_key
   std::vector<std::pair<std::string, Format>> runs;
   for (const auto& set : o.sets)
     for (const Format& f : kFormats)
@@ -392,7 +423,7 @@ int compare_engines(const char* self, const Options& o) {
       const std::string gguf = gguf_path(o.models, set, format.gguf);
       const double llama_weight_bytes =
           manifest.at("gguf").at(cat(set, "-", format.gguf)).at("bytes_per_token").get<double>();
-      PairRounds& r = results[cat(set, "/", format.emo)];
+      PairRounds& r = results[pair_key(set, format)];
       std::vector<double> reads = emo::bench::read_bandwidths(buffer, 3);
       if (round % 2 == 0) {
         r.emo.push_back(run_emo(self, checkpoint, o.threads, log));
@@ -419,7 +450,7 @@ int compare_engines(const char* self, const Options& o) {
               "peak RSS MB", "ratio");
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& [set, format] : runs) {
-    const PairRounds& r = results[cat(set, "/", format.emo)];
+    const PairRounds& r = results[pair_key(set, format)];
     const Compared decode = compare(r, &Figures::decode), p128 = compare(r, &Figures::prompt_128),
                    p512 = compare(r, &Figures::prompt_512), rss = compare(r, &Figures::peak_rss);
     const auto [emo_share, llama_share] = bound_shares(r);
@@ -456,12 +487,45 @@ int compare_engines(const char* self, const Options& o) {
   return 0;
 }
 
+// The tensor types of two GGUF files side by side (emo's q4_k export beside llama-quantize's Q4_K_M of the
+// f32 export): every tensor of the first, with its type in each; the count that agree; one JSON line.
+int compare_gguf_types(const std::string& a_path, const std::string& b_path) {
+  const emo::GgufFile a = emo::GgufFile::open(a_path), b = emo::GgufFile::open(b_path);
+  std::map<std::string, std::string> b_types;
+  for (const emo::GgufTensorInfo& t : b.tensors()) b_types[t.name] = emo::ggml_type_name(t.type);
+  int64_t same = 0, differ = 0;
+  std::map<std::string, int64_t> a_counts, b_counts;
+  for (const emo::GgufTensorInfo& t : a.tensors()) {
+    const std::string at = emo::ggml_type_name(t.type);
+    const auto it = b_types.find(t.name);
+    const std::string bt = it == b_types.end() ? "(missing)" : it->second;
+    ++a_counts[at], ++b_counts[bt];
+    if (at == bt) {
+      ++same;
+    } else {
+      ++differ;
+      std::printf("differs: %-32s %-6s %-6s\n", t.name.c_str(), at.c_str(), bt.c_str());
+    }
+  }
+  std::printf("%lld of %zu tensors have the same type in %s and %s\n", static_cast<long long>(same),
+              a.tensors().size(), a_path.c_str(), b_path.c_str());
+  std::printf("%s\n", nlohmann::json({{"bench", "gguf_types"},
+                                      {"same", same},
+                                      {"differ", differ},
+                                      {"types_a", a_counts},
+                                      {"types_b", b_counts}})
+                          .dump()
+                          .c_str());
+  return differ == 0 ? 0 : 1;
+}
+
 int usage() {
   std::fprintf(
       stderr,
       "usage: bench_peer --write DIR\n"
+      "       bench_peer --gguf-types A.gguf B.gguf\n"
       "       bench_peer --models DIR --llama-bench PATH [--rounds N] [--threads N] [--sets full,pruned] "
-      "[--formats f32,bf16,int8]\n"
+      "[--formats f32,bf16,int8,q4]\n"
       "                  [--llama-wait-policy passive|active]\n");
   return 2;
 }
@@ -471,6 +535,7 @@ int usage() {
 int main(int argc, char** argv) {
   try {
     if (argc == 3 && std::strcmp(argv[1], "--emo") == 0) return emo_child(argv[2]);
+    if (argc == 4 && std::strcmp(argv[1], "--gguf-types") == 0) return compare_gguf_types(argv[2], argv[3]);
     emo::set_log_level(emo::LogLevel::kWarn);
     if (argc == 3 && std::strcmp(argv[1], "--write") == 0) {
       write_models(argv[2]);

@@ -21,7 +21,7 @@ expect 2 "--rounds '0' is not a positive integer" --rounds 0
 expect 2 "--threads 'two' is not a positive integer" --threads two
 expect 2 "--rounds needs a value" --rounds
 expect 2 "--sets: 'half' is not full or pruned" --sets full,half
-expect 2 "--formats: 'q4' is not f32, bf16 or int8" --formats f32,q4
+expect 2 "--formats: 'q3' is not f32, bf16, int8 or q4" --formats f32,q3
 expect 2 "--llama-wait-policy 'spin' is not passive or active" --llama-wait-policy spin
 [ "$failures" = 0 ] && echo "llama_peer.sh arguments: all refused as expected"
 exit $((failures > 0))
