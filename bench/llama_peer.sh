@@ -95,7 +95,7 @@ if [ "$missing" = 1 ]; then
   cmake -S "$llama/src" -B "$llama/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DBUILD_SHARED_LIBS=OFF >/dev/null
-  cmake --build "$llama/build" --target "${targets[@]}" -j "$(nproc)"
+  cmake --build "$llama/build" --target "${targets[@]}" -j "$(nproc)" >&2  # stdout: the path alone
 fi
 flock -u 9
 [ "$build_only" = 1 ] && { echo "$llama_bench"; exit 0; }

@@ -34,7 +34,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 emo="$repo_root/build/bin/emo"
 bench_peer="$repo_root/build/bench/bench_peer"
 [ -x "$emo" ] && [ -x "$bench_peer" ] || { echo "q4k_reference: run scripts/build first" >&2; exit 1; }
-llama_bin="$(dirname "$("$repo_root/bench/llama_peer.sh" --build-only)")"
+llama_bin="$(dirname "$("$repo_root/bench/llama_peer.sh" --build-only | tail -n 1)")"
 mkdir -p "$out"
 
 "$emo" export gguf "$model" -o "$out/emo-f32.gguf" --dtype f32 --force >/dev/null
