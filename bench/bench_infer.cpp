@@ -11,16 +11,16 @@
 // experts of width 512, top 8, vocab 4096), randomly initialised, written once to a temp dir; each in fp32,
 // bf16, int8 and q4 (Q4_0 blocks; embeddings and lm_head int8), with all experts and with 12.5% (8 of 64).
 //   bench_infer [--quick] [--dir DIR] [--steps N]
-//   bench_infer --released DIR [--keep-k 8,16,32] [--steps N]
+//   bench_infer --released DIR [--dtype bf16|q4] [--keep-k 8,16,32] [--steps N]
 // With --load-check: what the load-time check for NaN / infinity costs instead. The 1.6 GB model (fp32, bf16,
 // int8) opened for inference with every expert loaded, checked (the default) and not (emo --allow-nonfinite),
 // from the page cache; the same-run reference is one plain read of the same bytes (an OR over the mapped
 // tensors), which the check should match, since it reads each byte once.
 // With --released DIR: the released Emo_1b14b_1T's shapes instead (13.57B parameters in bf16, random values,
-// 27 GB written once into DIR, about a minute), run at keep-16 (or each k of --keep-k 8,16,32, each in a
-// fresh process) from a cold page cache: peak resident memory beside the kept weights + KV cache (the
-// target: "the 27 GB model in about 5 GB") and decode beside its bound. Ends with one JSON line. Targets:
-// decode >= 60% of the bound; peak RSS within 15% of kept weights + KV.
+// 27 GB written once into DIR, about a minute; --dtype q4: in emo's q4 format, 7.6 GB), run at keep-16 (or
+// each k of --keep-k 8,16,32, each in a fresh process) from a cold page cache: peak resident memory beside
+// the kept weights + KV cache (the target: "the 27 GB model in about 5 GB") and decode beside its bound. Ends
+// with one JSON line. Targets: decode >= 60% of the bound; peak RSS within 15% of kept weights + KV.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -45,6 +45,8 @@
 #include "infer/weights.h"
 #include "io/safetensors.h"
 #include "kernels/gemm.h"
+#include "kernels/q4.h"
+#include "kernels/quant.h"
 #include "model/model.h"
 #include "model/weights_check.h"
 
@@ -257,58 +259,116 @@ int resident_child(const std::string& dir, int64_t keep_k, int64_t steps) {
 }
 
 // The released Emo_1b14b_1T's shapes (docs/emo.md §1-2: d 2048, 16 layers, 16 heads, 128 experts of
-// width 1024, top 8 with the shared one, vocab 100352; 13.57B parameters) in bf16, random values: 27 GB in
-// 5 GB shards. Weights of one shape share one random block (the values do not matter for memory and speed;
-// routers are distinct, so the prompt still picks different experts per layer).
-void ensure_released_shape(const std::string& dir) {
-  if (fs::exists(fs::path(dir) / "config.json")) return;
-  Timer t;
+// width 1024, top 8 with the shared one, vocab 100352; 13.57B parameters) with random values, in bf16 (27 GB
+// in 5 GB shards) or, with q4, written directly in emo quantize --dtype q4's format (7.6 GB: attention and
+// experts in Q4_0 blocks with the fitted scales, embedding and lm_head int8 per row, routers and norms fp32,
+// the same config and metadata, by quantize's own functions). Weights of one shape share one random block
+// (the values do not matter for memory and speed; routers are distinct, so the prompt still picks different
+// experts per layer): q4 quantises each block once instead of reading a 27 GB bf16 copy.
+emo::ModelConfig released_config() {
   emo::ModelConfig c;
   c.vocab_size = 100352, c.hidden_size = 2048, c.intermediate_size = 1024, c.num_hidden_layers = 16;
   c.num_attention_heads = 16, c.num_key_value_heads = 16, c.num_experts = 128, c.num_experts_per_tok = 8;
   c.eos_token_id = 100257, c.pad_token_id = 100277, c.torch_dtype = "bfloat16";
+  return c;
+}
+
+// One shared block of random weights [rows, cols] (scale 0.02) in the stored format: bf16, or for q4 the
+// Q4_0 blocks of a projection or the int8 rows + scales of the embedding / lm_head.
+struct SharedBlock {
+  int64_t rows = 0, cols = 0;
+  std::vector<uint16_t> bf16;
+  std::vector<uint8_t> q4;
+  std::vector<int8_t> int8;
+  std::vector<float> scales, fp32;
+};
+
+enum class BlockFormat { kBf16, kQ4, kInt8, kFp32 };
+
+SharedBlock shared_block(emo::Rng& rng, int64_t rows, int64_t cols, BlockFormat format) {
+  SharedBlock b;
+  b.rows = rows, b.cols = cols;
+  std::vector<float> w(static_cast<size_t>(rows * cols));
+  for (auto& x : w) x = emo::bf16_to_f32(emo::f32_to_bf16(static_cast<float>(rng.normal()) * 0.02f));
+  if (format == BlockFormat::kBf16) {
+    b.bf16.resize(w.size());
+    for (size_t i = 0; i < w.size(); ++i) b.bf16[i] = emo::f32_to_bf16(w[i]);
+  } else if (format == BlockFormat::kQ4) {
+    b.q4.resize(static_cast<size_t>(rows * emo::q4_row_bytes(cols)));
+    emo::quantize_rows_q4_0(b.q4.data(), w.data(), rows, cols, emo::Q4Scale::kFitted);
+  } else if (format == BlockFormat::kInt8) {
+    b.int8.resize(w.size()), b.scales.resize(static_cast<size_t>(rows));
+    emo::quantize_rows_int8(b.int8.data(), b.scales.data(), w.data(), rows, cols);
+  } else {
+    b.fp32 = std::move(w);
+  }
+  return b;
+}
+
+void add_block(std::vector<emo::SafetensorsEntry>& out, const std::string& name, const SharedBlock& b) {
+  using emo::DType;
+  const emo::Shape shape = {b.rows, b.cols};
+  if (!b.bf16.empty()) {
+    out.push_back(emo::SafetensorsEntry::raw(name, DType::kBF16, shape, b.bf16.data()));
+  } else if (!b.q4.empty()) {
+    out.push_back(emo::SafetensorsEntry::raw(name, DType::kQ4_0, shape, b.q4.data()));
+  } else if (!b.int8.empty()) {
+    out.push_back(emo::SafetensorsEntry::raw(name, DType::kI8, shape, b.int8.data()));
+    out.emplace_back(name + "_scale", DType::kF32, emo::Shape{b.rows}, b.scales.data());
+  } else {
+    out.emplace_back(name, DType::kF32, shape, b.fp32.data());
+  }
+}
+
+void ensure_released_shape(const std::string& dir, bool q4) {
+  if (fs::exists(fs::path(dir) / "config.json")) return;
+  Timer t;
+  emo::ModelConfig c = released_config();
   const int64_t d = c.hidden_size, f = c.intermediate_size, E = c.num_experts, V = c.vocab_size;
   emo::Rng rng(5);
-  auto random_bf16 = [&](int64_t n, float scale) {
-    std::vector<uint16_t> v(static_cast<size_t>(n));
-    for (auto& x : v) x = emo::f32_to_bf16(static_cast<float>(rng.normal()) * scale);
-    return v;
+  const BlockFormat matrix = q4 ? BlockFormat::kQ4 : BlockFormat::kBf16;
+  const SharedBlock vocab = shared_block(rng, V, d, q4 ? BlockFormat::kInt8 : BlockFormat::kBf16);
+  const SharedBlock square = shared_block(rng, d, d, matrix);
+  const SharedBlock expert = shared_block(rng, f, d, matrix), expert_down = shared_block(rng, d, f, matrix);
+  SharedBlock ones;
+  ones.rows = 1, ones.cols = d;
+  if (q4)
+    ones.fp32.assign(static_cast<size_t>(d), 1.0f);
+  else
+    ones.bf16.assign(static_cast<size_t>(d), 0x3f80);
+  std::vector<SharedBlock> routers;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    routers.push_back(shared_block(rng, E, d, q4 ? BlockFormat::kFp32 : BlockFormat::kBf16));
+  std::vector<emo::SafetensorsEntry> tensors;
+  add_block(tensors, "model.embed_tokens.weight", vocab);
+  auto norm = [&](const std::string& name) {  // [d], not [1, d]
+    add_block(tensors, name, ones);
+    tensors.back().shape = {d};
   };
-  const std::vector<uint16_t> vocab_block = random_bf16(V * d, 0.02f), square = random_bf16(d * d, 0.02f);
-  const std::vector<uint16_t> expert_block = random_bf16(f * d, 0.02f), ones(static_cast<size_t>(d), 0x3f80);
-  std::vector<std::vector<uint16_t>> routers;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) routers.push_back(random_bf16(E * d, 0.02f));
-  using emo::DType;
-  using emo::SafetensorsEntry;
-  std::vector<SafetensorsEntry> tensors = {
-      SafetensorsEntry::raw("model.embed_tokens.weight", DType::kBF16, {V, d}, vocab_block.data())};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    tensors.push_back(
-        SafetensorsEntry::raw(p + "pre_attention_layernorm.weight", DType::kBF16, {d}, ones.data()));
+    norm(p + "pre_attention_layernorm.weight");
     for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"})
-      tensors.push_back(
-          SafetensorsEntry::raw(p + "self_attn." + m + ".weight", DType::kBF16, {d, d}, square.data()));
-    tensors.push_back(
-        SafetensorsEntry::raw(p + "pre_feedforward_layernorm.weight", DType::kBF16, {d}, ones.data()));
-    tensors.push_back(SafetensorsEntry::raw(p + "mlp.gate.weight", DType::kBF16, {E, d}, routers[l].data()));
+      add_block(tensors, p + "self_attn." + m + ".weight", square);
+    norm(p + "pre_feedforward_layernorm.weight");
+    add_block(tensors, p + "mlp.gate.weight", routers[l]);
     for (int64_t e = 0; e < E; ++e) {
       const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
-      tensors.push_back(
-          SafetensorsEntry::raw(x + "gate_proj.weight", DType::kBF16, {f, d}, expert_block.data()));
-      tensors.push_back(
-          SafetensorsEntry::raw(x + "up_proj.weight", DType::kBF16, {f, d}, expert_block.data()));
-      tensors.push_back(
-          SafetensorsEntry::raw(x + "down_proj.weight", DType::kBF16, {d, f}, expert_block.data()));
+      add_block(tensors, x + "gate_proj.weight", expert);
+      add_block(tensors, x + "up_proj.weight", expert);
+      add_block(tensors, x + "down_proj.weight", expert_down);
     }
   }
-  tensors.push_back(SafetensorsEntry::raw("model.norm.weight", DType::kBF16, {d}, ones.data()));
-  tensors.push_back(SafetensorsEntry::raw("lm_head.weight", DType::kBF16, {V, d}, vocab_block.data()));
+  norm("model.norm.weight");
+  add_block(tensors, "lm_head.weight", vocab);
   fs::create_directories(dir);
-  emo::write_safetensors_sharded(dir, tensors, int64_t(5) << 30);
+  emo::QuantizeTarget target(q4 ? emo::DType::kQ4_0 : emo::DType::kBF16);
+  emo::write_safetensors_sharded(dir, tensors, int64_t(5) << 30,
+                                 q4 ? emo::quantized_metadata(target) : emo::SafetensorsMetadata{});
+  if (q4) emo::describe_quantization(c, target);
   c.save((fs::path(dir) / "config.json").string());
-  emo::log_warn(
-      emo::cat("wrote the released-shape checkpoint to ", dir, " in ", emo::human_duration(t.seconds())));
+  emo::log_warn(emo::cat("wrote the released-shape checkpoint (", q4 ? "q4" : "bf16", ") to ", dir, " in ",
+                         emo::human_duration(t.seconds())));
 }
 
 // One keep-k run of the released shapes (k of 128 experts per layer chosen from the prompt) in a fresh
@@ -343,13 +403,13 @@ nlohmann::json released_keep_run(const char* self, const std::string& dir, int64
 
 // The released shapes at each k of keep_ks, each in its own process from a cold page cache. The target:
 // the 27 GB model in about 5 GB at keep-16.
-int released_run(const char* self, const std::string& dir, const std::vector<int64_t>& keep_ks, int64_t steps,
-                 const std::vector<float>& buffer) {
-  ensure_released_shape(dir);
+int released_run(const char* self, const std::string& dir, bool q4, const std::vector<int64_t>& keep_ks,
+                 int64_t steps, const std::vector<float>& buffer) {
+  ensure_released_shape(dir, q4);
   std::printf(
-      "released shapes (13.57B parameters, bf16, %s), experts chosen from a %lld-token prompt, "
+      "released shapes (13.57B parameters, %s, %s), experts chosen from a %lld-token prompt, "
       "cold page cache, %lld decode steps:\n",
-      dir.c_str(), static_cast<long long>(kPromptTokens), static_cast<long long>(steps));
+      q4 ? "q4" : "bf16", dir.c_str(), static_cast<long long>(kPromptTokens), static_cast<long long>(steps));
   nlohmann::json runs = nlohmann::json::array();
   for (int64_t keep_k : keep_ks) {
     nlohmann::json r = released_keep_run(self, dir, keep_k, steps, buffer);
@@ -359,11 +419,9 @@ int released_run(const char* self, const std::string& dir, const std::vector<int
     }
     runs.push_back(std::move(r));
   }
-  const nlohmann::json summary = {{"bench", "infer_released"},
-                                  {"threads", emo::num_threads()},
-                                  {"prompt_tokens", kPromptTokens},
-                                  {"decode_steps", steps},
-                                  {"runs", runs}};
+  const nlohmann::json summary = {{"bench", "infer_released"},     {"dtype", q4 ? "q4" : "bf16"},
+                                  {"threads", emo::num_threads()}, {"prompt_tokens", kPromptTokens},
+                                  {"decode_steps", steps},         {"runs", runs}};
   std::printf("%s\n", summary.dump().c_str());
   return 0;
 }
@@ -451,13 +509,14 @@ int run(int argc, char** argv) {
   bool quick = false;
   std::string dir = (fs::temp_directory_path() / "emo_bench_infer").string();
   int64_t steps = 64;
-  std::string released;
+  std::string released, released_dtype = "bf16";
   std::vector<int64_t> keep_ks = {16};
   bool load_check = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--load-check") == 0) load_check = true;
     if (std::strcmp(argv[i], "--released") == 0 && i + 1 < argc) released = argv[++i];
     if (std::strcmp(argv[i], "--keep-k") == 0 && i + 1 < argc) keep_ks = parse_keep_list(argv[++i]);
+    if (std::strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) released_dtype = argv[++i];
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir = argv[++i];
     if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc) steps = std::stoll(argv[++i]);
@@ -466,7 +525,10 @@ int run(int argc, char** argv) {
   std::printf("emo inference benchmark: %d threads, models in %s (absolute figures: a shared machine)\n",
               emo::num_threads(), dir.c_str());
   const std::vector<float> buffer(static_cast<size_t>(1) << 26, 1.0f);  // 256 MiB, far beyond the caches
-  if (!released.empty()) return released_run(argv[0], released, keep_ks, steps, buffer);
+  EMO_CHECK(released_dtype == "bf16" || released_dtype == "q4", "bench_infer", "--dtype '", released_dtype,
+            "' is not bf16 or q4 (the released shapes' formats)");
+  if (!released.empty())
+    return released_run(argv[0], released, released_dtype == "q4", keep_ks, steps, buffer);
   if (load_check) return load_check_run(dir, quick ? 1 : 5);
   const std::vector<double> start_reads = read_bandwidths(buffer, quick ? 2 : 5);
   const double bandwidth = *std::max_element(start_reads.begin(), start_reads.end());

@@ -107,6 +107,43 @@ void copy_if_present(const fs::path& from, const fs::path& to) {
 
 }  // namespace
 
+SafetensorsMetadata quantized_metadata(const QuantizeTarget& target) {
+  const DType dtype = target.dtype;
+  const std::string format = dtype == DType::kI8 ? "int8-per-row" : dtype == DType::kQ4_0 ? "q4_0" : "bf16";
+  return {{"format", "pt"}, {"emo_weight_format", format}};
+}
+
+void describe_quantization(ModelConfig& config, const QuantizeTarget& target) {
+  const DType dtype = target.dtype;
+  if (dtype == DType::kI8) {
+    config.torch_dtype = "float32";  // the compute dtype; matrices are I8 with "<name>_scale"
+    config.extra["quantization_config"] = {{"quant_method", "emo_int8_per_row"},
+                                           {"scale_suffix", "_scale"},
+                                           {"modules_not_quantized", {"mlp.gate", "norms"}},
+                                           {"note", "emo-specific; other libraries do not read it"}};
+  } else if (dtype == DType::kQ4_0) {
+    config.torch_dtype = "float32";  // the compute dtype
+    const std::string others = target.others == DType::kI8 ? "int8 per row (<name>_scale)" : "bfloat16";
+    config.extra["quantization_config"] = {
+        {"quant_method", "emo_q4_0"},
+        {"block_size", kQ4BlockWeights},
+        {"block_bytes", kQ4BlockBytes},
+        {"layout",
+         "llama.cpp Q4_0: per block an fp16 scale d, then 16 bytes, byte j = element j (low nibble) and j + "
+         "16 "
+         "(high); weight = (nibble - 8) * d; stored as U8 [rows, cols / 32 * 18]"},
+        {"scale", target.scale == Q4Scale::kFitted ? "least squares per block" : "extreme / -8"},
+        {"modules_quantized",
+         {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "gate_proj",
+          "up_proj", "down_proj"}},
+        {"embed_tokens_and_lm_head", others},
+        {"modules_not_quantized", {"mlp.gate", "norms"}},
+        {"note", "emo-specific; other libraries do not read it (emo export gguf --dtype q4_0 does)"}};
+  } else {
+    config.torch_dtype = "bfloat16";
+  }
+}
+
 QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::string& out_dir,
                                     const QuantizeTarget& target, OutputRules rules,
                                     int64_t max_shard_bytes) {
@@ -146,36 +183,8 @@ QuantizeSummary quantize_checkpoint(const std::string& model_dir, const std::str
   }
   for (const SafetensorsEntry& e : entries) summary.bytes_out += static_cast<int64_t>(e.nbytes());
 
-  const std::string format = dtype == DType::kI8 ? "int8-per-row" : dtype == DType::kQ4_0 ? "q4_0" : "bf16";
-  write_safetensors_sharded(out.string(), entries, max_shard_bytes,
-                            {{"format", "pt"}, {"emo_weight_format", format}});
-  if (dtype == DType::kI8) {
-    config.torch_dtype = "float32";  // the compute dtype; matrices are I8 with "<name>_scale"
-    config.extra["quantization_config"] = {{"quant_method", "emo_int8_per_row"},
-                                           {"scale_suffix", "_scale"},
-                                           {"modules_not_quantized", {"mlp.gate", "norms"}},
-                                           {"note", "emo-specific; other libraries do not read it"}};
-  } else if (dtype == DType::kQ4_0) {
-    config.torch_dtype = "float32";  // the compute dtype
-    const std::string others = target.others == DType::kI8 ? "int8 per row (<name>_scale)" : "bfloat16";
-    config.extra["quantization_config"] = {
-        {"quant_method", "emo_q4_0"},
-        {"block_size", kQ4BlockWeights},
-        {"block_bytes", kQ4BlockBytes},
-        {"layout",
-         "llama.cpp Q4_0: per block an fp16 scale d, then 16 bytes, byte j = element j (low nibble) and j + "
-         "16 "
-         "(high); weight = (nibble - 8) * d; stored as U8 [rows, cols / 32 * 18]"},
-        {"scale", target.scale == Q4Scale::kFitted ? "least squares per block" : "extreme / -8"},
-        {"modules_quantized",
-         {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "gate_proj",
-          "up_proj", "down_proj"}},
-        {"embed_tokens_and_lm_head", others},
-        {"modules_not_quantized", {"mlp.gate", "norms"}},
-        {"note", "emo-specific; other libraries do not read it (emo export gguf --dtype q4_0 does)"}};
-  } else {
-    config.torch_dtype = "bfloat16";
-  }
+  write_safetensors_sharded(out.string(), entries, max_shard_bytes, quantized_metadata(target));
+  describe_quantization(config, target);
   config.save((out / "config.json").string());
   for (const char* name : kCompanionFiles) copy_if_present(fs::path(model_dir) / name, out / name);
   copy_if_present(fs::path(model_dir) / "pruning_metadata.json", out / "pruning_metadata.json");

@@ -14,6 +14,7 @@
 
 #include "eval/perplexity.h"
 #include "io/output_dir.h"
+#include "io/safetensors.h"
 #include "kernels/q4.h"
 #include "model/model.h"
 #include "tensor/dtype.h"
@@ -35,6 +36,13 @@ struct QuantizeTarget {
   Q4Scale scale = Q4Scale::kFitted;
   QuantizeTarget(DType dtype_ = DType::kI8) : dtype(dtype_) {}  // NOLINT: a dtype is a target
 };
+
+// What quantize_checkpoint records of a target: the safetensors metadata of its weight files (format pt,
+// emo_weight_format) and, in the config, torch_dtype and (int8, q4) the "quantization_config" entry. For
+// writers of checkpoints in these formats that do not start from a float checkpoint (bench_infer's released
+// shapes).
+SafetensorsMetadata quantized_metadata(const QuantizeTarget& target);
+void describe_quantization(ModelConfig& config, const QuantizeTarget& target);
 
 // Writes the weights of `model_dir` (fp32, bf16 or f16; single file or shards) to `out_dir` in the target
 // format, with config.json (torch_dtype, and for int8 and q4 a "quantization_config" entry) and, when
