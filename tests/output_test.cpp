@@ -3,6 +3,7 @@
 // emo corpus build, emo reproduce and emo export gguf refuse what emo did not write, an output that is or
 // contains an input, and replace only their own previous output, with --force.
 #include <gtest/gtest.h>
+#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -292,6 +293,16 @@ struct TwoPrunes {
   }
 };
 
+// Kills `pid` (SIGKILL) anywhere from now to a little past `took`, the time of a whole run measured on this
+// machine, and returns its wait status.
+int kill_at_a_random_moment(pid_t pid, std::mt19937& rng, std::chrono::microseconds took) {
+  std::this_thread::sleep_for(std::chrono::microseconds(rng() % (took.count() * 6 / 5 + 1)));
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  EXPECT_EQ(waitpid(pid, &status, 0), pid);
+  return status;
+}
+
 // SIGKILL of a command replacing `out` (with --force) at random moments, `first` and `second` alternately:
 // each time `out` holds the previous output or the whole new one, never a mixture or nothing.
 void expect_sigkill_leaves_the_old_or_the_new_output(const Scratch& s, const std::string& first,
@@ -311,11 +322,7 @@ void expect_sigkill_leaves_the_old_or_the_new_output(const Scratch& s, const std
     const pid_t pid =
         test::spawn_emo((round % 2 ? second : first) + " -o " + out + " --force", s / "kill.err");
     ASSERT_GT(pid, 0);
-    // Anywhere from the start to a little past the end of a whole run (measured above, on this machine).
-    std::this_thread::sleep_for(std::chrono::microseconds(rng() % (took.count() * 6 / 5 + 1)));
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    kill_at_a_random_moment(pid, rng, took);
     ASSERT_TRUE(fs::is_directory(out)) << "round " << round << ": killed, it left no output";
     const std::string now = tree_bytes(out);
     EXPECT_TRUE(now == first_tree || now == second_tree) << "round " << round << ": a mixture";
@@ -338,6 +345,112 @@ TEST(OutputFaults, SigkillOfQuantizeAtRandomMomentsLeavesTheOldOutputOrTheWholeN
   Scratch s;
   const std::string quantize = "quantize " + s.model + " --skip-eval --dtype ";
   expect_sigkill_leaves_the_old_or_the_new_output(s, quantize + "int8", quantize + "bf16", s / "quantized");
+}
+
+// A corpus for emo tokenizer train that takes a few hundred milliseconds to count and merge: 4000 words of
+// random letters, 60,000 of them in all (the same bytes every run).
+std::string write_tokenizer_corpus(const Scratch& s) {
+  std::mt19937 rng(5);
+  std::vector<std::string> words(4000);
+  for (std::string& word : words)
+    for (size_t length = 3 + rng() % 7; word.size() < length;) word += static_cast<char>('a' + rng() % 26);
+  std::string text;
+  for (int i = 0; i < 60000; ++i) text += words[rng() % words.size()] + (i % 12 == 11 ? "\n" : " ");
+  write_text(s / "texts/corpus.txt", text);
+  return s / "texts/corpus.txt";
+}
+
+// SIGKILL of emo tokenizer train at random moments, from its start to a little past the end of a whole run:
+// the output is absent or the whole tokenizer (never a half-written one), and the next run with the same
+// arguments succeeds, leaving no temporary.
+TEST(OutputFaults, SigkillOfTokenizerTrainAtRandomMomentsLeavesNoHalfTokenizerAndTheRerunSucceeds) {
+  Scratch s;
+  const std::string out = s / "tok";
+  const std::string train =
+      "tokenizer train --vocab-size 3000 --corpus " + write_tokenizer_corpus(s) + " --force -o ";
+  const auto started = std::chrono::steady_clock::now();
+  ASSERT_EQ(run_emo(train + s / "reference").status, 0);
+  const auto took =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started);
+  const std::string whole = tree_bytes(s / "reference");
+  std::mt19937 rng(31);
+  int finished = 0;
+  for (int round = 0; round < 20; ++round) {
+    const pid_t pid = test::spawn_emo(train + out, s / "kill.err");
+    ASSERT_GT(pid, 0);
+    finished += WIFEXITED(kill_at_a_random_moment(pid, rng, took));
+    if (fs::exists(out)) {
+      EXPECT_TRUE(tree_bytes(out) == whole) << "round " << round << ": a half output";
+    }
+    const test::EmoRun rerun = run_emo(train + out);
+    ASSERT_EQ(rerun.status, 0) << "round " << round << ": " << rerun.err;
+    EXPECT_TRUE(tree_bytes(out) == whole) << "round " << round;
+    expect_no_leftovers(s);
+    fs::remove_all(out);  // the next round starts from nothing, as a first run does
+  }
+  std::printf("%d of 20 runs had finished before the kill (a whole run took %lld ms)\n", finished,
+              static_cast<long long>(took.count() / 1000));
+}
+
+// Documents enough for the corpus writer to take some tens of milliseconds.
+std::vector<data::Document> corpus_documents(int count, char letter) {
+  std::vector<data::Document> documents;
+  for (int i = 0; i < count; ++i)
+    documents.push_back({"law/" + std::to_string(i), "law", "src",
+                         std::string(1500 + i % 700, static_cast<char>(letter + i % 20))});
+  return documents;
+}
+
+// Worker half of SigkillOfTheCorpusWriter...: writes a corpus over EMO_OUTPUT_TEST_CORPUS_OUT until killed.
+TEST(OutputFaults, CorpusWriterWorker) {
+  const char* out = std::getenv("EMO_OUTPUT_TEST_CORPUS_OUT");
+  if (out == nullptr) GTEST_SKIP() << "started by OutputFaults.SigkillOfTheCorpusWriterAtRandomMoments...";
+  data::CorpusOptions options;
+  options.out_dir = out;
+  options.force = true;
+  data::write_corpus(corpus_documents(3000, std::getenv("EMO_OUTPUT_TEST_CORPUS_B") ? 'A' : 'a'), {},
+                     options);
+}
+
+// SIGKILL of the corpus writer (the half of emo corpus build that writes --out, after the fetch) at random
+// moments while it replaces a corpus: the output holds the previous corpus or the whole new one, and the
+// next write removes the killed runs' temporaries.
+TEST(OutputFaults, SigkillOfTheCorpusWriterAtRandomMomentsLeavesTheOldCorpusOrTheWholeNewOne) {
+  Scratch s;
+  const std::string out = s / "corpus";
+  std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::string filter = "--gtest_filter=OutputFaults.CorpusWriterWorker";
+  std::string out_env = "EMO_OUTPUT_TEST_CORPUS_OUT=" + out, b_env = "EMO_OUTPUT_TEST_CORPUS_B=1";
+  auto start_worker = [&](bool second) {
+    char* argv[] = {self.data(), filter.data(), nullptr};
+    char* envp[] = {out_env.data(), second ? b_env.data() : nullptr, nullptr};
+    pid_t pid = 0;
+    EXPECT_EQ(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, envp), 0);
+    return pid;
+  };
+  auto run_worker = [&](bool second) {
+    int status = 0;
+    waitpid(start_worker(second), &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  };
+  ASSERT_TRUE(run_worker(false));
+  const std::string first_tree = tree_bytes(out);
+  const auto started = std::chrono::steady_clock::now();
+  ASSERT_TRUE(run_worker(true));
+  const auto took =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started);
+  const std::string second_tree = tree_bytes(out);
+  ASSERT_NE(first_tree, second_tree);
+  std::mt19937 rng(37);
+  for (int round = 0; round < 20; ++round) {
+    kill_at_a_random_moment(start_worker(round % 2 == 0), rng, took);
+    ASSERT_TRUE(fs::is_directory(out)) << "round " << round << ": killed, it left no corpus";
+    const std::string now = tree_bytes(out);
+    EXPECT_TRUE(now == first_tree || now == second_tree) << "round " << round << ": a mixture";
+  }
+  ASSERT_TRUE(run_worker(false));
+  EXPECT_EQ(tree_bytes(out), first_tree);
+  expect_no_leftovers(s);
 }
 
 // A full disk (a file size limit of 8 KB on the command: the weights need more) while prune or quantize

@@ -606,7 +606,7 @@ TEST(Trainer, SigkillAtAnyMomentLosesOnlyTheStepsSinceTheLastCheckpoint) {
   int64_t previous_step = 0;
   // Each round resumes the run and kills it (SIGKILL: no handler, no clean-up) at a random moment, which with
   // a checkpoint per step often falls inside a checkpoint write.
-  for (int round = 0; round < 4; ++round) {
+  for (int round = 0; round < 20; ++round) {
     pid_t pid = 0;
     ASSERT_EQ(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, envp), 0);
     // Wait for this round's first new checkpoint (however loaded the machine), then kill a random few
