@@ -505,6 +505,52 @@ TEST(OutputFaults, AFullDiskDuringACorpusBuildNamesTheFileAndKeepsThePreviousCor
   expect_no_leftovers(s);
 }
 
+// A real full file system (a tmpfs of 32 MB, filled but 16 KB by a file of the test's) while prune,
+// quantize and the corpus writer replace an output (--force): `No space left on device` naming the file
+// being written, exit 1, the previous output byte-identical and no temporary left; once the space is freed
+// the same command succeeds.
+TEST(OutputFaults, ARealFullFileSystemDuringPruneQuantizeOrACorpusKeepsThePreviousOutputAndTheRerunSucceeds) {
+  const std::string why = test::SmallFileSystem::unavailable();
+  if (!why.empty()) GTEST_SKIP() << why;
+  Scratch s;
+  const TwoPrunes prunes(s);
+  const std::string quantize = "quantize " + s.model + " --skip-eval --dtype ";
+  // The corpus writer runs as this test program's worker (an error: gtest's report of the exception).
+  const std::string writer = "EMO_OUTPUT_TEST_CORPUS_OUT=$D/out " +
+                             fs::read_symlink("/proc/self/exe").string() +
+                             " --gtest_filter=OutputFaults.CorpusWriterWorker";
+  struct Case {
+    std::string first, second;
+  };
+  for (const Case& c :
+       {Case{"emo first " + prunes.a + " -o $D/out", "emo S " + prunes.b + " -o $D/out --force"},
+        Case{"emo first " + quantize + "int8 -o $D/out", "emo S " + quantize + "bf16 -o $D/out --force"},
+        Case{"run first env " + writer, "run S env EMO_OUTPUT_TEST_CORPUS_B=1 " + writer}}) {
+    const std::string dir = s / "small", out = dir + "/out";
+    const test::SmallFileSystem small(dir, s / "results");
+    auto second = [&](const std::string& name) {
+      std::string line = c.second;
+      return line.replace(line.find(" S "), 3, " " + name + " ");
+    };
+    ASSERT_EQ(small.run(32 << 20, c.first + "; snap before out\nfill 16384; " + second("full") +
+                                      "; snap full out; ls -a $D > $R/listing\nunfill; " + second("freed") +
+                                      "; snap after out"),
+              0);
+    ASSERT_EQ(small.status("first"), 0) << c.first << ": " << small.err("first");
+    const std::string full = small.err("full");
+    EXPECT_EQ(small.status("full"), 1) << c.second << ": " << full;
+    EXPECT_NE(full.find("[io] " + out + ".emo-tmp-"), std::string::npos) << full;
+    EXPECT_NE(full.find("No space left on device"), std::string::npos) << full;
+    EXPECT_EQ(full.find("internal error"), std::string::npos) << full;
+    EXPECT_TRUE(tree_bytes(small.result("full")) == tree_bytes(small.result("before"))) << c.second;
+    std::ifstream listing(small.result("listing"));
+    for (std::string name; std::getline(listing, name);)
+      EXPECT_EQ(name.find(".emo-"), std::string::npos) << c.second << ": left " << name;
+    ASSERT_EQ(small.status("freed"), 0) << c.second << ": " << small.err("freed");
+    EXPECT_FALSE(tree_bytes(small.result("after")) == tree_bytes(small.result("before"))) << c.second;
+  }
+}
+
 // An output directory emo may not write into (as a user other than root: root writes anywhere): a clear
 // error naming the directory, exit 1, nothing created.
 TEST(OutputFaults, AReadOnlyOutputDirectoryIsAnErrorNamingIt) {

@@ -925,6 +925,33 @@ TEST(TrainFaults, AFullDiskDuringACheckpointNamesTheFileAndKeepsThePreviousCheck
   EXPECT_EQ(step_of_run(run), 4);
 }
 
+// A real full file system (a tmpfs of 8 MB, filled but 16 KB by a file of the test's) while a training run
+// writes its next checkpoint: `No space left on device` naming the file, exit 1, the previous checkpoint
+// the latest and whole; once the space is freed the same command resumes from it.
+TEST(TrainFaults, ARealFullFileSystemDuringACheckpointNamesTheFileAndKeepsThePreviousCheckpoint) {
+  const std::string why = test::SmallFileSystem::unavailable();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string dir = temp_dir("tmpfs"), run = dir + "/run";
+  const test::SmallFileSystem small(dir, temp_dir("tmpfs_results"));
+  const std::string resume = tiny_train(run, "--resume --steps 4");
+  ASSERT_EQ(
+      small.run(8 << 20, "emo first " + tiny_train(run) + "; snap before run\nfill 16384; emo full " +
+                             resume + "; snap full run\nunfill; emo freed " + resume + "; snap after run"),
+      0);
+  ASSERT_EQ(small.status("first"), 0) << small.err("first");
+  EXPECT_EQ(small.status("full"), 1);
+  EXPECT_NE(small.err("full").find("emo: error: [io] " + run + "/checkpoints/"), std::string::npos)
+      << small.err("full");
+  EXPECT_NE(small.err("full").find("No space left on device"), std::string::npos) << small.err("full");
+  EXPECT_EQ(small.err("full").find("internal error"), std::string::npos) << small.err("full");
+  const std::string latest = resolve_checkpoint(small.result("full"));
+  EXPECT_EQ(latest, small.result("full") + "/checkpoints/step-00000002");
+  EXPECT_TRUE(test::tree_bytes(latest) ==
+              test::tree_bytes(small.result("before") + "/checkpoints/step-00000002"));
+  ASSERT_EQ(small.status("freed"), 0) << small.err("freed");
+  EXPECT_EQ(step_of_run(small.result("after")), 4);
+}
+
 // A run directory emo may not write into (a read-only parent for a new run, another user's run to resume;
 // as a user other than root, who writes anywhere): an error naming the path, exit 1, nothing changed.
 TEST(TrainFaults, AReadOnlyRunDirectoryIsAnErrorNamingIt) {
