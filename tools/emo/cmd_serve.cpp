@@ -39,9 +39,7 @@ std::function<int()> setup_serve(CLI::App& app) {
     emo::serve::ServerOptions server;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("model", o->model,
-                 "Model directory (config.json + safetensors, a run directory or checkpoints/latest)")
-      ->required();
+  emo::cli::add_model_argument(app, o->model)->required();
   app.add_option("--host", o->server.host, "Address to listen on")->capture_default_str();
   app.add_option("--port", o->server.port, "Port to listen on (0: any free port)")
       ->capture_default_str()
@@ -57,7 +55,7 @@ std::function<int()> setup_serve(CLI::App& app) {
       ->check(emo::cli::in_range(1, 1 << 20));
   app.add_option("--model-name", o->model_name,
                  "The model id /v1/models reports (default: the directory name)");
-  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  emo::cli::add_tokenizer_option(app, o->tokenizer);
   app.add_option("--memory-budget", o->memory_budget,
                  "Most memory the experts held at once may take: 2GiB, 512MiB, bytes (default: no limit)");
   app.add_option("--timeout", o->timeout, "Seconds a request may run")
