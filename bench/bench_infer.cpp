@@ -16,6 +16,8 @@
 // int8) opened for inference with every expert loaded, checked (the default) and not (emo --allow-nonfinite),
 // from the page cache; the same-run reference is one plain read of the same bytes (an OR over the mapped
 // tensors), which the check should match, since it reads each byte once.
+// With --kernels: only prompt and decode tokens/s of each model and dtype (all experts) on the AVX2 kernels
+// beside the AVX-512 ones (kernels/quant.h), alternating round by round in the same process, and the ratios.
 // With --released DIR: the released Emo_1b14b_1T's shapes instead (13.57B parameters in bf16, random values,
 // 27 GB written once into DIR, about a minute; --dtype q4: in emo's q4 format, 7.6 GB), run at keep-16 (or
 // each k of --keep-k 8,16,32, each in a fresh process) from a cold page cache: peak resident memory beside
@@ -193,6 +195,70 @@ RunFigures measure(const std::string& dir, int64_t keep_k, int64_t steps, const 
   f.decode_tps = median(decode_rates), f.decode_bound = median(decode_bounds),
   f.decode_ratio = median(decode_ratios);
   return f;
+}
+
+// Prompt and decode tokens/s of one checkpoint (all experts) on the AVX2 and the AVX-512 kernels, the two
+// alternating round by round so that the machine's drift hits both alike; medians.
+nlohmann::json compare_kernels(const std::string& dir, int64_t steps, int rounds) {
+  auto weights = emo::InferWeights::open(dir);
+  const auto prompt = prompt_tokens(kPromptTokens, weights->config().vocab_size);
+  const emo::QuantKernel kernels[2] = {emo::QuantKernel::kAvx2, emo::QuantKernel::kAvx512};
+  std::vector<double> prompt_rates[2], decode_rates[2];
+  for (int round = 0; round < rounds; ++round)
+    for (int k = 0; k < 2; ++k) {
+      emo::set_quant_kernel(kernels[k]);
+      emo::Decoder p(*weights, kPromptTokens);
+      Timer t;
+      p.forward(prompt);
+      prompt_rates[k].push_back(kPromptTokens / t.seconds());
+      emo::Decoder d(*weights, kPromptTokens + steps + 1);
+      emo::GenerateOptions options;
+      options.max_new_tokens = steps + 1;
+      decode_rates[k].push_back(emo::generate(d, prompt, options).decode_tokens_per_second());
+    }
+  return {{"prompt_avx2", median(prompt_rates[0])},
+          {"prompt_avx512", median(prompt_rates[1])},
+          {"prompt_ratio", median(prompt_rates[1]) / median(prompt_rates[0])},
+          {"decode_avx2", median(decode_rates[0])},
+          {"decode_avx512", median(decode_rates[1])},
+          {"decode_ratio", median(decode_rates[1]) / median(decode_rates[0])}};
+}
+
+int kernels_run(const std::string& dir, bool quick, int64_t steps) {
+  if (!emo::quant_kernel_available(emo::QuantKernel::kAvx512, emo::DType::kF32)) {
+    std::printf("this CPU has no AVX-512F: nothing to compare\n");
+    return 0;
+  }
+  const int rounds = quick ? 3 : 5;
+  std::printf(
+      "prompt (%lld tokens) and decode (%lld steps) tokens/s, all experts, AVX2 kernels beside AVX-512,\n"
+      "alternating, medians of %d rounds\n",
+      static_cast<long long>(kPromptTokens), static_cast<long long>(steps), rounds);
+  std::printf("%-9s %-5s %11s %11s %6s %11s %11s %6s\n", "model", "dtype", "prompt avx2", "avx512", "ratio",
+              "decode avx2", "avx512", "ratio");
+  std::vector<std::pair<std::string, emo::ModelConfig>> models = {{"reference", reference_config()}};
+  if (!quick) models.emplace_back("big", big_config());
+  nlohmann::json runs = nlohmann::json::array();
+  for (const auto& [name, config] : models) {
+    ensure_models(dir, name, config);
+    for (const char* dtype : {"f32", "bf16", "int8"}) {
+      nlohmann::json r = compare_kernels((fs::path(dir) / name / dtype).string(), steps, rounds);
+      std::printf("%-9s %-5s %11.0f %11.0f %6.2f %11.1f %11.1f %6.2f\n", name.c_str(), dtype,
+                  r["prompt_avx2"].get<double>(), r["prompt_avx512"].get<double>(),
+                  r["prompt_ratio"].get<double>(), r["decode_avx2"].get<double>(),
+                  r["decode_avx512"].get<double>(), r["decode_ratio"].get<double>());
+      r["model"] = name;
+      r["dtype"] = dtype;
+      runs.push_back(r);
+    }
+  }
+  nlohmann::json summary = {{"bench", "infer_kernels"},
+                            {"threads", emo::num_threads()},
+                            {"prompt_tokens", kPromptTokens},
+                            {"decode_steps", steps},
+                            {"runs", runs}};
+  std::printf("%s\n", summary.dump().c_str());
+  return 0;
 }
 
 // Runs this program as `--resident DIR K` in a fresh process and returns its JSON line.
@@ -512,12 +578,14 @@ int run(int argc, char** argv) {
   std::string released, released_dtype = "bf16";
   std::vector<int64_t> keep_ks = {16};
   bool load_check = false;
+  bool kernels = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--load-check") == 0) load_check = true;
     if (std::strcmp(argv[i], "--released") == 0 && i + 1 < argc) released = argv[++i];
     if (std::strcmp(argv[i], "--keep-k") == 0 && i + 1 < argc) keep_ks = parse_keep_list(argv[++i]);
     if (std::strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) released_dtype = argv[++i];
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--kernels") == 0) kernels = true;
     if (std::strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir = argv[++i];
     if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc) steps = std::stoll(argv[++i]);
   }
@@ -525,6 +593,7 @@ int run(int argc, char** argv) {
   std::printf("emo inference benchmark: %d threads, models in %s (absolute figures: a shared machine)\n",
               emo::num_threads(), dir.c_str());
   const std::vector<float> buffer(static_cast<size_t>(1) << 26, 1.0f);  // 256 MiB, far beyond the caches
+  if (kernels) return kernels_run(dir, quick, steps);
   EMO_CHECK(released_dtype == "bf16" || released_dtype == "q4", "bench_infer", "--dtype '", released_dtype,
             "' is not bf16 or q4 (the released shapes' formats)");
   if (!released.empty())

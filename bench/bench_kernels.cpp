@@ -1,8 +1,10 @@
 // GFLOP/s of emo::gemm on transformer shapes beside OpenBLAS's own multi-threaded sgemm (measured in the same
 // run, alternating), and the throughput of the MoE dispatch (forward + backward) with 1 and 2 threads beside
-// the same products run as plain GEMMs. Ends with one JSON line.
+// the same products run as plain GEMMs, and the inference products of stored weights (kernels/quant.h: fp32,
+// bf16, int8) on the AVX2 kernel beside the AVX-512 one (where the CPU has it), alternating in the same run.
+// Ends with one JSON line.
 //
-//   bench_kernels [--quick]
+//   bench_kernels [--quick] [--quant]   (--quant: only the inference products)
 #include <cblas.h>
 
 #include <algorithm>
@@ -18,6 +20,8 @@
 #include "core/thread_pool.h"
 #include "kernels/gemm.h"
 #include "kernels/moe.h"
+#include "kernels/quant.h"
+#include "tensor/dtype.h"
 
 namespace emo {
 namespace {
@@ -216,18 +220,108 @@ nlohmann::json bench_moe(bool quick) {
   return result;
 }
 
+// One weight matrix in a stored format, as the inference engine reads it.
+struct StoredMatrix {
+  std::vector<float> f32, scales;
+  std::vector<uint16_t> bf16;
+  std::vector<int8_t> i8;
+  MatrixView view;
+  StoredMatrix(DType dtype, int64_t rows, int64_t cols) : f32(random_vec(rows * cols, 5, 0.05)) {
+    view = {dtype, f32.data(), nullptr, rows, cols};
+    if (dtype == DType::kBF16) {
+      bf16.resize(f32.size());
+      convert_from_f32(DType::kBF16, f32.data(), bf16.data(), f32.size());
+      view.data = bf16.data();
+    }
+    if (dtype == DType::kI8) {
+      i8.resize(f32.size());
+      scales.resize(static_cast<size_t>(rows));
+      quantize_rows_int8(i8.data(), scales.data(), f32.data(), rows, cols);
+      view.data = i8.data(), view.scales = scales.data();
+    }
+    if (dtype != DType::kF32) f32 = {};
+  }
+};
+
+// Y[N, rows] = X[N, cols] @ W^T with the AVX2 and the AVX-512 kernels, alternating: a matrix that stays in
+// the caches (512 x 512: an expert or attention matrix of bench_infer's 1.6 GB model) and one far beyond
+// them (16384 x 2048: decode is bound by memory bandwidth).
+nlohmann::json bench_quant(bool quick) {
+  nlohmann::json rows = nlohmann::json::array();
+  const bool avx512 = quant_kernel_available(QuantKernel::kAvx512, DType::kF32);
+  const QuantKernel chosen = quant_kernel();
+  std::printf("\ninference products (kernels/quant.h), all threads: AVX2 kernel beside AVX-512%s\n",
+              avx512 ? "" : " (not on this CPU: AVX2 only)");
+  std::printf("%-5s %-11s %6s %12s %10s %12s %10s %8s\n", "dtype", "matrix", "tokens", "avx2 GFLOP/s",
+              "avx2 GB/s", "avx512 GFLOP/s", "avx512 GB/s", "ratio");
+  struct Case {
+    int64_t rows, cols;
+    std::vector<int64_t> tokens;
+  };
+  const std::vector<Case> cases = {{512, 512, {1, 4, 8, 16, 128}}, {16384, 2048, {1, 4}}};
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kI8})
+    for (const Case& c : cases) {
+      StoredMatrix m(dtype, c.rows, c.cols);
+      for (int64_t N : c.tokens) {
+        const std::vector<float> x = random_vec(N * c.cols, 6);
+        std::vector<float> y(static_cast<size_t>(N * c.rows));
+        auto run = [&](QuantKernel kernel) {
+          return [&, kernel] {
+            set_quant_kernel(kernel);
+            matmul(y.data(), x.data(), N, m.view);
+          };
+        };
+        std::vector<std::function<void()>> fns = {run(QuantKernel::kAvx2)};
+        if (avx512) fns.push_back(run(QuantKernel::kAvx512));
+        const std::vector<double> s = time_alternating(fns, quick ? 3 : 7, quick ? 0.05 : 0.1);
+        const double flops = 2.0 * static_cast<double>(N * c.rows * c.cols);
+        const double bytes = static_cast<double>(m.view.nbytes());
+        const std::string shape = std::to_string(c.rows) + "x" + std::to_string(c.cols);
+        nlohmann::json row = {{"dtype", dtype_name(dtype)},
+                              {"rows", c.rows},
+                              {"cols", c.cols},
+                              {"tokens", N},
+                              {"avx2_gflops", flops / s[0] * 1e-9},
+                              {"avx2_gbs", bytes / s[0] * 1e-9}};
+        std::printf("%-5s %-11s %6ld %12.1f %10.1f", dtype_name(dtype).c_str(), shape.c_str(), (long)N,
+                    flops / s[0] * 1e-9, bytes / s[0] * 1e-9);
+        if (avx512) {
+          row["avx512_gflops"] = flops / s[1] * 1e-9;
+          row["avx512_gbs"] = bytes / s[1] * 1e-9;
+          row["ratio_avx512_over_avx2"] = s[0] / s[1];
+          std::printf(" %12.1f %10.1f %8.2f", flops / s[1] * 1e-9, bytes / s[1] * 1e-9, s[0] / s[1]);
+        }
+        std::printf("\n");
+        rows.push_back(row);
+      }
+    }
+  set_quant_kernel(chosen);
+  return rows;
+}
+
 }  // namespace
 }  // namespace emo
 
 int main(int argc, char** argv) {
   using namespace emo;
-  bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  bool quick = false, quant_only = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--quant") == 0) quant_only = true;
+  }
   blas_init();
   std::printf("emo kernels benchmark: pool of %d threads, OpenBLAS single-threaded inside it\n\n",
               num_threads());
+  if (quant_only) {
+    nlohmann::json summary = {
+        {"bench", "kernels"}, {"threads", num_threads()}, {"quant", bench_quant(quick)}};
+    std::printf("%s\n", summary.dump().c_str());
+    return 0;
+  }
   double emo_median = 0, ref_median = 0, serial_median = 0;
   nlohmann::json gemm_rows = bench_gemm(quick, &emo_median, &ref_median, &serial_median);
   nlohmann::json moe = bench_moe(quick);
+  nlohmann::json quant = bench_quant(quick);
   nlohmann::json summary = {{"bench", "kernels"},
                             {"threads", num_threads()},
                             {"peak_gflops_per_core", kPeakGflopsPerCore},
@@ -237,7 +331,8 @@ int main(int argc, char** argv) {
                             {"gemm_median_gflops_openblas_2t", ref_median},
                             {"gemm_ratio_emo_over_openblas", emo_median / ref_median},
                             {"gemm", gemm_rows},
-                            {"moe", moe}};
+                            {"moe", moe},
+                            {"quant", quant}};
   std::printf("%s\n", summary.dump().c_str());
   return 0;
 }

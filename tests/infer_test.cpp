@@ -554,6 +554,119 @@ TEST(QuantKernels, UnsupportedViewsAreRefused) {
   EXPECT_NE(error_of([&] { check_matrix_view(noscale, "w"); }).find("scales"), std::string::npos);
 }
 
+// Every kernel this CPU runs, on odd sizes (rows and columns not multiples of any vector width, 1 to 64
+// tokens), against a double-precision scalar reference and against the forced AVX2 kernel. int8: the AVX-512
+// VNNI kernel does the AVX2 kernel's integer arithmetic, so wherever both stream (up to 8 tokens) the results
+// are bit-identical. fp32: the same products summed in another order. bf16: x in two bf16 parts (hi + lo),
+// within 2^-17 of x.
+TEST(QuantKernels, EveryKernelAgreesWithAvx2AndAScalarReferenceOnOddSizes) {
+  const QuantKernel chosen = quant_kernel();
+  struct Size {
+    int64_t rows, cols;
+  };
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kI8})
+    for (Size size : {Size{37, 301}, Size{5, 33}, Size{70, 1000}, Size{1, 17}, Size{9, 64}}) {
+      const int64_t R = size.rows, C = size.cols;
+      TestMatrix m = test_matrix(dtype, R, C, static_cast<uint64_t>(R * C));
+      for (int64_t N : {1, 2, 3, 4, 5, 7, 8, 9, 13, 64}) {
+        std::vector<float> x(N * C);
+        std::mt19937 gen(static_cast<unsigned>(N + C));
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        for (float& v : x) v = normal(gen);
+        set_quant_kernel(QuantKernel::kAvx2);
+        std::vector<float> avx2(N * R);
+        matmul(avx2.data(), x.data(), N, m.view);
+        for (QuantKernel kernel : {QuantKernel::kAvx2, QuantKernel::kAvx512}) {
+          const std::string what =
+              cat(quant_kernel_name(kernel), " ", dtype_name(dtype), " ", R, "x", C, " N=", N);
+          if (!quant_kernel_available(kernel, dtype)) {
+            if (N == 1 && R == 37) std::printf("%s: not on this CPU, skipped\n", what.c_str());
+            continue;
+          }
+          set_quant_kernel(kernel);
+          std::vector<float> y(N * R, 0.0f), ys(N * R, 0.0f);
+          matmul(y.data(), x.data(), N, m.view);
+          matmul_serial(ys.data(), x.data(), N, m.view);
+          // Streaming int8 (AVX2 up to 8 tokens, AVX-512 always) rounds x to int16 steps of max|x| / 32767.
+          const bool int16_x = dtype == DType::kI8 && (N <= 8 || kernel == QuantKernel::kAvx512);
+          const bool split_x = dtype == DType::kBF16 && kernel == QuantKernel::kAvx512;
+          for (int64_t n = 0; n < N; ++n) {
+            const float* xn = x.data() + n * C;
+            double max_x = 0;
+            for (int64_t c = 0; c < C; ++c) max_x = std::max(max_x, std::fabs(double(xn[c])));
+            for (int64_t r = 0; r < R; ++r) {
+              double want = 0, magnitude = 0, weight_sum = 0;
+              for (int64_t c = 0; c < C; ++c) {
+                want += double(m.values[r * C + c]) * xn[c];
+                magnitude += std::fabs(double(m.values[r * C + c]) * xn[c]);
+                weight_sum += std::fabs(double(m.values[r * C + c]));
+              }
+              const double rounding = int16_x   ? 0.5 * max_x / 32767 * weight_sum
+                                      : split_x ? 0x1p-17 * magnitude
+                                                : 0;
+              const double tolerance = 1e-6 * magnitude + 1e-6 + rounding;
+              const int64_t i = n * R + r;
+              EXPECT_NEAR(y[i], want, tolerance) << what;
+              EXPECT_EQ(y[i], ys[i]) << what;  // however the rows are split over threads
+              const bool identical = kernel == QuantKernel::kAvx2 || (dtype == DType::kI8 && N <= 8);
+              if (identical)
+                EXPECT_EQ(y[i], avx2[i]) << what;
+              else
+                EXPECT_NEAR(y[i], avx2[i], 2 * tolerance) << what;
+            }
+          }
+        }
+      }
+    }
+  set_quant_kernel(chosen);
+}
+
+TEST(QuantKernels, TheChosenKernelIsTheBestTheCpuHasAndAvx512IsRefusedWithoutIt) {
+  EXPECT_TRUE(quant_kernel_available(QuantKernel::kAvx2, DType::kBF16));
+  EXPECT_FALSE(quant_kernel_available(QuantKernel::kAvx512, DType::kQ4_0));
+  const bool has_avx512 = quant_kernel_available(QuantKernel::kAvx512, DType::kF32);
+  if (std::getenv("EMO_QUANT_KERNEL") == nullptr)
+    EXPECT_EQ(quant_kernel(), has_avx512 ? QuantKernel::kAvx512 : QuantKernel::kAvx2);
+  if (has_avx512) GTEST_SKIP() << "this CPU has AVX-512F";
+  EXPECT_NE(error_of([] { set_quant_kernel(QuantKernel::kAvx512); }).find("AVX-512F"), std::string::npos);
+  EXPECT_EQ(quant_kernel(), QuantKernel::kAvx2);
+}
+
+// The decoder's logits on each kernel against the forced AVX2 kernel, for a prompt (20 tokens at once) and
+// then decode steps of one token. fp32 within summation order; int8 decode as close (its matrices give
+// bit-identical products, but the routers stay fp32), an int8 prompt within the int16 rounding of x (AVX2
+// multiplies prompts in fp32 by sgemm); bf16 within the hi + lo split of x.
+TEST(InferLogits, EveryKernelGivesTheAvx2KernelsLogits) {
+  if (!quant_kernel_available(QuantKernel::kAvx512, DType::kF32)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  const QuantKernel chosen = quant_kernel();
+  TempDir dir;
+  random_model(tiny_config(), 21)->save(dir / "f32");
+  quantize_checkpoint(dir / "f32", dir / "bf16", DType::kBF16);
+  quantize_checkpoint(dir / "f32", dir / "int8", DType::kI8);
+  const auto tokens = some_tokens(26);
+  const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + 20);
+  for (const char* name : {"f32", "bf16", "int8"}) {
+    auto weights = InferWeights::open(dir / name);
+    auto run = [&](QuantKernel kernel) {
+      set_quant_kernel(kernel);
+      Decoder decoder(*weights, 26);
+      std::vector<Tensor> logits = {decoder.forward(prompt, true)};
+      for (size_t t = 20; t < tokens.size(); ++t) logits.push_back(decoder.forward({tokens[t]}));
+      return logits;
+    };
+    const std::vector<Tensor> avx2 = run(QuantKernel::kAvx2), avx512 = run(QuantKernel::kAvx512);
+    const bool int8 = std::string(name) == "int8";
+    EXPECT_NE(avx512[0].vec(), avx2[0].vec()) << name << ": the two kernels ran the same code";
+    for (size_t step = 0; step < avx2.size(); ++step) {
+      SCOPED_TRACE(cat(name, step == 0 ? " prompt" : " decode step"));
+      if (!quant_kernel_available(QuantKernel::kAvx512, weights->lm_head().dtype)) continue;
+      const bool int8_prompt = int8 && step == 0;
+      expect_close(avx512[step], avx2[step], std::string(name) == "bf16" || int8_prompt ? 2e-5 : 2e-6);
+    }
+  }
+  set_quant_kernel(chosen);
+}
+
 // ------------------------------------------------------------------------------------------ sampler
 
 std::vector<float> four_logits() {

@@ -4,14 +4,19 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/gemm.h"
 #include "kernels/q4.h"
+#include "kernels/quant_avx512.h"
+#include "kernels/quant_stream.h"
 #include "kernels/vec_math.h"
 
 namespace emo {
@@ -34,7 +39,8 @@ struct F32Format {
   using Elem = float;
   using X = float;
   using Acc = __m256;
-  static constexpr int64_t kStep = 8, kSegment = INT64_MAX;
+  static constexpr int64_t kStep = 8, kSegment = INT64_MAX, kXWidth = 1;
+  static constexpr int kRowsFor4 = 2, kRowsFor1 = 4;
   static float prepare(const float* x, int64_t C, float* out) {
     std::copy(x, x + C, out);
     return 1.0f;
@@ -45,13 +51,15 @@ struct F32Format {
   }
   static float reduce(Acc acc) { return vec::hsum8(acc); }
   static float weight(const float* w) { return *w; }
+  static float input(const float* x) { return *x; }
 };
 
 struct BF16Format {
   using Elem = uint16_t;
   using X = float;
   using Acc = __m256;
-  static constexpr int64_t kStep = 16, kSegment = INT64_MAX;
+  static constexpr int64_t kStep = 16, kSegment = INT64_MAX, kXWidth = 1;
+  static constexpr int kRowsFor4 = 2, kRowsFor1 = 4;
   static float prepare(const float* x, int64_t C, float* out) {
     int64_t c = 0;
     for (; c + 16 <= C; c += 16)
@@ -69,31 +77,16 @@ struct BF16Format {
   }
   static float reduce(Acc acc) { return vec::hsum8(acc); }
   static float weight(const uint16_t* w) { return bf16_to_f32(*w); }
+  static float input(const float* x) { return *x; }
 };
 
 struct I8Format {
   using Elem = int8_t;
   using X = int16_t;
   using Acc = __m256i;
-  static constexpr int64_t kStep = 16, kSegment = 4096;
-  static float prepare(const float* x, int64_t C, int16_t* out) {
-    const float max_abs = vec::max_abs_of(x, C);
-    const float scale = max_abs > 0.0f ? max_abs / 32767.0f : 1.0f;
-    const float inverse_scale = 1.0f / scale;
-    const __m256 inverse = _mm256_set1_ps(inverse_scale);
-    int64_t c = 0;
-    for (; c + 16 <= C; c += 16) {
-      // Rounded to nearest (MXCSR default); packs saturates a product that rounds past 32767.
-      const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + c), inverse));
-      const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + c + 8), inverse));
-      // packs interleaves 128-bit lanes (lo0-3 hi0-3 lo4-7 hi4-7): put them back in order.
-      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), packed);
-    }
-    for (; c < C; ++c)  // as the vector loop: x times the inverse, rounded to nearest even
-      out[c] = static_cast<int16_t>(std::clamp(std::nearbyint(x[c] * inverse_scale), -32768.0f, 32767.0f));
-    return scale;
-  }
+  static constexpr int64_t kStep = 16, kSegment = 4096, kXWidth = 1;
+  static constexpr int kRowsFor4 = 2, kRowsFor1 = 4;
+  static float prepare(const float* x, int64_t C, int16_t* out) { return prepare_int16(x, C, out); }
   static Acc zero() { return _mm256_setzero_si256(); }
   static Acc step(Acc acc, const int8_t* w, const int16_t* x) {
     const __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
@@ -102,91 +95,8 @@ struct I8Format {
   }
   static float reduce(Acc acc) { return vec::hsum8(_mm256_cvtepi32_ps(acc)); }
   static float weight(const int8_t* w) { return static_cast<float>(*w); }
+  static float input(const int16_t* x) { return static_cast<float>(*x); }
 };
-
-// y[t * ldy + r] = dot(W[r, :], x[t, :]) * scale[r] for R rows starting at row0 and T tokens (x prepared,
-// factor[t] its scale): R*T independent accumulators, each weight vector loaded once for all T tokens.
-template <class Fmt, int R, int T>
-void dot_block(float* y, int64_t ldy, const typename Fmt::Elem* w, const float* scales, int64_t row0,
-               const typename Fmt::X* x, const float* factor, int64_t C) {
-  const typename Fmt::Elem* rows[R];
-  for (int r = 0; r < R; ++r) rows[r] = w + (row0 + r) * C;
-  float sum[R][T] = {};
-  const int64_t body = C - C % Fmt::kStep;
-  for (int64_t segment = 0, end = 0; segment < body; segment = end) {
-    end = body - segment > Fmt::kSegment ? segment + Fmt::kSegment : body;
-    // The r and t loops are unrolled so that the R*T accumulators live in registers (without it GCC -O2
-    // kept them in a stack array: a load-FMA-store chain per step, 3-4x slower on cache-resident weights).
-    typename Fmt::Acc acc[R][T];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) acc[r][t] = Fmt::zero();
-    for (int64_t c = segment; c < end; c += Fmt::kStep)
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-        for (int t = 0; t < T; ++t) acc[r][t] = Fmt::step(acc[r][t], rows[r] + c, x + t * C + c);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) sum[r][t] += Fmt::reduce(acc[r][t]);
-  }
-  for (int r = 0; r < R; ++r) {
-    const float scale = scales ? scales[row0 + r] : 1.0f;
-    for (int t = 0; t < T; ++t) {
-      for (int64_t k = body; k < C; ++k)
-        sum[r][t] += Fmt::weight(rows[r] + k) * static_cast<float>(x[t * C + k]);
-      y[t * ldy + row0 + r] = sum[r][t] * scale * factor[t];
-    }
-  }
-}
-
-// Rows [0, rows) of the block for T tokens: blocks of R rows, then single rows.
-template <class Fmt, int R, int T>
-void dot_rows(float* y, int64_t ldy, const MatrixView& w, const typename Fmt::X* x, const float* factor) {
-  const auto* data = static_cast<const typename Fmt::Elem*>(w.data);
-  const char* bytes = static_cast<const char*>(w.data);
-  const int64_t C = w.cols, block = R * C * static_cast<int64_t>(sizeof(typename Fmt::Elem));
-  const int64_t total = w.rows * C * static_cast<int64_t>(sizeof(typename Fmt::Elem));
-  int64_t r = 0;
-  for (; r + R <= w.rows; r += R) {
-    // The block's R rows are read as R interleaved streams, too short for the hardware prefetcher when rows
-    // are short (512 columns of bf16 = 1 KiB): fetch the next block, in memory order, meanwhile. Measured on
-    // the 1.6 GB model (bench_infer): bf16 decode 0.92-0.99 of the bandwidth bound with this, 0.47 without
-    // software prefetch, 0.64 with one prefetch per row and step.
-    const int64_t ahead = (r / R + 1) * block;
-    for (int64_t b = ahead; b < std::min(total, ahead + block); b += 64) _mm_prefetch(bytes + b, _MM_HINT_T0);
-    dot_block<Fmt, R, T>(y, ldy, data, w.scales, r, x, factor, C);
-  }
-  for (; r < w.rows; ++r) dot_block<Fmt, 1, T>(y, ldy, data, w.scales, r, x, factor, w.cols);
-}
-
-// Y[N, ldy] (columns = the view's rows) for a few tokens, in blocks of at most 4 tokens.
-template <class Fmt>
-void stream_tokens(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w) {
-  const int64_t C = w.cols;
-  thread_local std::vector<typename Fmt::X> prepared;  // [N, C]
-  prepared.resize(static_cast<size_t>(N * C));
-  float factor[kStreamTokens];
-  for (int64_t n = 0; n < N; ++n) factor[n] = Fmt::prepare(x + n * C, C, prepared.data() + n * C);
-  const typename Fmt::X* xp = prepared.data();
-  int64_t n = 0;
-  for (; n + 4 <= N; n += 4) dot_rows<Fmt, 2, 4>(y + n * ldy, ldy, w, xp + n * C, factor + n);
-  switch (N - n) {
-    case 3:
-      dot_rows<Fmt, 2, 3>(y + n * ldy, ldy, w, xp + n * C, factor + n);
-      break;
-    case 2:
-      dot_rows<Fmt, 2, 2>(y + n * ldy, ldy, w, xp + n * C, factor + n);
-      break;
-    case 1:
-      dot_rows<Fmt, 4, 1>(y + n * ldy, ldy, w, xp + n * C, factor + n);
-      break;
-    default:
-      break;
-  }
-}
 
 void stream_any(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w) {
   switch (w.dtype) {
@@ -234,17 +144,33 @@ bool any_q4(const std::vector<MatrixView>& ws) {
   return std::any_of(ws.begin(), ws.end(), [](const MatrixView& w) { return w.dtype == DType::kQ4_0; });
 }
 
-// q4 weights take the integer kernel for any number of tokens (x8 prepared); the others stream up to
-// kStreamTokens tokens and use sgemm beyond.
+// Whether the AVX-512 kernels run this product.
+bool use_avx512(DType dtype) {
+  return quant_kernel() == QuantKernel::kAvx512 && avx512_format_available(dtype);
+}
+
+// q4 weights take the integer kernel for any number of tokens (x8 prepared); on AVX2 the others stream up to
+// kStreamTokens tokens and use sgemm beyond; on AVX-512 bf16 and int8 stream any number of tokens (measured
+// in docs/inference.md: faster than dequantising for sgemm), fp32 only up to kStreamTokens.
 void matmul_rows(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w,
                  const Q8Activations* x8) {
   if (w.dtype == DType::kQ4_0)
     q4_dot_rows(q4_kernel(), y, ldy, static_cast<const uint8_t*>(w.data), w.rows, w.cols, x8->q.data(),
                 x8->d.data(), N);
+  else if (use_avx512(w.dtype) && (N <= kStreamTokens || w.dtype != DType::kF32))
+    stream_tokens_avx512(y, ldy, x, N, w);
   else if (N <= kStreamTokens)
     stream_any(y, ldy, x, N, w);
   else
     gemm_rows(y, ldy, x, N, w);
+}
+
+std::atomic<int> selected_kernel{-1};
+
+QuantKernel default_kernel() {
+  const char* forced = std::getenv("EMO_QUANT_KERNEL");
+  if (forced && std::string(forced) == quant_kernel_name(QuantKernel::kAvx2)) return QuantKernel::kAvx2;
+  return avx512_format_available(DType::kF32) ? QuantKernel::kAvx512 : QuantKernel::kAvx2;
 }
 
 // Rows per parallel chunk: about 16 KiB of weights streamed once per 8 tokens, well above the cost of handing
@@ -257,6 +183,30 @@ int64_t row_grain(const MatrixView& w, int64_t N) {
 }
 
 }  // namespace
+
+const char* quant_kernel_name(QuantKernel kernel) {
+  return kernel == QuantKernel::kAvx512 ? "avx512" : "avx2";
+}
+
+bool quant_kernel_available(QuantKernel kernel, DType dtype) {
+  const bool format = dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kI8;
+  return format && (kernel == QuantKernel::kAvx2 || avx512_format_available(dtype));
+}
+
+QuantKernel quant_kernel() {
+  int k = selected_kernel.load(std::memory_order_relaxed);
+  if (k < 0) {
+    k = static_cast<int>(default_kernel());
+    selected_kernel.store(k, std::memory_order_relaxed);
+  }
+  return static_cast<QuantKernel>(k);
+}
+
+void set_quant_kernel(QuantKernel kernel) {
+  EMO_CHECK(kernel == QuantKernel::kAvx2 || avx512_format_available(DType::kF32), "quant", "the ",
+            quant_kernel_name(kernel), " kernels need instructions this CPU does not have (AVX-512F)");
+  selected_kernel.store(static_cast<int>(kernel), std::memory_order_relaxed);
+}
 
 int64_t matrix_row_bytes(DType dtype, int64_t cols) {
   return dtype == DType::kQ4_0 ? q4_row_bytes(cols) : cols * static_cast<int64_t>(dtype_size(dtype));

@@ -1,9 +1,10 @@
 // Weight matrices of inference in their stored format, used in place: fp32, bf16, int8 with one fp32
 // scale per row (w[r, c] = scale[r] * q[r, c], symmetric, q in [-127, 127]), and 4-bit Q4_0 blocks
 // (kernels/q4.h: products in integers against int8 blocks of the activations, for any number of tokens).
-// Matrix-vector products for one token (decode) and small-matrix products for a few tokens or a prompt, AVX2
-// + FMA + F16C, fp32 accumulation. Layout as everywhere in emo: PyTorch [out, in] = [OC, C], row-major.
-// Legend: N = tokens, C = input width, OC = output rows.
+// Matrix-vector products for one token (decode) and small-matrix products for a few tokens or a prompt, fp32
+// accumulation, on AVX2 + FMA + F16C or, where the CPU has them, AVX-512 instructions chosen at run time.
+// Layout as everywhere in emo: PyTorch [out, in] = [OC, C], row-major. Legend: N = tokens, C = input width,
+// OC = output rows.
 #pragma once
 
 #include <cstdint>
@@ -50,6 +51,22 @@ void matmul(float* y, const float* x, int64_t N, const MatrixView& w);
 // X[N, C] @ ws[i]^T; every matrix has C columns.
 void matmul_group(const std::vector<float*>& ys, const float* x, int64_t N,
                   const std::vector<MatrixView>& ws);
+
+// The instructions of the fp32, bf16 and int8 products. kAvx2: AVX2 + FMA, which every CPU emo runs on has.
+// kAvx512: fp32 by AVX-512F FMA, bf16 by AVX-512 BF16 (vdpbf16ps, the activation split into two bf16
+// parts, see quant_avx512.cpp), int8 by AVX-512 VNNI (vpdpwssd: the AVX2 kernel's integer arithmetic, so
+// bit-identical results); a format whose instructions the CPU lacks stays on AVX2. With kAvx512, bf16 and
+// int8 products of many tokens also stream the weights (AVX2: dequantised blocks and sgemm).
+enum class QuantKernel { kAvx2, kAvx512 };
+const char* quant_kernel_name(QuantKernel kernel);  // "avx2", "avx512"
+// Whether the kernel runs products of dtype (kF32, kBF16, kI8) on this CPU; kAvx2 always does.
+bool quant_kernel_available(QuantKernel kernel, DType dtype);
+// The kernel products use: kAvx512 where the CPU has AVX-512F, unless the environment variable
+// EMO_QUANT_KERNEL=avx2 or set_quant_kernel chose otherwise.
+QuantKernel quant_kernel();
+// Forces a kernel for the whole process (tests, benchmarks); throws "[quant] ..." for kAvx512 on a CPU
+// without AVX-512F.
+void set_quant_kernel(QuantKernel kernel);
 
 // out[(end - begin), C] = rows [begin, end) of W in fp32.
 void dequantize_rows(float* out, const MatrixView& w, int64_t begin, int64_t end);

@@ -1,0 +1,159 @@
+// The fp32, bf16 and int8 kernel formats on AVX-512 (see kernels/quant_stream.h for what a format provides).
+// Each entry point is compiled for exactly the instructions its availability check asks of the CPU, and
+// flattened: the generic streaming templates are inlined into it and compiled with those instructions too.
+#include "kernels/quant_avx512.h"
+
+// GCC 12 reports its own AVX-512 intrinsics (a vector made with `__Y = __Y` as "undefined"), and the AVX-512
+// vector returns of the format structs' functions, which are inlined into the AVX-512 entry points and so
+// never cross a call between code built with different vector ABIs.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "core/error.h"
+#include "kernels/quant_stream.h"
+#include "tensor/dtype.h"
+
+#define EMO_TARGET_F32 "avx512f"
+#define EMO_TARGET_BF16 "avx512f,avx512bw,avx512vl,avx512bf16"
+#define EMO_TARGET_I8 "avx512f,avx512vl,avx512vnni"
+
+namespace emo {
+namespace {
+
+// fp32: 16 weights per FMA; summed in another order than the AVX2 kernel (16 lanes, not 8), so results
+// differ from it by rounding only.
+struct F32Avx512 {
+  using Elem = float;
+  using X = float;
+  using Acc = __m512;
+  static constexpr int64_t kStep = 16, kSegment = INT64_MAX, kXWidth = 1;
+  static constexpr int kRowsFor4 = 4, kRowsFor1 = 4;
+  static float prepare(const float* x, int64_t C, float* out) {
+    std::copy(x, x + C, out);
+    return 1.0f;
+  }
+  __attribute__((target(EMO_TARGET_F32))) static Acc zero() { return _mm512_setzero_ps(); }
+  __attribute__((target(EMO_TARGET_F32))) static Acc step(Acc acc, const float* w, const float* x) {
+    return _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_loadu_ps(x), acc);
+  }
+  __attribute__((target(EMO_TARGET_F32))) static float reduce(Acc acc) { return _mm512_reduce_add_ps(acc); }
+  static float weight(const float* w) { return *w; }
+  static float input(const float* x) { return *x; }
+};
+
+// bf16 by vdpbf16ps (32 products of bf16 pairs per instruction, exact, summed in fp32). The activation is
+// not bf16: it is split once per call into x = hi + lo, both bf16 (hi = x rounded to bf16, lo = the rest
+// rounded), which keeps x to about 2^-17 of itself, where x rounded to bf16 alone keeps 2^-9 and moved the
+// logits 60-200x further from the AVX2 kernel's (measured, docs/inference.md). Prepared layout: per step of
+// 32 columns, their 32 hi then their 32 lo; a tail column k holds hi at 2k and lo at 2k + 1.
+struct BF16Avx512 {
+  using Elem = uint16_t;
+  using X = uint16_t;
+  struct Acc {
+    __m512 hi, lo;  // separate chains: two products per step without waiting on each other
+  };
+  static constexpr int64_t kStep = 32, kSegment = INT64_MAX, kXWidth = 2;
+  static constexpr int kRowsFor4 = 2, kRowsFor1 = 4;
+
+  // 16 bf16 (the low or high half of a vector of 32) widened to fp32.
+  __attribute__((target(EMO_TARGET_BF16))) static __m512 widen(__m256i bf16) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16));
+  }
+  __attribute__((target(EMO_TARGET_BF16))) static float prepare(const float* x, int64_t C, uint16_t* out) {
+    int64_t c = 0;
+    for (; c + 32 <= C; c += 32) {
+      const __m512 a = _mm512_loadu_ps(x + c), b = _mm512_loadu_ps(x + c + 16);
+      const __m512i hi = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));    // rounded to nearest even
+      const __m512 rest_a = _mm512_sub_ps(a, widen(_mm512_castsi512_si256(hi)));  // exact
+      const __m512 rest_b = _mm512_sub_ps(b, widen(_mm512_extracti64x4_epi64(hi, 1)));
+      _mm512_storeu_si512(out + 2 * c, hi);
+      _mm512_storeu_si512(out + 2 * c + 32, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(rest_b, rest_a)));
+    }
+    for (; c < C; ++c) {
+      out[2 * c] = f32_to_bf16(x[c]);
+      out[2 * c + 1] = f32_to_bf16(x[c] - bf16_to_f32(out[2 * c]));
+    }
+    return 1.0f;
+  }
+  __attribute__((target(EMO_TARGET_BF16))) static Acc zero() {
+    return {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  }
+  __attribute__((target(EMO_TARGET_BF16))) static Acc step(Acc acc, const uint16_t* w, const uint16_t* x) {
+    const __m512bh weights = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w));
+    acc.hi = _mm512_dpbf16_ps(acc.hi, weights, reinterpret_cast<__m512bh>(_mm512_loadu_si512(x)));
+    acc.lo = _mm512_dpbf16_ps(acc.lo, weights, reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + 32)));
+    return acc;
+  }
+  __attribute__((target(EMO_TARGET_BF16))) static float reduce(Acc acc) {
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc.hi, acc.lo));
+  }
+  static float weight(const uint16_t* w) { return bf16_to_f32(*w); }
+  static float input(const uint16_t* x) { return bf16_to_f32(x[0]) + bf16_to_f32(x[1]); }
+};
+
+// int8 by vpdpwssd: the AVX2 kernel's integer products (weights widened to int16 against x rounded to int16,
+// pairs summed into int32 lanes) in one instruction instead of two, on the same 8 lanes of 256 bits, so the
+// integer sums, their flushes and their fp32 reduction are the AVX2 kernel's: results are bit-identical.
+// (vpdpbusd would multiply 4x more per instruction but needs x in int8, 256x coarser steps than int16.)
+struct I8Vnni {
+  using Elem = int8_t;
+  using X = int16_t;
+  using Acc = __m256i;
+  static constexpr int64_t kStep = 16, kSegment = 4096, kXWidth = 1;
+  static constexpr int kRowsFor4 = 4, kRowsFor1 = 4;
+  static float prepare(const float* x, int64_t C, int16_t* out) { return prepare_int16(x, C, out); }
+  static Acc zero() { return _mm256_setzero_si256(); }
+  __attribute__((target(EMO_TARGET_I8))) static Acc step(Acc acc, const int8_t* w, const int16_t* x) {
+    const __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+    return _mm256_dpwssd_epi32(acc, w16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+  }
+  static float reduce(Acc acc) { return vec::hsum8(_mm256_cvtepi32_ps(acc)); }
+  static float weight(const int8_t* w) { return static_cast<float>(*w); }
+  static float input(const int16_t* x) { return static_cast<float>(*x); }
+};
+
+__attribute__((target(EMO_TARGET_F32), flatten)) void stream_f32(float* y, int64_t ldy, const float* x,
+                                                                 int64_t N, const MatrixView& w) {
+  stream_tokens<F32Avx512>(y, ldy, x, N, w);
+}
+
+__attribute__((target(EMO_TARGET_BF16), flatten)) void stream_bf16(float* y, int64_t ldy, const float* x,
+                                                                   int64_t N, const MatrixView& w) {
+  stream_tokens<BF16Avx512>(y, ldy, x, N, w);
+}
+
+__attribute__((target(EMO_TARGET_I8), flatten)) void stream_i8(float* y, int64_t ldy, const float* x,
+                                                               int64_t N, const MatrixView& w) {
+  stream_tokens<I8Vnni>(y, ldy, x, N, w);
+}
+
+}  // namespace
+
+bool avx512_format_available(DType dtype) {
+  // __builtin_cpu_supports also checks that the OS saves the AVX-512 registers (XCR0).
+  static const bool f32 = (__builtin_cpu_init(), __builtin_cpu_supports("avx512f"));
+  static const bool bf16 = f32 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                           __builtin_cpu_supports("avx512bf16");
+  static const bool i8 = f32 && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  return dtype == DType::kF32 ? f32 : dtype == DType::kBF16 ? bf16 : dtype == DType::kI8 ? i8 : false;
+}
+
+void stream_tokens_avx512(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w) {
+  switch (w.dtype) {
+    case DType::kF32:
+      return stream_f32(y, ldy, x, N, w);
+    case DType::kBF16:
+      return stream_bf16(y, ldy, x, N, w);
+    case DType::kI8:
+      return stream_i8(y, ldy, x, N, w);
+    default:
+      fail("quant", cat("no AVX-512 kernel for weights of dtype ", dtype_name(w.dtype)));
+  }
+}
+
+}  // namespace emo

@@ -1,0 +1,18 @@
+// The AVX-512 products of kernels/quant.cpp (internal). Compiled with target attributes in quant_avx512.cpp,
+// so the one binary still runs on AVX2-only CPUs: call a format's kernel only where
+// avx512_format_available(dtype) says the CPU has its instructions.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/quant.h"
+
+namespace emo {
+
+// fp32: AVX-512F; bf16: AVX-512 BF16 (+ BW, VL); int8: AVX-512 VNNI (+ VL). False for other dtypes.
+bool avx512_format_available(DType dtype);
+
+// Y[N, ldy] = X[N, C] @ W^T for the view's rows, any N, on the calling thread (fp32, bf16 or int8 weights).
+void stream_tokens_avx512(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w);
+
+}  // namespace emo
