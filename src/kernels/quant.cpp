@@ -149,15 +149,16 @@ bool use_avx512(DType dtype) {
   return quant_kernel() == QuantKernel::kAvx512 && avx512_format_available(dtype);
 }
 
-// q4 weights take the integer kernel for any number of tokens (x8 prepared); on AVX2 the others stream up to
-// kStreamTokens tokens and use sgemm beyond; on AVX-512 bf16 and int8 stream any number of tokens (measured
-// in docs/inference.md: faster than dequantising for sgemm), fp32 only up to kStreamTokens.
+// q4 weights take the integer kernel for any number of tokens (x8 prepared); the others stream up to
+// kStreamTokens tokens and use sgemm beyond, except bf16 on AVX-512, which streams any number of tokens
+// (docs/inference.md: faster than dequantising for sgemm, and as accurate). int8 prompts stay on sgemm: the
+// int8 kernel rounds x to int16, which moved a prompt's logits by 6e-5 of their largest (fp32 sgemm: 1e-6).
 void matmul_rows(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w,
                  const Q8Activations* x8) {
   if (w.dtype == DType::kQ4_0)
     q4_dot_rows(q4_kernel(), y, ldy, static_cast<const uint8_t*>(w.data), w.rows, w.cols, x8->q.data(),
                 x8->d.data(), N);
-  else if (use_avx512(w.dtype) && (N <= kStreamTokens || w.dtype != DType::kF32))
+  else if (use_avx512(w.dtype) && (N <= kStreamTokens || w.dtype == DType::kBF16))
     stream_tokens_avx512(y, ldy, x, N, w);
   else if (N <= kStreamTokens)
     stream_any(y, ldy, x, N, w);
