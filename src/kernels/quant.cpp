@@ -150,15 +150,15 @@ bool use_avx512(DType dtype) {
 }
 
 // q4 weights take the integer kernel for any number of tokens (x8 prepared); the others stream up to
-// kStreamTokens tokens and use sgemm beyond, except bf16 on AVX-512, which streams any number of tokens
-// (docs/inference.md: faster than dequantising for sgemm, and as accurate). int8 prompts stay on sgemm: the
-// int8 kernel rounds x to int16, which moved a prompt's logits by 6e-5 of their largest (fp32 sgemm: 1e-6).
+// kStreamTokens tokens (on AVX-512 where the CPU has the format's instructions) and use sgemm beyond:
+// streaming bf16 on AVX-512 reached 0.67x of dequantised sgemm at 128 tokens (bench_kernels --quant,
+// docs/inference.md).
 void matmul_rows(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w,
                  const Q8Activations* x8) {
   if (w.dtype == DType::kQ4_0)
     q4_dot_rows(q4_kernel(), y, ldy, static_cast<const uint8_t*>(w.data), w.rows, w.cols, x8->q.data(),
                 x8->d.data(), N);
-  else if (use_avx512(w.dtype) && (N <= kStreamTokens || w.dtype == DType::kBF16))
+  else if (N <= kStreamTokens && use_avx512(w.dtype))
     stream_tokens_avx512(y, ldy, x, N, w);
   else if (N <= kStreamTokens)
     stream_any(y, ldy, x, N, w);

@@ -55,8 +55,8 @@ void matmul_group(const std::vector<float*>& ys, const float* x, int64_t N,
 // The instructions of the fp32, bf16 and int8 products. kAvx2: AVX2 + FMA, which every CPU emo runs on has.
 // kAvx512: fp32 by AVX-512F FMA, bf16 by AVX-512 BF16 (vdpbf16ps, the activation split into two bf16
 // parts, see quant_avx512.cpp), int8 by AVX-512 VNNI (vpdpwssd: the AVX2 kernel's integer arithmetic, so
-// bit-identical results); a format whose instructions the CPU lacks stays on AVX2. With kAvx512, bf16
-// products of many tokens also stream the weights (AVX2: dequantised blocks and sgemm).
+// bit-identical results); a format whose instructions the CPU lacks stays on AVX2. Products of more than a
+// few tokens use sgemm with either kernel.
 enum class QuantKernel { kAvx2, kAvx512 };
 const char* quant_kernel_name(QuantKernel kernel);  // "avx2", "avx512"
 // Whether the kernel runs products of dtype (kF32, kBF16, kI8) on this CPU; kAvx2 always does.

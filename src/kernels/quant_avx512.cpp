@@ -32,7 +32,7 @@ struct F32Avx512 {
   using X = float;
   using Acc = __m512;
   static constexpr int64_t kStep = 16, kSegment = INT64_MAX, kXWidth = 1;
-  static constexpr int kRowsFor4 = 4, kRowsFor1 = 4;
+  static constexpr int kRowsFor4 = 4, kRowsFor1 = 8;
   static float prepare(const float* x, int64_t C, float* out) {
     std::copy(x, x + C, out);
     return 1.0f;
@@ -48,9 +48,9 @@ struct F32Avx512 {
 
 // bf16 by vdpbf16ps (32 products of bf16 pairs per instruction, exact, summed in fp32). The activation is
 // not bf16: it is split once per call into x = hi + lo, both bf16 (hi = x rounded to bf16, lo = the rest
-// rounded), which keeps x to about 2^-17 of itself, where x rounded to bf16 alone keeps 2^-9 and moved the
-// logits 60-200x further from the AVX2 kernel's (measured, docs/inference.md). Prepared layout: per step of
-// 32 columns, their 32 hi then their 32 lo; a tail column k holds hi at 2k and lo at 2k + 1.
+// rounded), which keeps x to about 2^-17 of itself; x rounded to bf16 alone (as llama.cpp does) keeps 2^-9,
+// more than the 2e-5 by which the engine's bf16 logits must match the training engine's. Prepared layout: per
+// step of 32 columns, their 32 hi then their 32 lo; a tail column k holds hi at 2k and lo at 2k + 1.
 struct BF16Avx512 {
   using Elem = uint16_t;
   using X = uint16_t;
@@ -105,7 +105,9 @@ struct I8Vnni {
   using X = int16_t;
   using Acc = __m256i;
   static constexpr int64_t kStep = 16, kSegment = 4096, kXWidth = 1;
-  static constexpr int kRowsFor4 = 4, kRowsFor1 = 4;
+  // 8 rows for one token: vpdpwssd puts its multiply's latency into each accumulator's chain (AVX2's madd
+  // does not), so one token needs more independent chains; with 4, decode ran at 0.8x of AVX2.
+  static constexpr int kRowsFor4 = 4, kRowsFor1 = 8;
   static float prepare(const float* x, int64_t C, int16_t* out) { return prepare_int16(x, C, out); }
   static Acc zero() { return _mm256_setzero_si256(); }
   __attribute__((target(EMO_TARGET_I8))) static Acc step(Acc acc, const int8_t* w, const int16_t* x) {

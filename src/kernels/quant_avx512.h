@@ -12,7 +12,7 @@ namespace emo {
 // fp32: AVX-512F; bf16: AVX-512 BF16 (+ BW, VL); int8: AVX-512 VNNI (+ VL). False for other dtypes.
 bool avx512_format_available(DType dtype);
 
-// Y[N, ldy] = X[N, C] @ W^T for the view's rows, any N, on the calling thread (fp32, bf16 or int8 weights).
+// Y[N, ldy] = X[N, C] @ W^T for the view's rows, a few tokens, on the calling thread (fp32, bf16, int8).
 void stream_tokens_avx512(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w);
 
 }  // namespace emo

@@ -123,9 +123,8 @@ inline void dot_tokens(float* y, int64_t ldy, const MatrixView& w, const typenam
   }
 }
 
-// Y[N, ldy] (columns = the view's rows) for N tokens. Beyond a few tokens the rows go in tiles of about
-// 64 KiB, each read from the cache by every block of tokens. Every output is computed by the same sequence
-// of operations whatever the tiling and blocking, so results do not depend on how rows are split.
+// Y[N, ldy] (columns = the view's rows) for a few tokens. Every output is computed by the same sequence of
+// operations whatever the blocking, so results do not depend on how rows are split over threads.
 template <class Fmt>
 void stream_tokens(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w) {
   const int64_t C = w.cols, XC = C * Fmt::kXWidth;
@@ -134,12 +133,7 @@ void stream_tokens(float* y, int64_t ldy, const float* x, int64_t N, const Matri
   prepared.resize(static_cast<size_t>(N * XC));
   factor.resize(static_cast<size_t>(N));
   for (int64_t n = 0; n < N; ++n) factor[n] = Fmt::prepare(x + n * C, C, prepared.data() + n * XC);
-  constexpr int64_t kTileBytes = 64 * 1024;
-  const int64_t row_bytes = std::max<int64_t>(1, C * static_cast<int64_t>(sizeof(typename Fmt::Elem)));
-  const int64_t tile = N <= 8 ? w.rows : std::max<int64_t>(8, kTileBytes / row_bytes);
-  for (int64_t r = 0; r < w.rows; r += tile)
-    dot_tokens<Fmt>(y + r, ldy, w.row_block(r, std::min(w.rows, r + tile)), prepared.data(), factor.data(),
-                    N);
+  dot_tokens<Fmt>(y, ldy, w, prepared.data(), factor.data(), N);
 }
 
 }  // namespace
