@@ -35,23 +35,15 @@ constexpr int64_t kChunkBytes = 16 * 1024;
 // int8: x is quantised to int16 once per call (scale max|x| / 32767, error about 1.5e-5 of max|x|), then
 // 16 weights widen to int16 and multiply-add in integers (vpmaddwd); the int32 sums are flushed to fp32 every
 // 4096 columns, before they could overflow (|w x| <= 127 * 32767 per product).
-struct F32Format {
-  using Elem = float;
-  using X = float;
+struct F32Format : F32Common {
   using Acc = __m256;
-  static constexpr int64_t kStep = 8, kSegment = INT64_MAX, kXWidth = 1;
+  static constexpr int64_t kStep = 8;
   static constexpr int kRowsFor4 = 2, kRowsFor1 = 4;
-  static float prepare(const float* x, int64_t C, float* out) {
-    std::copy(x, x + C, out);
-    return 1.0f;
-  }
   static Acc zero() { return _mm256_setzero_ps(); }
   static Acc step(Acc acc, const float* w, const float* x) {
     return _mm256_fmadd_ps(_mm256_loadu_ps(w), _mm256_loadu_ps(x), acc);
   }
   static float reduce(Acc acc) { return vec::hsum8(acc); }
-  static float weight(const float* w) { return *w; }
-  static float input(const float* x) { return *x; }
 };
 
 struct BF16Format {
@@ -80,22 +72,12 @@ struct BF16Format {
   static float input(const float* x) { return *x; }
 };
 
-struct I8Format {
-  using Elem = int8_t;
-  using X = int16_t;
-  using Acc = __m256i;
-  static constexpr int64_t kStep = 16, kSegment = 4096, kXWidth = 1;
+struct I8Format : I8Common {
   static constexpr int kRowsFor4 = 2, kRowsFor1 = 4;
-  static float prepare(const float* x, int64_t C, int16_t* out) { return prepare_int16(x, C, out); }
-  static Acc zero() { return _mm256_setzero_si256(); }
   static Acc step(Acc acc, const int8_t* w, const int16_t* x) {
-    const __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
     const __m256i x16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(w16, x16));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(widen(w), x16));
   }
-  static float reduce(Acc acc) { return vec::hsum8(_mm256_cvtepi32_ps(acc)); }
-  static float weight(const int8_t* w) { return static_cast<float>(*w); }
-  static float input(const int16_t* x) { return static_cast<float>(*x); }
 };
 
 void stream_any(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w) {

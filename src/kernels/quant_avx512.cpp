@@ -27,23 +27,15 @@ namespace {
 
 // fp32: 16 weights per FMA; summed in another order than the AVX2 kernel (16 lanes, not 8), so results
 // differ from it by rounding only.
-struct F32Avx512 {
-  using Elem = float;
-  using X = float;
+struct F32Avx512 : F32Common {
   using Acc = __m512;
-  static constexpr int64_t kStep = 16, kSegment = INT64_MAX, kXWidth = 1;
+  static constexpr int64_t kStep = 16;
   static constexpr int kRowsFor4 = 4, kRowsFor1 = 8;
-  static float prepare(const float* x, int64_t C, float* out) {
-    std::copy(x, x + C, out);
-    return 1.0f;
-  }
   __attribute__((target(EMO_TARGET_F32))) static Acc zero() { return _mm512_setzero_ps(); }
   __attribute__((target(EMO_TARGET_F32))) static Acc step(Acc acc, const float* w, const float* x) {
     return _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_loadu_ps(x), acc);
   }
   __attribute__((target(EMO_TARGET_F32))) static float reduce(Acc acc) { return _mm512_reduce_add_ps(acc); }
-  static float weight(const float* w) { return *w; }
-  static float input(const float* x) { return *x; }
 };
 
 // bf16 by vdpbf16ps (32 products of bf16 pairs per instruction, exact, summed in fp32). The activation is
@@ -100,23 +92,13 @@ struct BF16Avx512 {
 // pairs summed into int32 lanes) in one instruction instead of two, on the same 8 lanes of 256 bits, so the
 // integer sums, their flushes and their fp32 reduction are the AVX2 kernel's: results are bit-identical.
 // (vpdpbusd would multiply 4x more per instruction but needs x in int8, 256x coarser steps than int16.)
-struct I8Vnni {
-  using Elem = int8_t;
-  using X = int16_t;
-  using Acc = __m256i;
-  static constexpr int64_t kStep = 16, kSegment = 4096, kXWidth = 1;
+struct I8Vnni : I8Common {
   // 8 rows for one token: vpdpwssd puts its multiply's latency into each accumulator's chain (AVX2's madd
   // does not), so one token needs more independent chains; with 4, decode ran at 0.8x of AVX2.
   static constexpr int kRowsFor4 = 4, kRowsFor1 = 8;
-  static float prepare(const float* x, int64_t C, int16_t* out) { return prepare_int16(x, C, out); }
-  static Acc zero() { return _mm256_setzero_si256(); }
   __attribute__((target(EMO_TARGET_I8))) static Acc step(Acc acc, const int8_t* w, const int16_t* x) {
-    const __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-    return _mm256_dpwssd_epi32(acc, w16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+    return _mm256_dpwssd_epi32(acc, widen(w), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
   }
-  static float reduce(Acc acc) { return vec::hsum8(_mm256_cvtepi32_ps(acc)); }
-  static float weight(const int8_t* w) { return static_cast<float>(*w); }
-  static float input(const int16_t* x) { return static_cast<float>(*x); }
 };
 
 __attribute__((target(EMO_TARGET_F32), flatten)) void stream_f32(float* y, int64_t ldy, const float* x,

@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -42,6 +43,37 @@ inline float prepare_int16(const float* x, int64_t C, int16_t* out) {
     out[c] = static_cast<int16_t>(std::clamp(std::nearbyint(x[c] * inverse_scale), -32768.0f, 32767.0f));
   return scale;
 }
+
+// What the fp32 formats (AVX2, AVX-512F) share: x used as it is (copied), fp32 weights.
+struct F32Common {
+  using Elem = float;
+  using X = float;
+  static constexpr int64_t kSegment = INT64_MAX, kXWidth = 1;
+  static float prepare(const float* x, int64_t C, float* out) {
+    std::copy(x, x + C, out);
+    return 1.0f;
+  }
+  static float weight(const float* w) { return *w; }
+  static float input(const float* x) { return *x; }
+};
+
+// What the int8 formats (AVX2, AVX-512 VNNI) share: x rounded to int16 once per call, 16 weights per step
+// widened to int16, products summed in 8 int32 lanes that are flushed to fp32 every 4096 columns, before
+// they could overflow (|w x| <= 127 * 32767 per product).
+struct I8Common {
+  using Elem = int8_t;
+  using X = int16_t;
+  using Acc = __m256i;
+  static constexpr int64_t kStep = 16, kSegment = 4096, kXWidth = 1;
+  static float prepare(const float* x, int64_t C, int16_t* out) { return prepare_int16(x, C, out); }
+  static Acc zero() { return _mm256_setzero_si256(); }
+  static __m256i widen(const int8_t* w) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+  }
+  static float reduce(Acc acc) { return vec::hsum8(_mm256_cvtepi32_ps(acc)); }
+  static float weight(const int8_t* w) { return static_cast<float>(*w); }
+  static float input(const int16_t* x) { return static_cast<float>(*x); }
+};
 
 // y[t * ldy + r] = dot(W[r, :], x[t, :]) * scale[r] for R rows starting at row0 and T tokens (x prepared,
 // factor[t] its scale): R*T independent accumulators, each weight vector loaded once for all T tokens.
