@@ -18,6 +18,10 @@
 // tensors), which the check should match, since it reads each byte once.
 // With --kernels: only prompt and decode tokens/s of each model and dtype (all experts) on the AVX2 kernels
 // beside the AVX-512 ones (kernels/quant.h), alternating round by round in the same process, and the ratios.
+// With --perplexity DATA DIR...: the held-out perplexity of each checkpoint through the inference engine
+// (documents of the tokenised split in rows of at most 512 tokens, each row one prompt with every position's
+// logits) on the AVX2 kernels and on the AVX-512 ones: what a kernel's arithmetic (bf16 prompts rounding x
+// to bf16 on AVX-512) changes in a trained model's quality. `emo eval` runs the training engine instead.
 // With --released DIR: the released Emo_1b14b_1T's shapes instead (13.57B parameters in bf16, random values,
 // 27 GB written once into DIR, about a minute; --dtype q4: in emo's q4 format, 7.6 GB), run at keep-16 (or
 // each k of --keep-k 8,16,32, each in a fresh process) from a cold page cache: peak resident memory beside
@@ -29,10 +33,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,6 +47,8 @@
 #include "core/log.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
+#include "data/dataset.h"
+#include "infer/decoder.h"
 #include "infer/generate.h"
 #include "infer/quantize.h"
 #include "infer/resident.h"
@@ -224,6 +232,20 @@ nlohmann::json compare_kernels(const std::string& dir, int64_t steps, int rounds
           {"decode_ratio", median(decode_rates[1]) / median(decode_rates[0])}};
 }
 
+// The closing JSON line of a run: the bench's name, threads, prompt length, decode steps and the runs.
+// The closing JSON line; `extra` adds fields of the run (e.g. the dtype).
+int print_summary(const char* bench, int64_t steps, const nlohmann::json& runs,
+                  const nlohmann::json& extra = nlohmann::json::object()) {
+  nlohmann::json summary = {{"bench", bench},
+                            {"threads", emo::num_threads()},
+                            {"prompt_tokens", kPromptTokens},
+                            {"decode_steps", steps},
+                            {"runs", runs}};
+  summary.update(extra);
+  std::printf("%s\n", summary.dump().c_str());
+  return 0;
+}
+
 int kernels_run(const std::string& dir, bool quick, int64_t steps) {
   if (!emo::quant_kernel_available(emo::QuantKernel::kAvx512, emo::DType::kF32)) {
     std::printf("this CPU has no AVX-512F: nothing to compare\n");
@@ -252,13 +274,7 @@ int kernels_run(const std::string& dir, bool quick, int64_t steps) {
       runs.push_back(r);
     }
   }
-  nlohmann::json summary = {{"bench", "infer_kernels"},
-                            {"threads", emo::num_threads()},
-                            {"prompt_tokens", kPromptTokens},
-                            {"decode_steps", steps},
-                            {"runs", runs}};
-  std::printf("%s\n", summary.dump().c_str());
-  return 0;
+  return print_summary("infer_kernels", steps, runs);
 }
 
 // Runs this program as `--resident DIR K` in a fresh process and returns its JSON line.
@@ -485,11 +501,7 @@ int released_run(const char* self, const std::string& dir, bool q4, const std::v
     }
     runs.push_back(std::move(r));
   }
-  const nlohmann::json summary = {{"bench", "infer_released"},     {"dtype", q4 ? "q4" : "bf16"},
-                                  {"threads", emo::num_threads()}, {"prompt_tokens", kPromptTokens},
-                                  {"decode_steps", steps},         {"runs", runs}};
-  std::printf("%s\n", summary.dump().c_str());
-  return 0;
+  return print_summary("infer_released", steps, runs, {{"dtype", q4 ? "q4" : "bf16"}});
 }
 
 // "8,16,32" -> {8, 16, 32}; each k within the released model's 1..128 experts.
@@ -569,7 +581,67 @@ int load_check_run(const std::string& dir, int rounds) {
   return 0;
 }
 
+// Perplexity of one checkpoint through the decoder: every document in rows of at most kRow tokens, each
+// row's positions scored on the next token.
+double decoder_perplexity(const std::string& dir, const emo::data::Dataset& data) {
+  constexpr int64_t kRow = 512;
+  auto weights = emo::InferWeights::open(dir);
+  emo::Decoder decoder(*weights, kRow);
+  double nll = 0;
+  int64_t scored = 0;
+  for (int64_t d = 0; d < data.num_documents(); ++d) {
+    const std::span<const uint32_t> doc = data.document(d);
+    for (size_t begin = 0; begin + 1 < doc.size(); begin += kRow) {
+      const size_t end = std::min(doc.size(), begin + kRow);
+      const std::vector<int32_t> row(doc.begin() + begin, doc.begin() + end);
+      decoder.reset();
+      const emo::Tensor& logits = decoder.forward(row, true);  // [n, V]
+      const int64_t V = logits.shape()[1];
+      for (size_t t = 0; t + 1 < row.size(); ++t) {
+        const float* l = logits.data() + t * V;
+        const double top = *std::max_element(l, l + V);
+        double sum = 0;
+        for (int64_t v = 0; v < V; ++v) sum += std::exp(double(l[v]) - top);
+        nll += top + std::log(sum) - l[row[t + 1]];
+        ++scored;
+      }
+    }
+  }
+  return std::exp(nll / static_cast<double>(scored));
+}
+
+int perplexity_run(const std::string& data_path, const std::vector<std::string>& dirs) {
+  if (!emo::quant_kernel_available(emo::QuantKernel::kAvx512, emo::DType::kF32)) {
+    std::printf("this CPU has no AVX-512F: nothing to compare\n");
+    return 0;
+  }
+  const emo::data::Dataset data = emo::data::Dataset::open(data_path);
+  const emo::QuantKernel chosen = emo::quant_kernel();
+  std::printf("held-out perplexity through the decoder, %lld tokens of %s\n",
+              static_cast<long long>(data.num_tokens()), data_path.c_str());
+  std::printf("%-40s %12s %12s %9s\n", "checkpoint", "avx2", "avx512", "change");
+  nlohmann::json runs = nlohmann::json::array();
+  for (const std::string& dir : dirs) {
+    double ppl[2];
+    for (emo::QuantKernel kernel : {emo::QuantKernel::kAvx2, emo::QuantKernel::kAvx512}) {
+      emo::set_quant_kernel(kernel);
+      ppl[kernel == emo::QuantKernel::kAvx512] = decoder_perplexity(dir, data);
+    }
+    const double change = 100.0 * (ppl[1] / ppl[0] - 1.0);
+    std::printf("%-40s %12.4f %12.4f %+8.4f%%\n", dir.c_str(), ppl[0], ppl[1], change);
+    runs.push_back({{"checkpoint", dir}, {"avx2", ppl[0]}, {"avx512", ppl[1]}, {"change_percent", change}});
+  }
+  emo::set_quant_kernel(chosen);
+  std::printf("%s\n",
+              nlohmann::json{{"bench", "infer_perplexity"}, {"tokens", data.num_tokens()}, {"runs", runs}}
+                  .dump()
+                  .c_str());
+  return 0;
+}
+
 int run(int argc, char** argv) {
+  if (argc >= 4 && std::strcmp(argv[1], "--perplexity") == 0)
+    return perplexity_run(argv[2], std::vector<std::string>(argv + 3, argv + argc));
   if (argc >= 5 && std::strcmp(argv[1], "--resident") == 0)
     return resident_child(argv[2], std::stoll(argv[3]), std::stoll(argv[4]));
   bool quick = false;

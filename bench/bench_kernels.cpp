@@ -258,7 +258,7 @@ nlohmann::json bench_quant(bool quick) {
     int64_t rows, cols;
     std::vector<int64_t> tokens;
   };
-  const std::vector<Case> cases = {{512, 512, {1, 4, 8, 16, 128}}, {16384, 2048, {1, 4}}};
+  const std::vector<Case> cases = {{512, 512, {1, 4, 8, 16, 128, 512}}, {16384, 2048, {1, 4}}};
   for (DType dtype : {DType::kF32, DType::kBF16, DType::kI8})
     for (const Case& c : cases) {
       StoredMatrix m(dtype, c.rows, c.cols);

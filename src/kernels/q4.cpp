@@ -5,11 +5,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -142,16 +139,6 @@ void dot_rows_scalar(float* y, int64_t ldy, const uint8_t* w_bytes, int64_t rows
     }
 }
 
-Q4Kernel best_kernel() {
-  if (const char* forced = std::getenv("EMO_Q4_KERNEL")) {
-    for (Q4Kernel k : {Q4Kernel::kScalar, Q4Kernel::kAvx2, Q4Kernel::kAvx512Vnni})
-      if (std::string(forced) == q4_kernel_name(k) && q4_kernel_available(k)) return k;
-  }
-  return q4_kernel_available(Q4Kernel::kAvx512Vnni) ? Q4Kernel::kAvx512Vnni : Q4Kernel::kAvx2;
-}
-
-std::atomic<int> selected_kernel{-1};
-
 }  // namespace
 
 void quantize_row_q4_0(const float* w, BlockQ4_0* out, int64_t cols) {
@@ -282,27 +269,6 @@ const char* q4_kernel_name(Q4Kernel kernel) {
       return "avx512vnni";
   }
   return "?";
-}
-
-bool q4_kernel_available(Q4Kernel kernel) {
-  if (kernel != Q4Kernel::kAvx512Vnni) return true;
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
-}
-
-Q4Kernel q4_kernel() {
-  int k = selected_kernel.load(std::memory_order_relaxed);
-  if (k < 0) {
-    k = static_cast<int>(best_kernel());
-    selected_kernel.store(k, std::memory_order_relaxed);
-  }
-  return static_cast<Q4Kernel>(k);
-}
-
-void set_q4_kernel(Q4Kernel kernel) {
-  EMO_CHECK(q4_kernel_available(kernel), "quant", "the q4 kernel '", q4_kernel_name(kernel),
-            "' needs instructions this CPU does not have");
-  selected_kernel.store(static_cast<int>(kernel), std::memory_order_relaxed);
 }
 
 void q4_dot_rows(Q4Kernel kernel, float* y, int64_t ldy, const uint8_t* w, int64_t rows, int64_t cols,

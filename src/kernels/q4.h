@@ -4,7 +4,8 @@
 // the weight is (q - 8) * d. Products quantise the activations to int8 blocks of 32 (one fp32 scale per
 // block, like llama.cpp's Q8_0) and multiply in integers: a scalar reference, AVX2 (maddubs / madd) and
 // AVX-512 VNNI (dpbusd on 256-bit vectors, compiled with target attributes, chosen at run time where the CPU
-// has it). Legend: N = tokens, C = input width (cols), OC = output rows.
+// has it, by the one kernel choice of kernels/quant.h). Legend: N = tokens, C = input width (cols), OC =
+// output rows.
 #pragma once
 
 #include <cstdint>
@@ -46,14 +47,10 @@ void dequantize_row_q4_0(const BlockQ4_0* in, float* out, int64_t cols);
 // Activations in int8 blocks of 32: x[c] ~= d[c / 32] * q[c], d = max|block| / 127 (1 for an all-zero block).
 void quantize_row_q8(const float* x, int8_t* q, float* d, int64_t cols);
 
+// The implementations of q4_dot_rows. Products (kernels/quant.h) take kAvx512Vnni where quant_kernel() is
+// kAvx512 and the CPU has AVX-512 VNNI + VL, else kAvx2; kScalar is the reference tests compare against.
 enum class Q4Kernel { kScalar, kAvx2, kAvx512Vnni };
 const char* q4_kernel_name(Q4Kernel kernel);
-// Whether this CPU can run the kernel (kScalar always; the binary assumes AVX2).
-bool q4_kernel_available(Q4Kernel kernel);
-// The kernel products use: the fastest available one, unless set_q4_kernel chose another (tests).
-Q4Kernel q4_kernel();
-// Forces a kernel (throws "[quant] ..." when the CPU lacks it).
-void set_q4_kernel(Q4Kernel kernel);
 
 // y[t * ldy + r] = dot(W[r, :], x[t, :]) for r < rows, t < N, on the calling thread: W is rows rows of Q4_0
 // blocks (q4_row_bytes(cols) bytes each), x given as quantize_row_q8 made it (xq [N, cols], xd [N, cols /

@@ -46,11 +46,10 @@ struct F32Format : F32Common {
   static float reduce(Acc acc) { return vec::hsum8(acc); }
 };
 
-struct BF16Format {
-  using Elem = uint16_t;
+struct BF16Format : BF16Common {
   using X = float;
   using Acc = __m256;
-  static constexpr int64_t kStep = 16, kSegment = INT64_MAX, kXWidth = 1;
+  static constexpr int64_t kStep = 16, kXWidth = 1;
   static constexpr int kRowsFor4 = 2, kRowsFor1 = 4;
   static float prepare(const float* x, int64_t C, float* out) {
     int64_t c = 0;
@@ -68,7 +67,6 @@ struct BF16Format {
     return _mm256_fmadd_ps(odd, _mm256_loadu_ps(x + 8), acc);
   }
   static float reduce(Acc acc) { return vec::hsum8(acc); }
-  static float weight(const uint16_t* w) { return bf16_to_f32(*w); }
   static float input(const float* x) { return *x; }
 };
 
@@ -132,16 +130,18 @@ bool use_avx512(DType dtype) {
 }
 
 // q4 weights take the integer kernel for any number of tokens (x8 prepared); the others stream up to
-// kStreamTokens tokens (on AVX-512 where the CPU has the format's instructions) and use sgemm beyond:
-// streaming bf16 on AVX-512 reached 0.67x of dequantised sgemm at 128 tokens (bench_kernels --quant,
-// docs/inference.md).
+// kStreamTokens tokens (on AVX-512 where the CPU has the format's instructions) and use sgemm beyond, but
+// bf16 on AVX-512, whose prompts round x to bf16 for one vdpbf16ps per 32 weights (docs/inference.md: speed
+// and the perplexity change). The hi + lo split of decode ran prompts at 0.67x of dequantised sgemm.
 void matmul_rows(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w,
                  const Q8Activations* x8) {
   if (w.dtype == DType::kQ4_0)
-    q4_dot_rows(q4_kernel(), y, ldy, static_cast<const uint8_t*>(w.data), w.rows, w.cols, x8->q.data(),
-                x8->d.data(), N);
+    q4_dot_rows(use_avx512(DType::kQ4_0) ? Q4Kernel::kAvx512Vnni : Q4Kernel::kAvx2, y, ldy,
+                static_cast<const uint8_t*>(w.data), w.rows, w.cols, x8->q.data(), x8->d.data(), N);
   else if (N <= kStreamTokens && use_avx512(w.dtype))
     stream_tokens_avx512(y, ldy, x, N, w);
+  else if (w.dtype == DType::kBF16 && use_avx512(w.dtype))
+    prompt_bf16_avx512(y, ldy, x, N, w);
   else if (N <= kStreamTokens)
     stream_any(y, ldy, x, N, w);
   else
@@ -172,7 +172,8 @@ const char* quant_kernel_name(QuantKernel kernel) {
 }
 
 bool quant_kernel_available(QuantKernel kernel, DType dtype) {
-  const bool format = dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kI8;
+  const bool format =
+      dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kI8 || dtype == DType::kQ4_0;
   return format && (kernel == QuantKernel::kAvx2 || avx512_format_available(dtype));
 }
 

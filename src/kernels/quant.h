@@ -52,14 +52,16 @@ void matmul(float* y, const float* x, int64_t N, const MatrixView& w);
 void matmul_group(const std::vector<float*>& ys, const float* x, int64_t N,
                   const std::vector<MatrixView>& ws);
 
-// The instructions of the fp32, bf16 and int8 products. kAvx2: AVX2 + FMA, which every CPU emo runs on has.
-// kAvx512: fp32 by AVX-512F FMA, bf16 by AVX-512 BF16 (vdpbf16ps, the activation split into two bf16
+// The instructions of every product (fp32, bf16, int8, q4): the one kernel choice of the process, from the
+// CPU's features (core/machine's cpu_features, detected once). kAvx2: AVX2 + FMA, which every CPU emo runs on
+// has. kAvx512: fp32 by AVX-512F FMA, bf16 by AVX-512 BF16 (vdpbf16ps, the activation split into two bf16
 // parts, see quant_avx512.cpp), int8 by AVX-512 VNNI (vpdpwssd: the AVX2 kernel's integer arithmetic, so
-// bit-identical results); a format whose instructions the CPU lacks stays on AVX2. Products of more than a
-// few tokens use sgemm with either kernel.
+// bit-identical results), q4 by AVX-512 VNNI (vpdpbusd, kernels/q4.h: bit-identical too); a format whose
+// instructions the CPU lacks stays on AVX2. fp32, bf16 and int8 products of more than a few tokens use sgemm
+// with either kernel.
 enum class QuantKernel { kAvx2, kAvx512 };
 const char* quant_kernel_name(QuantKernel kernel);  // "avx2", "avx512"
-// Whether the kernel runs products of dtype (kF32, kBF16, kI8) on this CPU; kAvx2 always does.
+// Whether the kernel runs products of dtype (kF32, kBF16, kI8, kQ4_0) on this CPU; kAvx2 always does.
 bool quant_kernel_available(QuantKernel kernel, DType dtype);
 // The kernel products use: kAvx512 where the CPU has AVX-512F, unless the environment variable
 // EMO_QUANT_KERNEL=avx2 or set_quant_kernel chose otherwise.

@@ -7,7 +7,7 @@
 // per step), kSegment (columns between flushes of the accumulators into fp32 sums), kXWidth (prepared
 // elements per column), kRowsFor4 / kRowsFor1 (rows per register block for 4 tokens / 1 token), and
 // prepare(x, C, out) -> factor, zero(), step(acc, w, x), reduce(acc), weight(w), input(x) (the last two for
-// the column tail, in scalar fp32).
+// the column tail, in scalar fp32), and optionally reduce4(acc[4], sum[4]): sum[t] += the sum of acc[t].
 #pragma once
 
 #include <immintrin.h>
@@ -20,6 +20,7 @@
 
 #include "kernels/quant.h"
 #include "kernels/vec_math.h"
+#include "tensor/dtype.h"
 
 namespace emo {
 namespace {
@@ -55,6 +56,13 @@ struct F32Common {
   }
   static float weight(const float* w) { return *w; }
   static float input(const float* x) { return *x; }
+};
+
+// What the bf16 formats (AVX2 widening, AVX-512 vdpbf16ps) share: bf16 weights, one sum for the whole row.
+struct BF16Common {
+  using Elem = uint16_t;
+  static constexpr int64_t kSegment = INT64_MAX;
+  static float weight(const uint16_t* w) { return bf16_to_f32(*w); }
 };
 
 // What the int8 formats (AVX2, AVX-512 VNNI) share: x rounded to int16 once per call, 16 weights per step
@@ -101,9 +109,14 @@ inline void dot_block(float* y, int64_t ldy, const typename Fmt::Elem* w, const 
         for (int t = 0; t < T; ++t)
           acc[r][t] = Fmt::step(acc[r][t], rows[r] + c, x + t * XC + c * Fmt::kXWidth);
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
+      if constexpr (T == 4 && requires { Fmt::reduce4(acc[r], sum[r]); }) {
+        Fmt::reduce4(acc[r], sum[r]);  // 4 sums at once: a third of the shuffles of 4 reductions
+      } else {
 #pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) sum[r][t] += Fmt::reduce(acc[r][t]);
+        for (int t = 0; t < T; ++t) sum[r][t] += Fmt::reduce(acc[r][t]);
+      }
+    }
   }
   for (int r = 0; r < R; ++r) {
     const float scale = scales ? scales[row0 + r] : 1.0f;
@@ -155,8 +168,10 @@ inline void dot_tokens(float* y, int64_t ldy, const MatrixView& w, const typenam
   }
 }
 
-// Y[N, ldy] (columns = the view's rows) for a few tokens. Every output is computed by the same sequence of
-// operations whatever the blocking, so results do not depend on how rows are split over threads.
+// Y[N, ldy] (columns = the view's rows) for N tokens. Beyond a few tokens the rows go in tiles of about
+// 64 KiB, each read from the cache by every block of tokens instead of from memory. Every output is computed
+// by the same sequence of operations whatever the tiling and blocking, so results do not depend on how rows
+// are split over threads.
 template <class Fmt>
 void stream_tokens(float* y, int64_t ldy, const float* x, int64_t N, const MatrixView& w) {
   const int64_t C = w.cols, XC = C * Fmt::kXWidth;
@@ -165,7 +180,12 @@ void stream_tokens(float* y, int64_t ldy, const float* x, int64_t N, const Matri
   prepared.resize(static_cast<size_t>(N * XC));
   factor.resize(static_cast<size_t>(N));
   for (int64_t n = 0; n < N; ++n) factor[n] = Fmt::prepare(x + n * C, C, prepared.data() + n * XC);
-  dot_tokens<Fmt>(y, ldy, w, prepared.data(), factor.data(), N);
+  constexpr int64_t kTileBytes = 64 * 1024;
+  const int64_t row_bytes = std::max<int64_t>(1, C * static_cast<int64_t>(sizeof(typename Fmt::Elem)));
+  const int64_t tile = N <= 8 ? w.rows : std::max<int64_t>(8, kTileBytes / row_bytes);
+  for (int64_t r = 0; r < w.rows; r += tile)
+    dot_tokens<Fmt>(y + r, ldy, w.row_block(r, std::min(w.rows, r + tile)), prepared.data(), factor.data(),
+                    N);
 }
 
 }  // namespace
