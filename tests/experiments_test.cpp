@@ -2,10 +2,14 @@
 // from known cells, and the whole pipeline at a tiny size on a hand-made dataset (trains three models, scores
 // the grid, writes the report; a rerun reuses every stage).
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <random>
+#include <thread>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -13,8 +17,11 @@
 #include "experiments/budget.h"
 #include "experiments/report.h"
 #include "experiments/reproduce.h"
+#include "fault_injection.h"
 #include "io/json_file.h"
+#include "run_emo.h"
 #include "tokenizer/trainer.h"
+#include "train/checkpoint.h"
 
 namespace emo {
 namespace {
@@ -134,26 +141,30 @@ void write_tiny_data(const ReproduceData& paths) {
   }
 }
 
+// The budget of the tiny pipeline: three models of a few thousand parameters, `train_tokens` each.
+nlohmann::json tiny_budget(int64_t train_tokens) {
+  return {{"vocab_size", 258},
+          {"d", 16},
+          {"layers", 2},
+          {"heads", 2},
+          {"experts", 8},
+          {"top_k", 2},
+          {"expert_width", 8},
+          {"row_length", 32},
+          {"micro_batch_rows", 2},
+          {"global_batch_rows", 4},
+          {"train_tokens", train_tokens},
+          {"warmup_steps", 2},
+          {"eval_tokens_per_domain", 64},
+          {"mc_questions", 3},
+          {"keep_fractions", {0.25, 0.5, 1.0}},
+          {"example_counts", {1, 2}}};
+}
+
 TEST(Reproduce, TinyPipelineWritesTheReportAndRerunReusesEveryStage) {
   const fs::path dir = scratch("pipeline");
   ReproduceOptions options;
-  options.budget = ReproduceBudget::from_json({{"vocab_size", 258},
-                                               {"d", 16},
-                                               {"layers", 2},
-                                               {"heads", 2},
-                                               {"experts", 8},
-                                               {"top_k", 2},
-                                               {"expert_width", 8},
-                                               {"row_length", 32},
-                                               {"micro_batch_rows", 2},
-                                               {"global_batch_rows", 4},
-                                               {"train_tokens", 1280},
-                                               {"warmup_steps", 2},
-                                               {"eval_tokens_per_domain", 64},
-                                               {"mc_questions", 3},
-                                               {"keep_fractions", {0.25, 0.5, 1.0}},
-                                               {"example_counts", {1, 2}}},
-                                              ReproduceBudget::preset("quick"), "test");
+  options.budget = ReproduceBudget::from_json(tiny_budget(1280), ReproduceBudget::preset("quick"), "test");
   options.data_dir = (dir / "data").string();
   options.out_dir = (dir / "run").string();
   options.show_progress = false;
@@ -181,6 +192,65 @@ TEST(Reproduce, TinyPipelineWritesTheReportAndRerunReusesEveryStage) {
   // A different budget in the same run directory is refused, naming the file.
   options.budget.train_tokens *= 2;
   EXPECT_THROW(run_reproduce(options), Error);
+}
+
+// The bytes of the final checkpoint's weights of each model of a reproduce run directory.
+std::string final_weights(const fs::path& run) {
+  std::string bytes;
+  for (const char* model : {"emo", "standard", "dense"}) {
+    std::ifstream in(fs::path(resolve_checkpoint((run / "models" / model).string())) / "model.safetensors",
+                     std::ios::binary);
+    bytes += std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  return bytes;
+}
+
+// emo reproduce given SIGTERM while it trains the first model: exit 143 after a checkpoint, a message
+// naming the model and step; the same command run again resumes and ends with the models and cells of an
+// uninterrupted run, byte for byte.
+TEST(StopSignal, ReproduceExitsWith143AfterACheckpointAndTheRerunEqualsAnUninterruptedRun) {
+  const fs::path dir = scratch("sigterm");
+  ReproduceOptions options;
+  options.budget =
+      ReproduceBudget::from_json(tiny_budget(128 * 200), ReproduceBudget::preset("quick"), "test");
+  options.data_dir = (dir / "data").string();
+  write_tiny_data(reproduce_data_paths(options));
+  write_json_file((dir / "budget.json").string(), tiny_budget(128 * 200));  // 200 steps of each model
+  const std::string args = "--threads 1 reproduce --no-progress --config " + (dir / "budget.json").string() +
+                           " --data " + options.data_dir + " --out ";
+  const test::EmoRun straight = test::run_emo(args + (dir / "straight").string());
+  ASSERT_EQ(straight.status, 0) << straight.err;
+
+  const fs::path stopped = dir / "stopped", emo_run = stopped / "models" / "emo";
+  const pid_t pid = test::spawn_emo(args + stopped.string(), (dir / "stopped.err").string());
+  auto checkpoint_step = [&] {
+    const std::string latest = resolve_checkpoint(emo_run.string());
+    return latest.empty() ? -1 : std::atoll(latest.c_str() + latest.rfind('-') + 1);
+  };
+  for (int waited = 0; checkpoint_step() < 0 && waited < 60000; waited += 2)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  std::mt19937 rng(41);
+  std::this_thread::sleep_for(std::chrono::microseconds(rng() % 20000));
+  ASSERT_EQ(::kill(pid, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  const std::string message = test::read_and_remove(dir / "stopped.err");
+  ASSERT_TRUE(WIFEXITED(status)) << "SIGTERM ended emo instead of stopping it: " << message;
+  EXPECT_EQ(WEXITSTATUS(status), 143) << message;
+  EXPECT_NE(message.find("[reproduce] signal 15: training of the emo model stopped at step "),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("run the same command again to resume"), std::string::npos) << message;
+  const int64_t stopped_at = checkpoint_step();
+  EXPECT_GT(stopped_at, 0);
+  EXPECT_LT(stopped_at, 200);  // stopped, not finished
+  EXPECT_FALSE(fs::exists(stopped / "cells.json"));
+
+  const test::EmoRun resumed = test::run_emo(args + stopped.string());
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_TRUE(final_weights(stopped) == final_weights(dir / "straight"));
+  EXPECT_EQ(read_json_file((stopped / "results.json").string())["cells"],
+            read_json_file((dir / "straight" / "results.json").string())["cells"]);
 }
 
 }  // namespace
