@@ -1,5 +1,6 @@
 #include "core/machine.h"
 
+#include <cpuid.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -22,7 +23,9 @@ const CpuFeatures& cpu_features() {
     CpuFeatures f;
     f.avx2 = __builtin_cpu_supports("avx2");
     f.fma = __builtin_cpu_supports("fma");
-    f.f16c = __builtin_cpu_supports("f16c");
+    // clang 14 has no "f16c" for __builtin_cpu_supports: CPUID leaf 1, ECX bit 29.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    f.f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
     f.avx512f = __builtin_cpu_supports("avx512f");
     f.avx512bw = __builtin_cpu_supports("avx512bw");
     f.avx512vl = __builtin_cpu_supports("avx512vl");
