@@ -6,7 +6,9 @@
 // GCC 12 reports its own AVX-512 intrinsics (a vector made with `__Y = __Y` as "undefined"), and the AVX-512
 // vector returns of the format structs' functions, which are inlined into the AVX-512 entry points and so
 // never cross a call between code built with different vector ABIs.
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 #include <immintrin.h>
@@ -16,8 +18,17 @@
 
 #include "core/error.h"
 #include "core/machine.h"
-#include "kernels/quant_stream.h"
 #include "tensor/dtype.h"
+
+// Clang checks the vector ABI in every function it emits, so the generic streaming templates, instantiated
+// here with AVX-512 accumulators, need the AVX-512 features themselves, not only once inlined: the whole
+// rest of the file is built with them (clang only: GCC takes each entry point's target, flattened). The entry
+// points still run only where the CPU has their format's instructions.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni"))), \
+                             apply_to = function)
+#endif
+#include "kernels/quant_stream.h"
 
 #define EMO_TARGET_F32 "avx512f"
 #define EMO_TARGET_BF16 "avx512f,avx512bw,avx512vl,avx512bf16"
@@ -196,3 +207,7 @@ void stream_tokens_avx512(float* y, int64_t ldy, const float* x, int64_t N, cons
 }
 
 }  // namespace emo
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
