@@ -12,6 +12,7 @@
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "run_emo.h"
+#include "sanitizer.h"
 #include "tensor/dtype.h"
 #include "tensor/tensor.h"
 
@@ -25,12 +26,6 @@ TEST(Error, MessageStartsWithOperationAndNamesFile) {
     EXPECT_STREQ(e.what(), "[safetensors] model.safetensors: byte 12: header is truncated");
   }
 }
-
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EMO_TEST_UNDER_ASAN 1
-#endif
-#endif
 
 TEST(ThreadPool, AThreadTheSystemRefusesIsAnErrorAndThePoolStillWorks) {
 #ifdef EMO_TEST_UNDER_ASAN
